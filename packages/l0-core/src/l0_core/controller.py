@@ -1,0 +1,160 @@
+"""A target-sparsity controller: drive the expected number of active gates to a target.
+
+The controller adds a Lagrangian term to the loss,
+
+    lambda1 * (s - t) + lambda2 * (s - t) ** 2,
+
+where ``s`` is the expected fraction of active gates, ``t`` the target
+fraction, and the multipliers ``lambda1, lambda2`` are updated by gradient
+*ascent* (Wang, Wohlwend & Lei 2020, "Structured Pruning of Large Language
+Models"). While ``s`` is above the target the multipliers grow and push it
+down; no hand-tuned L0 strength is needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["TargetSparsityController"]
+
+
+class TargetSparsityController(nn.Module):
+    """Lagrangian controller for a target number (or fraction) of active gates.
+
+    Parameters
+    ----------
+    target : int or float
+        Number of active gates (an ``int >= 1``) or a fraction in ``(0, 1]``
+        (a ``float``) of ``n_total``.
+    n_total : int
+        Total number of gates being controlled.
+    lr : float, default 0.05
+        Step size of the gradient ascent on the multipliers.
+    quadratic : bool, default True
+        Include the ``lambda2 * (s - t)^2`` term.
+
+    Attributes
+    ----------
+    lambda1, lambda2 : Tensor
+        Current multipliers (buffers, saved with ``state_dict``).
+
+    Examples
+    --------
+    >>> from l0_core import HardConcrete
+    >>> gate = HardConcrete(100, init_mean=0.9)
+    >>> ctl = TargetSparsityController(target=10, n_total=100)
+    >>> opt = torch.optim.Adam(gate.parameters(), lr=0.1)
+    >>> for _ in range(300):
+    ...     opt.zero_grad()
+    ...     loss = ctl.penalty(gate.l0_penalty())
+    ...     loss.backward()
+    ...     opt.step()
+    ...     ctl.step()
+    >>> abs(gate.l0_penalty().item() - 10) < 3
+    True
+    """
+
+    lambda1: Tensor
+    lambda2: Tensor
+
+    def __init__(
+        self,
+        target: int | float,
+        n_total: int,
+        lr: float = 0.05,
+        quadratic: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(n_total, bool) or not isinstance(n_total, int) or n_total < 1:
+            raise ValueError(f"n_total must be a positive integer, got {n_total!r}")
+        self.n_total = n_total
+        self.target_count = self.resolve_target(target, n_total)
+        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        self.lr = float(lr)
+        self.quadratic = quadratic
+        self.register_buffer("lambda1", torch.zeros(()))
+        self.register_buffer("lambda2", torch.zeros(()))
+        self._last_gap: float | None = None
+
+    @staticmethod
+    def resolve_target(target: int | float, n_total: int, argument: str = "target") -> int:
+        """Turn a count or a fraction into a count of gates, validating it.
+
+        Examples
+        --------
+        >>> TargetSparsityController.resolve_target(0.25, 200), TargetSparsityController.resolve_target(7, 200)
+        (50, 7)
+        """
+        if isinstance(target, bool) or not isinstance(target, (int, float)):
+            raise TypeError(
+                f"{argument} must be an int count or a float fraction, got {type(target).__name__}"
+            )
+        if isinstance(target, float):
+            if not 0.0 < target <= 1.0:
+                raise ValueError(
+                    f"{argument} as a fraction must lie in (0, 1], got {target!r}; "
+                    f"pass an int for a count (1..{n_total})"
+                )
+            return max(1, int(round(target * n_total)))
+        if not 1 <= target <= n_total:
+            raise ValueError(
+                f"{argument} must be between 1 and {n_total} (the number of items), got {target!r}"
+            )
+        return int(target)
+
+    @property
+    def target_fraction(self) -> float:
+        """Target as a fraction of ``n_total``."""
+        return self.target_count / self.n_total
+
+    def penalty(self, expected_active: Tensor) -> Tensor:
+        """Lagrangian term for the current expected active count (differentiable).
+
+        Parameters
+        ----------
+        expected_active : Tensor
+            Scalar expected number of active gates (e.g. ``compute_l0_penalty(model)``).
+
+        Returns
+        -------
+        Tensor
+            Scalar to add to the loss, on ``expected_active``'s device and dtype.
+
+        Examples
+        --------
+        >>> ctl = TargetSparsityController(5, 10)
+        >>> ctl.penalty(torch.tensor(5.0)).item()
+        0.0
+        """
+        s = expected_active / self.n_total
+        gap = s - self.target_fraction
+        self._last_gap = float(gap.detach().item())
+        l1 = self.lambda1.to(device=gap.device, dtype=gap.dtype)
+        term = l1 * gap
+        if self.quadratic:
+            term = term + self.lambda2.to(device=gap.device, dtype=gap.dtype) * gap * gap
+        return term
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Gradient ascent on the multipliers using the gap seen by the last ``penalty`` call.
+
+        Examples
+        --------
+        >>> ctl = TargetSparsityController(1, 10)
+        >>> _ = ctl.penalty(torch.tensor(5.0)); ctl.step(); ctl.lambda1.item() > 0
+        True
+        """
+        if self._last_gap is None:
+            raise RuntimeError("call penalty() before step(): the controller needs the current gap")
+        gap = self._last_gap
+        self.lambda1.add_(self.lr * gap)
+        if self.quadratic:
+            self.lambda2.add_(self.lr * gap * gap)
+
+    def extra_repr(self) -> str:
+        return f"target_count={self.target_count}, n_total={self.n_total}, lr={self.lr}"

@@ -1,0 +1,377 @@
+"""The Hard Concrete distribution of Louizos, Welling & Kingma (2017).
+
+A Hard Concrete gate ``z`` is a binary Concrete variable stretched to the
+interval ``(gamma, zeta)`` with ``gamma < 0 < 1 < zeta`` and clipped to
+``[0, 1]``, so that ``z`` is exactly 0 or exactly 1 with positive
+probability while remaining reparameterisable::
+
+    u ~ Uniform(0, 1)
+    s = sigmoid((log u - log(1 - u) + log_alpha) / beta)
+    z = clamp(s * (zeta - gamma) + gamma, 0, 1)
+
+``beta`` is the temperature. The probability that a gate is non-zero is
+``sigmoid(log_alpha - beta * log(-gamma / zeta))`` (paper, eq. 12), whose sum
+is the differentiable L0 penalty.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["HardConcrete", "hard_concrete_sample", "log_alpha_for_prob_active"]
+
+Estimator = Literal["median", "paper"]
+
+
+def _check_positive_float(name: str, value: float, hint: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}; {hint}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}; {hint}")
+    return value
+
+
+def log_alpha_for_prob_active(
+    prob: float, temperature: float, gamma: float = -0.1, zeta: float = 1.1
+) -> float:
+    """Return the ``log_alpha`` at which a gate is non-zero with probability ``prob``.
+
+    Inverts ``P(z != 0) = sigmoid(log_alpha - beta * log(-gamma / zeta))``.
+
+    Parameters
+    ----------
+    prob : float
+        Target probability that the gate is non-zero, in ``(0, 1)``.
+    temperature : float
+        The temperature ``beta``.
+    gamma, zeta : float
+        Stretch interval end points.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> round(log_alpha_for_prob_active(0.5, 2 / 3), 4)
+    -1.5986
+    """
+    if not 0.0 < prob < 1.0:
+        raise ValueError(
+            f"init_mean must lie strictly between 0 and 1, got {prob!r}; "
+            "use e.g. 0.999 to start with almost every gate open"
+        )
+    return math.log(prob) - math.log1p(-prob) + temperature * math.log(-gamma / zeta)
+
+
+def hard_concrete_sample(
+    log_alpha: Tensor,
+    temperature: Tensor | float,
+    gamma: float,
+    zeta: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw a reparameterised Hard Concrete sample with ``log_alpha``'s shape.
+
+    Uniform noise is drawn with :func:`torch.rand` on ``log_alpha``'s device
+    and dtype and clamped to ``[eps, 1 - eps]`` (``eps`` the dtype's machine
+    epsilon) so that no logarithm of 0 can occur, also in float16/bfloat16.
+
+    Parameters
+    ----------
+    log_alpha : Tensor
+        Location parameters.
+    temperature : Tensor or float
+        The temperature ``beta`` (> 0).
+    gamma, zeta : float
+        Stretch interval, ``gamma < 0 < 1 < zeta``.
+    generator : torch.Generator, optional
+        Source of randomness (must live on ``log_alpha``'s device).
+
+    Returns
+    -------
+    Tensor
+        Samples in ``[0, 1]``, differentiable with respect to ``log_alpha``.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> z = hard_concrete_sample(torch.zeros(5), 2 / 3, -0.1, 1.1, g)
+    >>> bool(((z >= 0) & (z <= 1)).all())
+    True
+    """
+    eps = torch.finfo(log_alpha.dtype).eps
+    u = torch.rand(
+        log_alpha.shape, generator=generator, device=log_alpha.device, dtype=log_alpha.dtype
+    ).clamp_(eps, 1.0 - eps)
+    noise = torch.log(u) - torch.log1p(-u)
+    s = torch.sigmoid((noise + log_alpha) / temperature)
+    return (s * (zeta - gamma) + gamma).clamp(0.0, 1.0)
+
+
+class HardConcrete(nn.Module):
+    """A tensor of Hard Concrete gates with learnable ``log_alpha``.
+
+    Parameters
+    ----------
+    n_items : int
+        Size of the first gate dimension (may be passed by keyword).
+    *more_dims : int
+        Further sizes; ``HardConcrete(10, 5)`` is a 10 x 5 gate.
+    temperature : float, default 2/3
+        The temperature ``beta``; stored as a buffer, so it travels with
+        ``state_dict`` and ``.to()``.
+    init_mean : float, default 0.5
+        Initial probability that a gate is non-zero (exact, before jitter).
+    stretch : float, default 0.1
+        ``gamma = -stretch`` and ``zeta = 1 + stretch``.
+    init_std : float, default 0.01
+        Standard deviation of the normal jitter added to the initial
+        ``log_alpha`` (0 gives identical gates).
+    estimator : {"median", "paper"}, default "median"
+        Deterministic (eval-mode) gate. ``"median"`` is the median of the
+        Hard Concrete distribution at the current temperature,
+        ``clamp(sigmoid(log_alpha / beta) * (zeta - gamma) + gamma, 0, 1)``;
+        it is exactly 0 precisely when ``P(z != 0) <= 1/2``, so the pruned
+        set agrees with :meth:`num_active` and with the L0 penalty at every
+        temperature. ``"paper"`` is the paper's
+        ``clamp(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1)``, which
+        ignores the temperature and can keep gates that are usually zero.
+    device, dtype : optional
+        Factory arguments for the parameters.
+    generator : torch.Generator, optional
+        Random source for the initial jitter and every training-mode sample;
+        a seeded generator makes results bit-identical on CPU.
+
+    Shape
+    -----
+    ``gates()`` returns a tensor of shape ``(n_items, *more_dims)``.
+
+    Examples
+    --------
+    >>> gates = HardConcrete(n_items=1000, temperature=0.25, init_mean=0.999)
+    >>> probs = gates()
+    >>> probs.shape
+    torch.Size([1000])
+    >>> gates.eval()().min().item() > 0
+    True
+    """
+
+    log_alpha: Tensor
+    temperature: Tensor
+
+    def __init__(
+        self,
+        n_items: int,
+        *more_dims: int,
+        temperature: float = 2.0 / 3.0,
+        init_mean: float = 0.5,
+        stretch: float = 0.1,
+        init_std: float = 0.01,
+        estimator: Estimator = "median",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        shape = (n_items, *more_dims)
+        for i, d in enumerate(shape):
+            if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
+                name = "n_items" if i == 0 else f"more_dims[{i - 1}]"
+                raise ValueError(
+                    f"{name} must be a positive integer, got {d!r}; "
+                    "pass the number of gates, e.g. HardConcrete(1000)"
+                )
+        temperature = _check_positive_float("temperature", temperature, "use e.g. 2/3")
+        stretch = _check_positive_float("stretch", stretch, "use e.g. 0.1")
+        if init_std < 0 or not math.isfinite(init_std):
+            raise ValueError(f"init_std must be >= 0, got {init_std!r}")
+        if estimator not in ("median", "paper"):
+            raise ValueError(f"estimator must be 'median' or 'paper', got {estimator!r}")
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating point dtype, got {dtype}")
+        self.shape = torch.Size(shape)
+        self.init_mean = float(init_mean)
+        self.init_std = float(init_std)
+        self.gamma = -stretch
+        self.zeta = 1.0 + stretch
+        self.estimator: Estimator = estimator
+        self.generator = generator
+        log_alpha_for_prob_active(self.init_mean, temperature, self.gamma, self.zeta)  # validates
+        factory = {"device": device, "dtype": dtype}
+        self.log_alpha = nn.Parameter(torch.empty(shape, **factory))
+        dt = self.log_alpha.dtype
+        self.register_buffer("temperature", torch.tensor(temperature, device=device, dtype=dt))
+        self.reset_parameters()
+
+    @property
+    def n_items(self) -> int:
+        """Size of the first dimension."""
+        return self.shape[0]
+
+    def reset_parameters(self) -> None:
+        """Re-initialise ``log_alpha`` so that ``P(z != 0) == init_mean`` (plus jitter).
+
+        Examples
+        --------
+        >>> HardConcrete(3, init_mean=0.9, init_std=0.0).reset_parameters()
+        """
+        beta = float(self.temperature.item())
+        mean = log_alpha_for_prob_active(self.init_mean, beta, self.gamma, self.zeta)
+        with torch.no_grad():
+            if self.init_std > 0:
+                noise = torch.randn(
+                    self.shape,
+                    generator=self.generator,
+                    device=self.log_alpha.device,
+                    dtype=self.log_alpha.dtype,
+                )
+                self.log_alpha.copy_(noise * self.init_std + mean)
+            else:
+                self.log_alpha.fill_(mean)
+
+    def set_temperature(self, temperature: float) -> None:
+        """Set the temperature in place.
+
+        Examples
+        --------
+        >>> g = HardConcrete(2); g.set_temperature(0.1); round(g.temperature.item(), 3)
+        0.1
+        """
+        temperature = _check_positive_float("temperature", temperature, "use e.g. 0.1")
+        with torch.no_grad():
+            self.temperature.fill_(temperature)
+
+    def _shift(self) -> Tensor:
+        return self.temperature * math.log(-self.gamma / self.zeta)
+
+    def prob_active(self) -> Tensor:
+        """Probability that each gate is non-zero, ``P(z != 0)``; differentiable.
+
+        Examples
+        --------
+        >>> g = HardConcrete(4, init_mean=0.8, init_std=0.0)
+        >>> torch.allclose(g.prob_active(), torch.full((4,), 0.8))
+        True
+        """
+        return torch.sigmoid(self.log_alpha - self._shift())
+
+    def prob_zero(self) -> Tensor:
+        """Probability that each gate is exactly 0.
+
+        Examples
+        --------
+        >>> g = HardConcrete(2, init_mean=0.8, init_std=0.0)
+        >>> torch.allclose(g.prob_zero(), torch.full((2,), 0.2))
+        True
+        """
+        return torch.sigmoid(self._shift() - self.log_alpha)
+
+    def prob_one(self) -> Tensor:
+        """Probability that each gate is exactly 1.
+
+        ``P(z = 1) = sigmoid(log_alpha - beta * log((1 - gamma) / (zeta - 1)))``.
+
+        Examples
+        --------
+        >>> g = HardConcrete(2, init_std=0.0)
+        >>> bool((g.prob_one() < g.prob_active()).all())
+        True
+        """
+        t = self.temperature * math.log((1.0 - self.gamma) / (self.zeta - 1.0))
+        return torch.sigmoid(self.log_alpha - t)
+
+    def l0_penalty(self) -> Tensor:
+        """Expected number of non-zero gates (differentiable scalar).
+
+        Examples
+        --------
+        >>> g = HardConcrete(10, init_mean=0.3, init_std=0.0)
+        >>> round(g.l0_penalty().item(), 4)
+        3.0
+        """
+        return self.prob_active().sum()
+
+    def sample(self) -> Tensor:
+        """Draw a reparameterised training-mode sample (regardless of mode).
+
+        Examples
+        --------
+        >>> HardConcrete(3).sample().shape
+        torch.Size([3])
+        """
+        return hard_concrete_sample(
+            self.log_alpha, self.temperature, self.gamma, self.zeta, self.generator
+        )
+
+    def deterministic(self) -> Tensor:
+        """The deterministic test-time gate (see ``estimator``); exactly 0 when pruned.
+
+        Examples
+        --------
+        >>> g = HardConcrete(2, init_mean=0.999)
+        >>> bool((g.deterministic() == 1).all())
+        True
+        """
+        if self.estimator == "median":
+            s = torch.sigmoid(self.log_alpha / self.temperature)
+        else:
+            s = torch.sigmoid(self.log_alpha)
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def forward(self) -> Tensor:
+        """Gate values: a sample in training mode, the deterministic gate in eval mode.
+
+        Examples
+        --------
+        >>> g = HardConcrete(5, init_mean=0.999)
+        >>> g.eval()().shape
+        torch.Size([5])
+        """
+        return self.sample() if self.training else self.deterministic()
+
+    @torch.no_grad()
+    def num_active(self) -> int:
+        """Number of gates whose deterministic value is non-zero.
+
+        Examples
+        --------
+        >>> HardConcrete(7, init_mean=0.99).num_active()
+        7
+        """
+        return int((self.deterministic() > 0).sum().item())
+
+    def sparsity(self) -> float:
+        """Fraction of gates whose deterministic value is exactly 0.
+
+        Examples
+        --------
+        >>> HardConcrete(4, init_mean=0.99).sparsity()
+        0.0
+        """
+        return 1.0 - self.num_active() / self.log_alpha.numel()
+
+    @torch.no_grad()
+    def active_indices(self) -> Tensor:
+        """Indices (along the first dimension for 1-D gates) of non-zero gates.
+
+        Examples
+        --------
+        >>> HardConcrete(3, init_mean=0.99).active_indices().tolist()
+        [0, 1, 2]
+        """
+        nz = (self.deterministic() > 0).nonzero()
+        return nz[:, 0] if self.log_alpha.dim() == 1 else nz
+
+    def extra_repr(self) -> str:
+        dims = ", ".join(str(d) for d in self.shape)
+        return (
+            f"{dims}, temperature={self.temperature.item():.4g}, "
+            f"gamma={self.gamma:.4g}, zeta={self.zeta:.4g}, estimator={self.estimator!r}"
+        )

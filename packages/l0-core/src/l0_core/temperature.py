@@ -1,0 +1,178 @@
+"""Temperature schedules for Hard Concrete gates."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .gate import is_gate, set_gate_temperature
+
+__all__ = [
+    "BUILTIN_SCHEDULES",
+    "ScheduleFn",
+    "TemperatureScheduler",
+    "get_schedule",
+    "update_temperatures",
+]
+
+ScheduleFn = Callable[[float, float, float], float]
+
+
+def _constant(progress: float, initial: float, final: float) -> float:
+    return initial
+
+
+def _linear(progress: float, initial: float, final: float) -> float:
+    return initial + (final - initial) * progress
+
+
+def _exponential(progress: float, initial: float, final: float) -> float:
+    if progress >= 1.0:
+        return final
+    return initial * (final / initial) ** progress
+
+
+def _cosine(progress: float, initial: float, final: float) -> float:
+    if progress >= 1.0:
+        return final
+    return final + (initial - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+#: The schedules l0-core registers (through the same hook as plugins).
+BUILTIN_SCHEDULES: dict[str, ScheduleFn] = {
+    "constant": _constant,
+    "linear": _linear,
+    "exponential": _exponential,
+    "cosine": _cosine,
+}
+
+
+def get_schedule(schedule: str | ScheduleFn) -> ScheduleFn:
+    """Return a schedule function given its registered name (or a callable).
+
+    Parameters
+    ----------
+    schedule : str or callable
+        A name registered through ``l0_register_schedules`` (built-ins:
+        ``constant``, ``linear``, ``exponential``, ``cosine``) or a function
+        ``(progress, initial, final) -> temperature``.
+
+    Examples
+    --------
+    >>> get_schedule("cosine")(0.0, 1.0, 0.1)
+    1.0
+    """
+    if callable(schedule):
+        return schedule
+    from .plugins import lookup
+
+    return lookup("schedules", schedule, argument="schedule")
+
+
+class TemperatureScheduler:
+    """Anneal the gate temperature from ``initial_temp`` to ``final_temp``.
+
+    Parameters
+    ----------
+    initial_temp : float, default 1.0
+        Temperature at epoch 0.
+    final_temp : float, default 0.1
+        Temperature from epoch ``total_epochs - 1`` on (so a loop over
+        ``range(total_epochs)`` ends exactly at ``final_temp``), and constant
+        after.
+    total_epochs : int, default 100
+        Length of the schedule.
+    schedule : str or callable, default "exponential"
+        Registered schedule name (plugins included) or a function
+        ``(progress in [0, 1], initial, final) -> temperature``.
+
+    Examples
+    --------
+    >>> s = TemperatureScheduler(initial_temp=1.0, final_temp=0.1, total_epochs=100)
+    >>> s.get_temperature(0), round(s.get_temperature(99), 10), s.get_temperature(500)
+    (1.0, 0.1, 0.1)
+    """
+
+    def __init__(
+        self,
+        initial_temp: float = 1.0,
+        final_temp: float = 0.1,
+        total_epochs: int = 100,
+        schedule: str | ScheduleFn = "exponential",
+    ) -> None:
+        for name, value in (("initial_temp", initial_temp), ("final_temp", final_temp)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if isinstance(total_epochs, bool) or not isinstance(total_epochs, int) or total_epochs < 1:
+            raise ValueError(f"total_epochs must be a positive integer, got {total_epochs!r}")
+        self.initial_temp = float(initial_temp)
+        self.final_temp = float(final_temp)
+        self.total_epochs = total_epochs
+        self.schedule = schedule
+        self._fn = get_schedule(schedule)
+
+    def progress(self, epoch: int) -> float:
+        """Fraction of the schedule done at ``epoch``, in ``[0, 1]``.
+
+        Examples
+        --------
+        >>> TemperatureScheduler(total_epochs=11).progress(5)
+        0.5
+        """
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch!r}")
+        if self.total_epochs == 1:
+            return 1.0
+        return min(1.0, epoch / (self.total_epochs - 1))
+
+    def get_temperature(self, epoch: int) -> float:
+        """Temperature at ``epoch`` (exact end points, constant after the end).
+
+        Examples
+        --------
+        >>> TemperatureScheduler(1.0, 0.5, 3, schedule="linear").get_temperature(1)
+        0.75
+        """
+        p = self.progress(epoch)
+        if p <= 0.0:
+            return self.initial_temp
+        if p >= 1.0:
+            return self.final_temp
+        return float(self._fn(p, self.initial_temp, self.final_temp))
+
+    def __repr__(self) -> str:
+        return (
+            f"TemperatureScheduler(initial_temp={self.initial_temp}, final_temp={self.final_temp}, "
+            f"total_epochs={self.total_epochs}, schedule={self.schedule!r})"
+        )
+
+
+def update_temperatures(model: torch.nn.Module, temp: float) -> int:
+    """Set the temperature of every gate inside ``model``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any module; gates are found through the :class:`~l0_core.Gate`
+        protocol (nested gates included).
+    temp : float
+        New temperature (> 0).
+
+    Returns
+    -------
+    int
+        Number of gates updated.
+
+    Examples
+    --------
+    >>> from l0_core import HardConcrete
+    >>> model = torch.nn.ModuleList([HardConcrete(3), HardConcrete(2)])
+    >>> update_temperatures(model, 0.2)
+    2
+    """
+    gates = [m for m in model.modules() if is_gate(m)]
+    for gate in gates:
+        set_gate_temperature(gate, temp)
+    return len(gates)
