@@ -1,7 +1,42 @@
-"""l0-calibrate (shell; filled by its own issue)."""
+"""l0-calibrate: sparse survey calibration with L0 (Hard Concrete) gates.
 
-from l0_core import __version__ as _core_version
+Examples
+--------
+>>> import numpy as np
+>>> from l0_calibrate import SparseCalibrationWeights
+>>> model = SparseCalibrationWeights(n_features=4, seed=0)
+>>> model.get_active_weights()["count"]
+4
+"""
+
+from l0_core.plugins import add_builtin_plugin as _add_builtin_plugin
+
+from .callbacks import Checkpoint, EarlyStopping
+from .fitting import InfeasibleTargetWarning
+from .losses import (
+    BUILTIN_LOSSES,
+    capped_relative_loss,
+    get_loss,
+    microcalibrate_loss,
+    mse_loss,
+    relative_loss,
+)
+from .weights import SparseCalibrationWeights
+
+_add_builtin_plugin("l0_calibrate.builtins")
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "BUILTIN_LOSSES",
+    "Checkpoint",
+    "EarlyStopping",
+    "InfeasibleTargetWarning",
+    "SparseCalibrationWeights",
+    "__version__",
+    "capped_relative_loss",
+    "get_loss",
+    "microcalibrate_loss",
+    "mse_loss",
+    "relative_loss",
+]

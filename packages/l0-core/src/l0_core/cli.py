@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     >>> import io, contextlib
     >>> buf = io.StringIO()
     >>> with contextlib.redirect_stdout(buf):
-    ...     main(["plugins"])
+    ...     rc = main(["plugins"])
+    >>> rc
     0
     >>> "hard_concrete" in buf.getvalue()
     True

@@ -44,16 +44,16 @@ class TargetSparsityController(nn.Module):
     Examples
     --------
     >>> from l0_core import HardConcrete
-    >>> gate = HardConcrete(100, init_mean=0.9)
+    >>> gate = HardConcrete(100, init_mean=0.9, generator=torch.Generator().manual_seed(0))
     >>> ctl = TargetSparsityController(target=10, n_total=100)
     >>> opt = torch.optim.Adam(gate.parameters(), lr=0.1)
-    >>> for _ in range(300):
+    >>> for _ in range(800):
     ...     opt.zero_grad()
     ...     loss = ctl.penalty(gate.l0_penalty())
     ...     loss.backward()
     ...     opt.step()
     ...     ctl.step()
-    >>> abs(gate.l0_penalty().item() - 10) < 3
+    >>> abs(gate.l0_penalty().item() - 10) < 0.5
     True
     """
 

@@ -136,6 +136,7 @@ def compute_l0l2_penalty(
     for name, value in (("l0_lambda", l0_lambda), ("l2_lambda", l2_lambda)):
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
+    _check_model(model)
     total = _zero(model)
     if l0_lambda:
         total = total + l0_lambda * compute_l0_penalty(model)

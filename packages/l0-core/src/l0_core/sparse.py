@@ -13,7 +13,9 @@ is served by a target-major copy ``CSR(M)`` when ``transpose_copy=True``
 (the default), or by a scatter-add over the household-major copy when
 ``False`` (half the memory, several times slower on CPU). Both copies are
 read once, sequentially, per product, so an epoch reads the same number of
-bytes as a single copy read twice.
+bytes as a single copy read twice. Building the second copy and the
+scatter-add both work in chunks of households, so their temporaries stay a
+few hundred MB at any size (no ``nnz``-long int64 array is kept).
 
 No cache is keyed on shape: every operator is built from the matrix it is
 given, and :func:`sparse_matvec` takes the operator explicitly.
@@ -33,6 +35,8 @@ from torch import Tensor
 __all__ = ["SparseOperator", "as_sparse_operator", "sparse_matvec"]
 
 _INT32_MAX = 2**31 - 1
+#: Non-zeros per chunk when building the second copy or scattering (bounds temporaries).
+_CHUNK_NNZ = 1 << 22
 
 
 def _is_scipy_sparse(obj: Any) -> bool:
@@ -110,7 +114,6 @@ class SparseOperator:
         self.csr = csr
         n_cols, n_rows = csr_t.shape
         self.shape = (int(n_rows), int(n_cols))
-        self._rows_of_nnz: Tensor | None = None
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -181,18 +184,27 @@ class SparseOperator:
     def _from_scipy(matrix: Any, dtype: torch.dtype, argument: str) -> Tensor:
         if matrix.ndim != 2:
             raise ValueError(f"{argument} must be 2-D, got shape {matrix.shape}")
-        # CSR of M.T is CSC of M; tocsc returns a new object (the caller's is untouched).
-        csc = matrix.tocsc(copy=True)
-        csc.sum_duplicates()
-        csc.sort_indices()
+        # CSR of M.T is CSC of M. tocsc() returns the caller's object when it is
+        # already CSC; it is copied before any in-place canonicalisation.
+        csc = matrix.tocsc()
+        if not csc.has_canonical_format:
+            if csc is matrix or np.shares_memory(csc.data, getattr(matrix, "data", np.empty(0))):
+                csc = csc.copy()
+            csc.sum_duplicates()  # also sorts the indices
         n_rows, n_cols = csc.shape
-        np_dtype = torch.empty((), dtype=dtype).numpy().dtype if dtype != torch.bfloat16 else np.float32
-        values = torch.from_numpy(np.asarray(csc.data, dtype=np_dtype))
+        data = csc.data
+        if data.dtype == object or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+            raise TypeError(f"{argument} must be numeric, got dtype {data.dtype}")
+        if np.issubdtype(data.dtype, np.complexfloating):
+            raise TypeError(f"{argument} must be real, got dtype {data.dtype}")
+        # Every array is copied into tensors this operator owns (never a view of the caller's).
+        values = torch.from_numpy(np.ascontiguousarray(data)).to(dtype=dtype, copy=True)
         _check_finite(values, argument)
+        idx_dtype = _index_dtype(values.numel(), n_rows, n_cols)
         return _csr_tensor(
-            torch.from_numpy(csc.indptr.astype(np.int64, copy=False)),
-            torch.from_numpy(csc.indices.astype(np.int64, copy=False)),
-            values.to(dtype),
+            torch.from_numpy(np.ascontiguousarray(csc.indptr)).to(idx_dtype, copy=True),
+            torch.from_numpy(np.ascontiguousarray(csc.indices)).to(idx_dtype, copy=True),
+            values,
             (n_cols, n_rows),
         )
 
@@ -205,12 +217,16 @@ class SparseOperator:
             if not (matrix.is_floating_point() or not matrix.is_complex()):
                 raise TypeError(f"{argument} must be real, got dtype {matrix.dtype}")
             _check_finite(matrix.to(dtype), argument)
-            csr_t = matrix.detach().t().to(dtype).to_sparse_csr()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+                csr_t = matrix.detach().t().to(dtype).to_sparse_csr()
         elif matrix.layout in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc):
             mt = matrix.detach()
             if mt.layout == torch.sparse_coo:
                 mt = mt.coalesce()
-            csc = mt.to_sparse_csc() if mt.layout != torch.sparse_csc else mt
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                csc = mt.to_sparse_csc() if mt.layout != torch.sparse_csc else mt
             values = csc.values().to(dtype)
             _check_finite(values, argument)
             return _csr_tensor(
@@ -228,25 +244,62 @@ class SparseOperator:
             (n_cols, n_rows),
         )
 
-    def _rows(self) -> Tensor:
-        """Household (column of M) index of each stored non-zero, in storage order."""
-        if self._rows_of_nnz is None:
-            crow = self.csr_t.crow_indices()
-            counts = crow[1:] - crow[:-1]
-            self._rows_of_nnz = torch.repeat_interleave(
-                torch.arange(self.shape[1], device=crow.device), counts.to(torch.int64)
-            )
-        return self._rows_of_nnz
+    def _household_chunks(self) -> Any:
+        """Yield ``(h0, h1, a, b)``: household range ``[h0, h1)`` and its non-zeros ``[a, b)``.
+
+        Chunks hold about ``_CHUNK_NNZ`` non-zeros (at least one household), so
+        per-chunk temporaries stay small whatever the matrix size.
+        """
+        crow = self.csr_t.crow_indices()
+        n_cols = self.shape[1]
+        nnz = self.nnz
+        if nnz <= _CHUNK_NNZ:
+            yield 0, n_cols, 0, nnz
+            return
+        wanted = torch.arange(_CHUNK_NNZ, nnz, _CHUNK_NNZ, device=crow.device, dtype=crow.dtype)
+        cuts = sorted({0, n_cols, *torch.searchsorted(crow, wanted).tolist()})
+        starts = crow[torch.tensor(cuts, device=crow.device)].tolist()  # one host sync
+        for h0, h1, a, b in zip(cuts[:-1], cuts[1:], starts[:-1], starts[1:]):
+            if b > a:
+                yield h0, h1, a, b
+
+    def _chunk_households(self, h0: int, h1: int, a: int, b: int) -> Tensor:
+        """Household index (int64) of each non-zero in ``[a, b)``."""
+        crow = self.csr_t.crow_indices()
+        counts = (crow[h0 + 1 : h1 + 1] - crow[h0:h1]).to(torch.int64)
+        return torch.repeat_interleave(
+            torch.arange(h0, h1, device=crow.device), counts, output_size=b - a
+        )
 
     def _transpose_csr(self) -> Tensor:
-        """Build CSR(M) from CSR(M.T) with a stable counting sort on the row index."""
-        cols_of_nnz = self.csr_t.col_indices().to(torch.int64)  # target (row of M) index
-        order = torch.sort(cols_of_nnz, stable=True).indices
+        """Build CSR(M) from CSR(M.T): a stable counting sort on the target index, by chunks."""
+        col = self.csr_t.col_indices()  # target (row of M) index of each non-zero
+        vals = self.csr_t.values()
         n_rows = self.shape[0]
-        counts = torch.bincount(cols_of_nnz, minlength=n_rows)
-        indptr = torch.zeros(n_rows + 1, dtype=torch.int64, device=counts.device)
+        dev = col.device
+        counts = torch.zeros(n_rows, dtype=torch.int64, device=dev)
+        for _, _, a, b in self._household_chunks():
+            counts += torch.bincount(col[a:b].to(torch.int64), minlength=n_rows)
+        indptr = torch.zeros(n_rows + 1, dtype=torch.int64, device=dev)
         torch.cumsum(counts, 0, out=indptr[1:])
-        return _csr_tensor(indptr, self._rows()[order], self.csr_t.values()[order], self.shape)
+        del counts
+        out_idx = torch.empty(self.nnz, dtype=col.dtype, device=dev)
+        out_val = torch.empty_like(vals)
+        cursor = indptr[:-1].clone()  # next free slot of each target
+        for h0, h1, a, b in self._household_chunks():
+            tgt = col[a:b].to(torch.int64)
+            order = torch.sort(tgt, stable=True).indices  # households stay ascending per target
+            tgt_sorted = tgt[order]
+            uniq, group = torch.unique_consecutive(tgt_sorted, return_counts=True)
+            first = torch.cumsum(group, 0) - group
+            rank = torch.arange(tgt.numel(), device=dev) - torch.repeat_interleave(
+                first, group, output_size=tgt.numel()
+            )
+            pos = cursor[tgt_sorted] + rank
+            out_idx[pos] = self._chunk_households(h0, h1, a, b)[order].to(col.dtype)
+            out_val[pos] = vals[a:b][order]
+            cursor[uniq] += group
+        return _csr_tensor(indptr, out_idx, out_val, self.shape)
 
     # ------------------------------------------------------------ properties
     @property
@@ -270,8 +323,8 @@ class SparseOperator:
 
         Examples
         --------
-        >>> SparseOperator.from_any(np.eye(2), transpose_copy=False).nbytes
-        20
+        >>> SparseOperator.from_any(np.eye(2), transpose_copy=False).nbytes  # 3 + 2 int32 indices, 2 float32
+        28
         """
         total = 0
         for t in (self.csr_t, self.csr):
@@ -390,10 +443,12 @@ class SparseOperator:
             out = self.csr @ x
         else:
             vals = self.csr_t.values()
-            rows = self._rows()
-            tgt = self.csr_t.col_indices().to(torch.int64)
-            contrib = vals * x[rows] if x.dim() == 1 else vals[:, None] * x[rows]
-            out = x.new_zeros((self.shape[0], *x.shape[1:])).index_add_(0, tgt, contrib)
+            col = self.csr_t.col_indices()
+            out = x.new_zeros((self.shape[0], *x.shape[1:]))
+            for h0, h1, a, b in self._household_chunks():
+                xs = x[self._chunk_households(h0, h1, a, b)]
+                contrib = xs.mul_(vals[a:b] if x.dim() == 1 else vals[a:b, None])
+                out.index_add_(0, col[a:b], contrib)
         return out.to(w.dtype)
 
     def rmatvec(self, r: Tensor) -> Tensor:

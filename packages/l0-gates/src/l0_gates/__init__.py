@@ -1,7 +1,31 @@
-"""l0-gates (shell; filled by its own issue)."""
+"""l0-gates: selection gates that learn which samples and features matter.
 
-from l0_core import __version__ as _core_version
+Examples
+--------
+>>> import torch
+>>> from l0_gates import SampleGate
+>>> data = torch.rand(400, 3, generator=torch.Generator().manual_seed(0))
+>>> selected, indices = SampleGate(n_samples=400, target_samples=40, seed=0).select_samples(data)
+>>> selected.shape
+torch.Size([40, 3])
+"""
+
+from .base import L0Gate
+from .feature import FeatureGate
+from .hybrid import HybridGate
+from .moments import MomentTargets, calibrate, moment_errors, moment_matrix
+from .sample import SampleGate
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "FeatureGate",
+    "HybridGate",
+    "L0Gate",
+    "MomentTargets",
+    "SampleGate",
+    "__version__",
+    "calibrate",
+    "moment_errors",
+    "moment_matrix",
+]

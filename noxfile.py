@@ -1,0 +1,148 @@
+"""Test, lint and docs sessions for the l0 monorepo.
+
+``nox`` with no arguments runs the test sessions: each package alone (with
+only l0-core beside it), everything together through ``l0-python``, and the
+example plugin installed the way a user would install it. ``nox -s lint`` and
+``nox -s docs`` run ruff and a strict mkdocs build.
+
+torch is installed first in every session, pinned to ``torch==2.13.0`` (pip
+finds the CPU wheel through ``PIP_FIND_LINKS``/pip.conf when one is
+provided); set ``L0_NOX_TORCH`` to install another requirement instead, e.g.
+``L0_NOX_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+PACKAGES = {
+    "core": ("l0-core", "l0_core"),
+    "nn": ("l0-nn", "l0_nn"),
+    "gates": ("l0-gates", "l0_gates"),
+    "calibrate": ("l0-calibrate", "l0_calibrate"),
+}
+ALL_IMPORTS = [imp for _, imp in PACKAGES.values()] + ["l0"]
+TORCH = shlex.split(os.environ.get("L0_NOX_TORCH", "torch==2.13.0"))
+PYTEST = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+
+nox.options.sessions = ["core", "nn", "gates", "calibrate", "all", "plugin"]
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_missing_interpreters = True
+
+
+def _install_torch(session: nox.Session) -> None:
+    """torch first, so that nothing later pulls a (multi-GB) build of its own choosing."""
+    session.install(*TORCH)
+
+
+def _assert_not_importable(session: nox.Session, modules: list[str]) -> None:
+    code = (
+        "import importlib.util, sys\n"
+        f"present = [m for m in {modules!r} if importlib.util.find_spec(m) is not None]\n"
+        "sys.exit(f'should not be importable here: {present}' if present else 0)\n"
+    )
+    session.run("python", "-c", code)
+    session.log(f"not importable, as intended: {', '.join(modules)}")
+
+
+def _package_session(session: nox.Session, key: str) -> None:
+    dist, module = PACKAGES[key]
+    _install_torch(session)
+    targets = ["packages/l0-core[test]"]
+    if key != "core":
+        targets.append(f"packages/{dist}[test]")
+    session.install(*targets)
+    _assert_not_importable(session, [m for m in ALL_IMPORTS if m not in ("l0_core", module)])
+    session.run(
+        *PYTEST, f"packages/{dist}/tests", "--doctest-modules", "--pyargs", module, *session.posargs
+    )
+
+
+@nox.session
+def core(session: nox.Session) -> None:
+    """l0-core alone (non-editable install): its tests and doctests."""
+    _package_session(session, "core")
+
+
+@nox.session
+def nn(session: nox.Session) -> None:
+    """l0-nn with only l0-core: its tests and doctests; the other packages are absent."""
+    _package_session(session, "nn")
+
+
+@nox.session
+def gates(session: nox.Session) -> None:
+    """l0-gates with only l0-core: its tests and doctests; the other packages are absent."""
+    _package_session(session, "gates")
+
+
+@nox.session
+def calibrate(session: nox.Session) -> None:
+    """l0-calibrate with only l0-core: its tests and doctests; the other packages are absent."""
+    _package_session(session, "calibrate")
+
+
+@nox.session(name="all")
+def all_(session: nox.Session) -> None:
+    """Everything through the l0-python meta-distribution: every test suite plus the facade."""
+    _install_torch(session)
+    editable = []
+    for dist, _ in PACKAGES.values():
+        editable += ["-e", f"packages/{dist}[test]"]
+    session.install(*editable, "-e", ".[dev]")
+    session.run(
+        *PYTEST,
+        *(f"packages/{d}/tests" for d, _ in PACKAGES.values()),
+        "tests",
+        "--doctest-modules",
+        "src/l0",
+        *session.posargs,
+    )
+
+
+@nox.session
+def plugin(session: nox.Session) -> None:
+    """Install examples/l0-plugin-example from its folder as a user would, find it, run its tests."""
+    _install_torch(session)
+    session.install("packages/l0-core")
+    session.cd("examples/l0-plugin-example")
+    session.install(".[test]")
+    listing = session.run("l0", "plugins", silent=True) or ""
+    session.log(listing)
+    for expected in (
+        "straight_through (l0-plugin-example",
+        "gates: straight_through",
+        "schedules: plateau_cosine",
+    ):
+        if expected not in listing:
+            session.error(f"`l0 plugins` does not list the example plugin ({expected!r} missing)")
+    session.run(
+        "python",
+        "-c",
+        "from l0_core import make_gate, TemperatureScheduler; "
+        "g = make_gate('straight_through', 4); "
+        "s = TemperatureScheduler(schedule='plateau_cosine'); "
+        "print(type(g).__name__, s.get_temperature(99))",
+    )
+    session.run(
+        *PYTEST, "tests", "--doctest-modules", "--pyargs", "l0_plugin_example", *session.posargs
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check on the whole repository."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", ".", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the mkdocs site with --strict (any warning fails)."""
+    session.install("mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26")
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"), *session.posargs)

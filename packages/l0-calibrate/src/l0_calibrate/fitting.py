@@ -1,0 +1,563 @@
+"""The training loop behind :meth:`SparseCalibrationWeights.fit`.
+
+One call runs ``epochs`` epochs of the fused step (:mod:`l0_calibrate.engine`),
+continuing any earlier call's optimiser, generator, temperature schedule
+and sparsity controller. With ``target_count`` it ends with an exact
+selection of that many households followed by a short re-fit of their
+weights (or, with ``polish=True``, an exact re-calibration on them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+from l0_core import TargetSparsityController, get_schedule
+from torch import Tensor
+
+from .callbacks import Callback, dispatch_event
+from .engine import (
+    HardConcreteWorkspace,
+    WeightPenalty,
+    deterministic_gates,
+    penalty_gradient,
+    rel_errors,
+    target_gradient,
+)
+from .inputs import Problem, as_vector, check_nonneg_float, check_positive_int, prepare_problem
+from .losses import get_loss
+
+if TYPE_CHECKING:
+    from .weights import SparseCalibrationWeights
+
+__all__ = ["FitOptions", "InfeasibleTargetWarning", "run_fit"]
+
+logger = logging.getLogger("l0_calibrate")
+
+
+class InfeasibleTargetWarning(UserWarning):
+    """A target has a non-zero value but no household contributes to it."""
+
+
+@dataclass
+class FitOptions:
+    """Keyword-only options of ``fit`` beyond the published ones (see ``fit``'s docstring)."""
+
+    target_count: int | float | None = None
+    refit_epochs: int | None = None
+    count_lr: float = 0.05
+    count_warmup: float = 0.5
+    beta_schedule: str | Callable[[float, float, float], float] | None = None
+    final_beta: float | None = None
+    schedule_epochs: int | None = None
+    callbacks: Sequence[Callback] | None = None
+    log_freq: int | None = None
+    progress: bool | None = None
+    target_names: Sequence[str] | None = None
+    design_weights: Any = None
+    lambda_distance: float = 0.0
+    distance: str = "chi2"
+    lambda_dispersion: float = 0.0
+    max_weight_ratio: Any = None
+    lambda_ratio: float = 1.0
+    polish: bool = False
+
+
+# ------------------------------------------------------------------ helpers
+class _TqdmHandler(logging.Handler):
+    """Writes log records through tqdm so they do not break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _verbose_handler(verbose: bool) -> logging.Handler | None:
+    """Attach a stderr handler for ``verbose=True`` when the application configured no logging."""
+    if not verbose or logger.hasHandlers():
+        return None
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+        handler._l0_reset_level = True  # type: ignore[attr-defined]
+    return handler
+
+
+def _remove_handler(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logger.removeHandler(handler)
+        if getattr(handler, "_l0_reset_level", False):
+            logger.setLevel(logging.NOTSET)
+
+
+def _make_optimizer(params: list[Tensor], lr: float) -> torch.optim.Optimizer:
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a device/dtype without fused Adam
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+def _weight_penalties(
+    model: SparseCalibrationWeights, opts: FitOptions, target_count: int | None
+) -> list[tuple[float, WeightPenalty]]:
+    """The penalties on ``w`` asked for by the options (calibration distance, dispersion, ratio)."""
+    wants = opts.lambda_distance > 0 or opts.lambda_dispersion > 0 or opts.max_weight_ratio is not None
+    if not wants:
+        return []
+    from . import regularizers as reg
+
+    if opts.design_weights is not None:
+        d = torch.as_tensor(
+            as_vector(opts.design_weights, "design_weights", model.n_features), device=model.device
+        ).to(model.log_weight.dtype)
+        if bool((d <= 0).any()):
+            raise ValueError("design_weights must be positive; drop zero-weight households first")
+    else:
+        d = model.initial_weights.clamp_min(1e-8)
+    # Kept households carry the population: measure against design weights inflated
+    # by n / target_count (l0_calibrate.regularizers.inflate_design_weights on average).
+    ref = d * (model.n_features / target_count) if target_count else d
+    out: list[tuple[float, WeightPenalty]] = []
+    if opts.lambda_distance > 0:
+        kind = opts.distance
+        out.append((opts.lambda_distance, lambda w: reg.calibration_distance(w, ref, kind, active_only=True)))
+    if opts.lambda_dispersion > 0:
+        out.append((opts.lambda_dispersion, lambda w: reg.dispersion_penalty(w, reference=ref)))
+    if opts.max_weight_ratio is not None:
+        bound = opts.max_weight_ratio
+        reg.ratio_bounds(bound)  # validates before work starts
+        out.append((opts.lambda_ratio, lambda w: reg.ratio_bound_penalty(w, ref, bound)))
+    return out
+
+
+# --------------------------------------------------------------- validation
+def _validate(
+    model: SparseCalibrationWeights, args: dict[str, Any], opts: FitOptions
+) -> tuple[Problem, Callable, int | None, int]:
+    args["lambda_l0"] = check_nonneg_float(args["lambda_l0"], "lambda_l0")
+    args["lambda_l2"] = check_nonneg_float(args["lambda_l2"], "lambda_l2")
+    args["lr"] = check_nonneg_float(args["lr"], "lr", positive=True)
+    args["epochs"] = check_positive_int(args["epochs"], "epochs", minimum=0)
+    args["verbose_freq"] = check_positive_int(args["verbose_freq"], "verbose_freq")
+    if opts.log_freq is not None:
+        opts.log_freq = check_positive_int(opts.log_freq, "log_freq")
+    opts.count_lr = check_nonneg_float(opts.count_lr, "count_lr", positive=True)
+    for name in ("lambda_distance", "lambda_dispersion", "lambda_ratio"):
+        setattr(opts, name, check_nonneg_float(getattr(opts, name), name))
+    loss_fn = get_loss(args["loss_type"], "loss_type")
+    if opts.beta_schedule is not None:
+        get_schedule(opts.beta_schedule)  # unknown name -> ValueError listing the registered ones
+        if opts.final_beta is None:
+            raise ValueError("beta_schedule needs final_beta, the temperature to reach at the end")
+        opts.final_beta = check_nonneg_float(opts.final_beta, "final_beta", positive=True)
+    if opts.schedule_epochs is not None:
+        opts.schedule_epochs = check_positive_int(opts.schedule_epochs, "schedule_epochs")
+    target_count = None
+    if opts.target_count is not None:
+        if not model.use_gates:
+            raise ValueError("target_count needs gates; the model was built with use_gates=False")
+        target_count = TargetSparsityController.resolve_target(
+            opts.target_count, model.n_features, argument="target_count"
+        )
+    refit = opts.refit_epochs
+    if refit is None:
+        refit = min(200, max(args["epochs"] // 5, 20)) if target_count is not None else 0
+    refit = check_positive_int(refit, "refit_epochs", minimum=0)
+    if opts.callbacks is not None:
+        opts.callbacks = list(opts.callbacks)
+        for cb in opts.callbacks:
+            if not callable(cb):
+                raise TypeError(f"callbacks must be callables taking the event dict, got {type(cb).__name__}")
+    problem = prepare_problem(
+        args["M"],
+        args["y"],
+        n_features=model.n_features,
+        dtype=model.log_weight.dtype,
+        device=model.log_weight.device,
+        target_groups=args["target_groups"],
+        normalize_groups=args["normalize_groups"],
+        group_multipliers=args["group_multipliers"],
+        target_names=opts.target_names,
+    )
+    return problem, loss_fn, target_count, refit
+
+
+# ---------------------------------------------------------------- the loop
+class _Fit:
+    """State of one ``fit`` call."""
+
+    def __init__(
+        self,
+        model: SparseCalibrationWeights,
+        problem: Problem,
+        loss_fn: Callable,
+        args: dict[str, Any],
+        opts: FitOptions,
+        target_count: int | None,
+    ) -> None:
+        self.model = model
+        self.problem = problem
+        self.op = problem.op
+        self.loss_fn = loss_fn
+        self.args = args
+        self.opts = opts
+        self.target_count = target_count
+        p = model.log_weight
+        self.y = torch.as_tensor(problem.targets, device=p.device).to(p.dtype)
+        self.loss_weights = torch.as_tensor(problem.loss_weights, device=p.device).to(p.dtype)
+        self.feasible = torch.as_tensor(~problem.infeasible, device=p.device)
+        self.penalties = _weight_penalties(model, opts, target_count)
+        self.ws = HardConcreteWorkspace(model.n_features, p.device, p.dtype)
+        self.log_freq = opts.log_freq or args["verbose_freq"]
+        self.started = time.perf_counter()
+        self.stop = False
+
+    # -- setup of the persistent state (optimiser, jitter, schedule, controller)
+    def prepare(self) -> None:
+        m = self.model
+        lr = self.args["lr"]
+        if m.log_weight_jitter_sd > 0 and not m._jittered:
+            with torch.no_grad():
+                noise = torch.randn(
+                    m.n_features, generator=m._generator, device=m.device, dtype=m.log_weight.dtype
+                )
+                m.log_weight.add_(noise * m.log_weight_jitter_sd)
+        m._jittered = True
+        if m._optimizer is None:
+            m._optimizer = _make_optimizer([m.log_weight, m.log_alpha], lr)
+            pending = getattr(m, "_pending_optimizer_state", None)
+            if pending is not None:
+                m._optimizer.load_state_dict(pending)
+                m._pending_optimizer_state = None
+        for group in m._optimizer.param_groups:
+            group["lr"] = lr
+        self._prepare_schedule()
+        self._prepare_controller()
+
+    def _prepare_schedule(self) -> None:
+        m, opts = self.model, self.opts
+        if opts.beta_schedule is None:
+            return  # keep (and continue) any schedule of an earlier call
+        name = opts.beta_schedule if isinstance(opts.beta_schedule, str) else None
+        total = opts.schedule_epochs or self.args["epochs"]
+        sched = m._schedule
+        same = (
+            sched is not None
+            and sched["name"] == name
+            and sched["final"] == opts.final_beta
+            and (opts.schedule_epochs is None or sched["total"] == opts.schedule_epochs)
+            and (name is not None or m._schedule_fn is opts.beta_schedule)
+        )
+        if not same:
+            m._schedule = {"name": name, "initial": m.beta, "final": opts.final_beta, "total": total, "start": m._epoch}
+        m._schedule_fn = get_schedule(opts.beta_schedule)
+
+    def _prepare_controller(self) -> None:
+        m = self.model
+        if self.target_count is None:
+            m._controller = None
+            m._pending_controller_state = None
+            return
+        pending = getattr(m, "_pending_controller_state", None)
+        ctl = m._controller
+        if ctl is None or ctl.target_count != self.target_count:
+            ctl = TargetSparsityController(self.target_count, m.n_features, lr=self.opts.count_lr)
+            ctl.to(device=m.device, dtype=m.log_weight.dtype)
+            if pending is not None and pending["target"] == self.target_count:
+                ctl.lambda1.copy_(pending["lambda1"])
+                ctl.lambda2.copy_(pending["lambda2"])
+            m._pending_controller_state = None
+        ctl.lr = self.opts.count_lr
+        m._controller = ctl
+        sched = m._count_schedule
+        if sched is None or sched["target"] != self.target_count:
+            with torch.no_grad():
+                expected = float(m.get_l0_penalty().item())
+            warmup = int(round(self.opts.count_warmup * self.args["epochs"]))
+            m._count_schedule = {"target": self.target_count, "from": expected, "start": m._epoch, "total": warmup}
+
+    def _count_target(self, epoch: int) -> int:
+        """The controller's target at ``epoch``: geometric from the starting count to the target."""
+        sched = self.model._count_schedule
+        n_final = self.target_count
+        total = sched["total"]
+        progress = 1.0 if total <= 0 else min(1.0, (epoch - sched["start"]) / total)
+        start = max(sched["from"], n_final)
+        return max(1, min(self.model.n_features, int(round(start * (n_final / start) ** progress))))
+
+    def _beta_at(self, epoch: int) -> float:
+        m = self.model
+        sched = m._schedule
+        if sched is None:
+            return m.beta
+        fn = m._schedule_fn
+        if fn is None:
+            if sched["name"] is None:
+                raise ValueError(
+                    "this model was checkpointed with a beta_schedule given as a function; pass the "
+                    "same function again as beta_schedule= to continue it"
+                )
+            fn = m._schedule_fn = get_schedule(sched["name"])
+        total = sched["total"]
+        progress = 1.0 if total <= 1 else min(1.0, (epoch - sched["start"]) / (total - 1))
+        if progress <= 0.0:
+            return sched["initial"]
+        if progress >= 1.0:
+            return sched["final"]
+        return float(fn(progress, sched["initial"], sched["final"]))
+
+    # -- one training epoch
+    def train_epoch(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        m, ws = self.model, self.ws
+        m.beta = self._beta_at(m._epoch)
+        kw = m._gate_kw()
+        w = ws.forward(m.log_weight, m.log_alpha, generator=m._generator, use_gates=m.use_gates, **kw)
+        estimate = self.op.matvec(w)
+        data_loss, r = target_gradient(estimate, self.y, self.loss_weights, self.loss_fn)
+        grad_w = self.op.rmatvec(r)
+        penalty = torch.zeros((), device=w.device, dtype=w.dtype)
+        if self.penalties:
+            penalty, g_extra = penalty_gradient(w, self.penalties)
+            grad_w.add_(g_extra)
+        lam: Tensor | float = self.args["lambda_l0"]
+        control = torch.zeros((), device=w.device, dtype=w.dtype)
+        ctl = m._controller
+        if ctl is not None:
+            ctl.target_count = self._count_target(m._epoch)
+            c = -m.beta * math.log(-m.gamma / m.zeta)
+            with torch.no_grad():
+                expected = torch.sigmoid(ws.lac + c).sum()
+            leaf = expected.detach().requires_grad_(True)
+            with torch.enable_grad():
+                # The controller's term on the expected fraction, scaled to a per-gate
+                # strength comparable to lambda_l0 (see the package README).
+                control_t = ctl.penalty(leaf) * m.n_features
+                (coef,) = torch.autograd.grad(control_t, leaf)
+            control = control_t.detach()
+            lam = coef + self.args["lambda_l0"]
+        grad_lw, grad_la, l0_value, l2_value = ws.backward(
+            grad_w, m.log_alpha, lambda_l0=lam, lambda_l2=self.args["lambda_l2"], use_gates=m.use_gates, **kw
+        )
+        m.log_weight.grad = grad_lw
+        m.log_alpha.grad = grad_la
+        m._optimizer.step()
+        if ctl is not None:
+            ctl.step()
+        m._epoch += 1
+        return data_loss, l0_value, l2_value, penalty + control
+
+    # -- logging step
+    @torch.no_grad()
+    def log_step(self, parts: tuple[Tensor, ...] | None, phase: str, epoch: int, bar: Any) -> None:
+        m = self.model
+        w = m._deterministic_weights()
+        estimate = self.op.matvec(w)
+        err = rel_errors(estimate, self.y)[self.feasible]
+        n_active = int((w > 0).sum().item())
+        event: dict[str, Any] = {"epoch": epoch, "phase": phase}
+        if parts is not None:
+            data, l0, l2, extra = (float(p) for p in parts)
+            total = data + self.args["lambda_l0"] * l0 + self.args["lambda_l2"] * l2 + extra
+            event.update(loss=total, data_loss=data, l0_loss=l0, l2_loss=l2, penalty_loss=extra)
+        event.update(
+            mean_rel_error=float(err.mean().item()) if err.numel() else 0.0,
+            max_rel_error=float(err.max().item()) if err.numel() else 0.0,
+            n_active=n_active,
+            beta=m.beta,
+            elapsed_s=time.perf_counter() - self.started,
+        )
+        m.history_.append(dict(event))
+        level = logging.INFO if self.args["verbose"] else logging.DEBUG
+        if logger.isEnabledFor(level):
+            loss_txt = f"loss={event['loss']:.4g} " if "loss" in event else ""
+            logger.log(
+                level,
+                "%s epoch %5d: %smean_rel_error=%.4f%% max_rel_error=%.2f%% active=%d/%d (%.1f%% sparse)",
+                phase,
+                epoch,
+                loss_txt,
+                100 * event["mean_rel_error"],
+                100 * event["max_rel_error"],
+                n_active,
+                m.n_features,
+                100 * (1 - n_active / m.n_features),
+            )
+        if bar is not None:
+            bar.set_postfix(err=f"{100 * event['mean_rel_error']:.3g}%", active=n_active, refresh=False)
+        event.update(weights=w, model=m)
+        if dispatch_event(event, self.opts.callbacks or ()):
+            self.stop = True
+
+    # -- exact selection and refit
+    @torch.no_grad()
+    def select_exactly(self, count: int) -> None:
+        m = self.model
+        kw = m._gate_kw()
+        la = m.log_alpha
+        z_old = deterministic_gates(la, **kw)
+        order = torch.argsort(la, descending=True, stable=True)
+        keep = torch.zeros(m.n_features, dtype=torch.bool, device=la.device)
+        keep[order[:count]] = True
+        # Gate fully open (z = 1) on the kept households, weights unchanged where z_old > 0.
+        on = m.beta * math.log((1 - m.gamma) / (m.zeta - 1)) + 0.5
+        off = m.beta * math.log(-m.gamma / m.zeta) - 0.5
+        was_on = keep & (z_old > 0)
+        m.log_weight[was_on] += torch.log(z_old[was_on])
+        la[keep] = torch.clamp(la[keep], min=on)
+        la[~keep] = torch.clamp(la[~keep], max=off)
+
+    def refit(self, epochs: int, bar: Any) -> None:
+        """Adam on ``log_weight`` alone with the deterministic gates fixed."""
+        if epochs <= 0:
+            return
+        m = self.model
+        gates = deterministic_gates(m.log_alpha, **m._gate_kw())
+        opt = _make_optimizer([m.log_weight], self.args["lr"])
+        lam2 = self.args["lambda_l2"]
+        for i in range(epochs):
+            with torch.no_grad():
+                ew = torch.exp(m.log_weight)
+                w = ew * gates
+            estimate = self.op.matvec(w)
+            data_loss, r = target_gradient(estimate, self.y, self.loss_weights, self.loss_fn)
+            grad_w = self.op.rmatvec(r)
+            penalty = torch.zeros((), device=w.device, dtype=w.dtype)
+            if self.penalties:
+                penalty, g_extra = penalty_gradient(w, self.penalties)
+                grad_w.add_(g_extra)
+            grad = grad_w.mul_(w)
+            if lam2 > 0:
+                grad.add_(ew * ew, alpha=2 * lam2)
+            m.log_weight.grad = grad
+            opt.step()
+            if bar is not None:
+                bar.update(1)
+            done = i + 1
+            if done % self.log_freq == 0 or done == epochs:
+                zero = torch.zeros(())
+                self.log_step((data_loss, zero, zero, penalty), "refit", m._epoch + done, bar)
+                if self.stop:
+                    break
+        m.log_weight.grad = None
+
+    @torch.no_grad()
+    def polish(self) -> None:
+        from .polish import polish_weights
+
+        m, pb = self.model, self.problem
+        w = m._deterministic_weights()
+        support = torch.nonzero(w > 0).flatten().cpu().numpy()
+        if support.size == 0:
+            return
+        design = self.opts.design_weights
+        if design is None:
+            design = m.initial_weights.clamp_min(1e-8).cpu().numpy()
+        res = polish_weights(
+            self.op,
+            pb.targets,
+            support,
+            design_weights=design,
+            distance=self.opts.distance,
+            max_weight_ratio=self.opts.max_weight_ratio,
+            target_weights=pb.loss_weights,
+        )
+        m.polish_result_ = res
+        new_w = torch.as_tensor(res.weights, device=m.device).to(m.log_weight.dtype)
+        gates = deterministic_gates(m.log_alpha, **m._gate_kw())
+        sup = torch.as_tensor(support, device=m.device)
+        pos = sup[new_w[sup] > 0]
+        m.log_weight[pos] = torch.log(new_w[pos] / gates[pos])
+        dropped = sup[new_w[sup] <= 0]
+        off = m.beta * math.log(-m.gamma / m.zeta) - 0.5
+        m.log_alpha[dropped] = torch.clamp(m.log_alpha[dropped], max=off)
+
+
+def _progress_bar(total: int, opts: FitOptions, verbose: bool) -> Any:
+    show = opts.progress if opts.progress is not None else verbose
+    if not show or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    # disable=None: tqdm turns itself off when stderr is not a terminal
+    return tqdm(total=total, desc="calibrating", unit="epoch", disable=None if opts.progress is None else False, leave=False)
+
+
+def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> SparseCalibrationWeights:
+    """Validate the arguments of ``fit``, then train (see :meth:`SparseCalibrationWeights.fit`).
+
+    Examples
+    --------
+    >>> from l0_calibrate import SparseCalibrationWeights
+    >>> model = SparseCalibrationWeights(2, seed=0)
+    >>> run_fit(model, np.eye(2), [1.0, 1.0], epochs=5) is model
+    True
+    """
+    names = {f.name for f in FitOptions.__dataclass_fields__.values()}
+    published = {
+        "lambda_l0", "lambda_l2", "lr", "epochs", "loss_type", "verbose", "verbose_freq",
+        "target_groups", "normalize_groups", "group_multipliers",
+    }  # fmt: skip
+    unknown = sorted(set(kwargs) - names - published)
+    if unknown:
+        raise TypeError(f"fit() got unexpected keyword argument(s) {unknown}; options are {sorted(names)}")
+    opts = FitOptions(**{k: v for k, v in kwargs.items() if k in names})
+    args = {k: kwargs[k] for k in published}
+    args.update(M=M, y=y)
+    problem, loss_fn, target_count, refit_epochs = _validate(model, args, opts)
+    if opts.polish:
+        from . import polish as _polish  # noqa: F401 - fail early when the polishing stage is absent
+    model.infeasible_targets_ = problem.infeasible_names
+    if problem.infeasible.any():
+        names_txt = ", ".join(problem.infeasible_names[:10])
+        more = problem.infeasible.sum() - 10
+        warnings.warn(
+            f"{int(problem.infeasible.sum())} target(s) have a non-zero value but no household "
+            f"contributes to them, so no weights can reach them: {names_txt}"
+            + (f" and {more} more" if more > 0 else "")
+            + ". They are left out of the loss and reported as infeasible; the rest are calibrated.",
+            InfeasibleTargetWarning,
+            stacklevel=3,
+        )
+    fit = _Fit(model, problem, loss_fn, args, opts, target_count)
+    fit.prepare()
+    epochs = args["epochs"]
+    handler = _verbose_handler(args["verbose"])
+    bar = _progress_bar(epochs + refit_epochs, opts, args["verbose"])
+    try:
+        for i in range(epochs):
+            parts = fit.train_epoch()
+            if bar is not None:
+                bar.update(1)
+            done = i + 1
+            if done % fit.log_freq == 0 or done == epochs:
+                fit.log_step(parts, "train", model._epoch, bar)
+                if fit.stop:
+                    break
+        if target_count is not None:
+            fit.select_exactly(target_count)
+            fit.stop = False
+            if opts.polish:
+                fit.polish()
+            else:
+                fit.refit(refit_epochs, bar)
+        elif opts.polish:
+            fit.polish()
+    finally:
+        if bar is not None:
+            bar.close()
+        _remove_handler(handler)
+    return model

@@ -1,0 +1,116 @@
+"""TargetSparsityController: reaching a target, multiplier updates, validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from l0_core import HardConcrete, TargetSparsityController, compute_l0_penalty
+
+
+def train(gate, ctl, steps, lr=0.1):
+    opt = torch.optim.Adam(gate.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        ctl.penalty(compute_l0_penalty(gate)).backward()
+        opt.step()
+        ctl.step()
+
+
+def test_controller_drives_the_expected_count_to_a_target_count():
+    torch.manual_seed(0)
+    gate = HardConcrete(200, init_mean=0.9, generator=torch.Generator().manual_seed(0))
+    ctl = TargetSparsityController(target=40, n_total=200, lr=0.05)
+    train(gate, ctl, 800)
+    assert abs(gate.l0_penalty().item() - 40) < 1
+
+
+def test_controller_accepts_a_fraction_and_reaches_it():
+    gate = HardConcrete(100, init_mean=0.2, generator=torch.Generator().manual_seed(1))
+    ctl = TargetSparsityController(target=0.6, n_total=100)
+    assert ctl.target_count == 60 and ctl.target_fraction == pytest.approx(0.6)
+    train(gate, ctl, 800)
+    assert abs(gate.l0_penalty().item() - 60) < 1
+
+
+def test_penalty_is_lambda1_gap_plus_lambda2_gap_squared():
+    ctl = TargetSparsityController(target=20, n_total=100)
+    ctl.lambda1.fill_(0.7)
+    ctl.lambda2.fill_(3.0)
+    gap = 50 / 100 - 0.2
+    assert ctl.penalty(torch.tensor(50.0)).item() == pytest.approx(0.7 * gap + 3.0 * gap**2)
+
+
+def test_penalty_without_quadratic_term_is_linear_in_the_gap():
+    ctl = TargetSparsityController(target=20, n_total=100, quadratic=False)
+    ctl.lambda1.fill_(0.7)
+    ctl.lambda2.fill_(3.0)
+    assert ctl.penalty(torch.tensor(50.0)).item() == pytest.approx(0.7 * 0.3)
+
+
+def test_step_is_gradient_ascent_on_the_multipliers_with_the_last_gap():
+    ctl = TargetSparsityController(target=10, n_total=100, lr=0.5)
+    ctl.penalty(torch.tensor(30.0))
+    ctl.step()
+    assert ctl.lambda1.item() == pytest.approx(0.5 * 0.2)
+    assert ctl.lambda2.item() == pytest.approx(0.5 * 0.2**2)
+    ctl.penalty(torch.tensor(5.0))
+    ctl.step()
+    assert ctl.lambda1.item() == pytest.approx(0.5 * 0.2 + 0.5 * (-0.05))
+
+
+def test_penalty_gradient_pushes_the_expected_count_towards_the_target():
+    ctl = TargetSparsityController(target=10, n_total=100)
+    ctl.lambda1.fill_(1.0)
+    s = torch.tensor(30.0, requires_grad=True)
+    ctl.penalty(s).backward()
+    assert s.grad.item() > 0  # gradient descent lowers s
+
+
+def test_multipliers_are_saved_in_the_state_dict():
+    ctl = TargetSparsityController(target=10, n_total=100)
+    ctl.lambda1.fill_(0.25)
+    other = TargetSparsityController(target=10, n_total=100)
+    other.load_state_dict(ctl.state_dict())
+    assert other.lambda1.item() == 0.25 and set(ctl.state_dict()) == {"lambda1", "lambda2"}
+
+
+def test_step_before_penalty_raises_a_clear_error():
+    with pytest.raises(RuntimeError, match=r"call penalty\(\) before step\(\)"):
+        TargetSparsityController(1, 10).step()
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "message"),
+    [
+        (0, ValueError, "target must be between 1 and 10"),
+        (11, ValueError, "target must be between 1 and 10"),
+        (1.5, ValueError, r"target as a fraction must lie in \(0, 1\]"),
+        (0.0, ValueError, r"target as a fraction must lie in \(0, 1\]"),
+        ("5", TypeError, "target must be an int count or a float fraction"),
+        (True, TypeError, "target must be an int count or a float fraction"),
+    ],
+)
+def test_bad_targets_raise_errors_naming_the_argument(target, error, message):
+    with pytest.raises(error, match=message):
+        TargetSparsityController(target, 10)
+
+
+def test_resolve_target_uses_the_callers_argument_name():
+    with pytest.raises(ValueError, match="target_count must be between 1 and 5"):
+        TargetSparsityController.resolve_target(9, 5, argument="target_count")
+
+
+def test_a_tiny_fraction_still_keeps_one_item():
+    assert TargetSparsityController.resolve_target(0.001, 10) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_total": 0}, "n_total must be a positive integer"),
+        ({"n_total": 10, "lr": 0.0}, "lr must be a positive number"),
+    ],
+)
+def test_bad_sizes_and_rates_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TargetSparsityController(1, **kwargs)
