@@ -169,3 +169,86 @@ def build_problem(df: pd.DataFrame, size: str, min_cell: int = 10) -> Problem:
         holdout_names=hnames,
         balance=balance[:, :n_small],
     )
+
+
+# ------------------------------------------------------------------ cube method
+def _null_vector(B: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random unit vector in the null space of B (p x k, p < k)."""
+    _, s, vt = np.linalg.svd(B, full_matrices=True)
+    rank = int((s > s.max(initial=0.0) * 1e-10).sum()) if s.size else 0
+    basis = vt[rank:]
+    u = rng.standard_normal(basis.shape[0]) @ basis
+    return u / np.linalg.norm(u)
+
+
+def _flight(pi: np.ndarray, A: np.ndarray, rng: np.random.Generator, eps: float = 1e-9) -> np.ndarray:
+    """Fast flight phase (Chauvet & Tillé 2006): random walk on the cube face keeping A' pi fixed.
+
+    Works on p + 1 non-integer units at a time (p = columns of A); each step
+    moves pi along a null vector of the p x (p + 1) block until at least one
+    unit reaches 0 or 1, choosing the direction with the probabilities that
+    keep E[pi] unchanged. Stops when at most p units are non-integer.
+    """
+    pi = pi.copy()
+    p = A.shape[1]
+    queue = [int(k) for k in np.flatnonzero((pi > eps) & (pi < 1 - eps))]
+    work: list[int] = []
+    pos = 0
+    while True:
+        work = [k for k in work if eps < pi[k] < 1 - eps]
+        while len(work) < p + 1 and pos < len(queue):
+            k = queue[pos]
+            pos += 1
+            if eps < pi[k] < 1 - eps:
+                work.append(k)
+        if len(work) < p + 1:
+            break
+        idx = np.asarray(work)
+        u = _null_vector(A[idx].T, rng)
+        x = pi[idx]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            up = np.where(u > 0, (1 - x) / u, np.where(u < 0, -x / u, np.inf))
+            down = np.where(u > 0, x / u, np.where(u < 0, (x - 1) / u, np.inf))
+        l1, l2 = up.min(), down.min()
+        if rng.random() < l2 / (l1 + l2):
+            pi[idx] = x + l1 * u
+        else:
+            pi[idx] = x - l2 * u
+        pi[idx] = np.where(pi[idx] < eps, 0.0, np.where(pi[idx] > 1 - eps, 1.0, pi[idx]))
+    return pi
+
+
+def cube_sample(balance: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Balanced sample of n units with equal inclusion probabilities (cube method).
+
+    Balancing variables: the columns of ``balance`` (each divided by pi),
+    reduced to an orthonormal basis of their span, with pi itself first so
+    the sample size is exact. Landing phase by suppression of variables:
+    the flight is rerun on the remaining non-integer units, dropping the
+    least important balancing direction each time (Deville & Tillé 2004).
+    """
+    N = balance.shape[0]
+    pi = np.full(N, n / N)
+    X = balance / pi[:, None]
+    # Orthonormal basis of span(pi, X), pi first; directions ordered by singular value.
+    Xc = X - np.outer(pi, (pi @ X) / (pi @ pi))
+    U, s, _ = np.linalg.svd(Xc, full_matrices=False)
+    keep = s > s[0] * 1e-8
+    A = np.column_stack([pi / np.linalg.norm(pi), U[:, keep]])
+    order = rng.permutation(N)
+    pi_o = _flight(pi[order], A[order], rng)
+    p = A.shape[1]
+    while True:
+        rest = np.flatnonzero((pi_o > 1e-9) & (pi_o < 1 - 1e-9))
+        if rest.size == 0:
+            break
+        p = min(p - 1, rest.size - 1)
+        if p < 1:
+            # only rounding noise can be left here
+            pi_o[rest] = (rng.random(rest.size) < pi_o[rest]).astype(float)
+            break
+        sub = _flight(pi_o[rest], A[order][rest][:, :p], rng)
+        pi_o[rest] = sub
+    sample = np.zeros(N, dtype=bool)
+    sample[order[pi_o > 0.5]] = True
+    return np.flatnonzero(sample)

@@ -204,3 +204,8 @@ def test_scheduler_with_update_temperatures_anneals_the_model_as_in_a_training_l
         seen.append(gate_temperature(model[0]))
     assert seen[0] == 1.0 and seen[-1] == pytest.approx(0.1)
     assert gate_temperature(model[1]) == pytest.approx(0.1)
+
+
+def test_update_temperatures_rejects_a_non_module():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got list"):
+        update_temperatures([HardConcrete(2)], 0.5)

@@ -13,6 +13,7 @@ from l0_core.plugins import add_builtin_plugin as _add_builtin_plugin
 
 from .callbacks import Checkpoint, EarlyStopping
 from .fitting import InfeasibleTargetWarning
+from .frontend import CalibrationResult, calibrate
 from .losses import (
     BUILTIN_LOSSES,
     capped_relative_loss,
@@ -29,11 +30,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BUILTIN_LOSSES",
+    "CalibrationResult",
     "Checkpoint",
     "EarlyStopping",
     "InfeasibleTargetWarning",
     "SparseCalibrationWeights",
     "__version__",
+    "calibrate",
     "capped_relative_loss",
     "get_loss",
     "microcalibrate_loss",

@@ -100,14 +100,18 @@ class ColumnShard:
         for name in ("n_total", "start", "stop", "rank", "world_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"ColumnShard {name} must be an integer, got {type(value).__name__}")
+                raise TypeError(
+                    f"ColumnShard {name} must be an integer, got {type(value).__name__}"
+                )
         if not 0 <= self.start < self.stop <= self.n_total:
             raise ValueError(
                 f"ColumnShard needs 0 <= start < stop <= n_total, got start={self.start}, "
                 f"stop={self.stop}, n_total={self.n_total}; every rank must hold at least one column"
             )
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"ColumnShard rank must lie in [0, world_size), got {self.rank} of {self.world_size}")
+            raise ValueError(
+                f"ColumnShard rank must lie in [0, world_size), got {self.rank} of {self.world_size}"
+            )
 
     @property
     def n_local(self) -> int:
@@ -121,7 +125,12 @@ class ColumnShard:
 
     @classmethod
     def even(
-        cls, n_total: int, *, rank: int | None = None, world_size: int | None = None, group: Any = None
+        cls,
+        n_total: int,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        group: Any = None,
     ) -> ColumnShard:
         """Contiguous, nearly equal blocks (the first ``n_total % world_size`` ranks get one more).
 
@@ -138,7 +147,11 @@ class ColumnShard:
         world_size = g_size if world_size is None else world_size
         if isinstance(n_total, bool) or not isinstance(n_total, (int, np.integer)):
             raise TypeError(f"n_total must be an integer, got {type(n_total).__name__}")
-        if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) or world_size < 1:
+        if (
+            isinstance(world_size, bool)
+            or not isinstance(world_size, (int, np.integer))
+            or world_size < 1
+        ):
             raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
         if n_total < world_size:
             raise ValueError(
@@ -151,7 +164,9 @@ class ColumnShard:
         return cls(int(n_total), int(start), int(stop), int(rank), int(world_size))
 
     @classmethod
-    def from_local_count(cls, n_local: int, *, group: Any = None, device: Any = None) -> ColumnShard:
+    def from_local_count(
+        cls, n_local: int, *, group: Any = None, device: Any = None
+    ) -> ColumnShard:
         """The layout given each rank's own column count, in rank order (a collective call).
 
         Examples
@@ -160,7 +175,9 @@ class ColumnShard:
         ColumnShard(n_total=5, start=0, stop=5, rank=0, world_size=1)
         """
         if isinstance(n_local, bool) or not isinstance(n_local, (int, np.integer)) or n_local < 1:
-            raise ValueError(f"n_local must be a positive integer (this rank's columns), got {n_local!r}")
+            raise ValueError(
+                f"n_local must be a positive integer (this rank's columns), got {n_local!r}"
+            )
         rank, size = _rank_and_size(group)
         if size == 1:
             return cls(int(n_local), 0, int(n_local), 0, 1)
@@ -479,7 +496,9 @@ class ProcessGroupReducer(LocalReducer):
 
     # -- problem and options
     def check_fit_options(self, **options: Any) -> None:
-        """Reject the options a column-sharded fit does not support, naming them."""
+        """Reject the options a fit over several ranks does not support, naming them."""
+        if self.world_size == 1:
+            return
         unsupported = {
             "polish": "polish=True (the exact re-calibration needs all kept columns in one process)",
             "lambda_distance": "lambda_distance > 0 (the distance is normalised over all columns)",
@@ -521,4 +540,8 @@ class ProcessGroupReducer(LocalReducer):
 
     def event_info(self) -> dict[str, Any]:
         """``rank``, ``world_size`` and ``column_offset`` for callback events."""
-        return {"rank": self.shard.rank, "world_size": self.world_size, "column_offset": self.shard.start}
+        return {
+            "rank": self.shard.rank,
+            "world_size": self.world_size,
+            "column_offset": self.shard.start,
+        }

@@ -42,6 +42,12 @@ __all__ = ["FitOptions", "InfeasibleTargetWarning", "run_fit"]
 
 logger = logging.getLogger("l0_calibrate")
 
+#: Epochs of the weight re-fit after the exact selection of ``target_count`` households.
+DEFAULT_REFIT_EPOCHS = 200
+
+#: Below this many non-zeros plus households a CPU fit runs on one thread (``num_threads=None``).
+SMALL_PROBLEM = 2_000_000
+
 
 class InfeasibleTargetWarning(UserWarning):
     """A target has a non-zero value but no household contributes to it."""
@@ -53,7 +59,7 @@ class FitOptions:
 
     target_count: int | float | None = None
     refit_epochs: int | None = None
-    count_lr: float = 0.05
+    count_lr: float = 0.5
     count_warmup: float = 0.5
     beta_schedule: str | Callable[[float, float, float], float] | None = None
     final_beta: float | None = None
@@ -69,9 +75,65 @@ class FitOptions:
     max_weight_ratio: Any = None
     lambda_ratio: float = 1.0
     polish: bool = False
+    num_threads: int | None = None
 
 
 # ------------------------------------------------------------------ helpers
+class _LocalReducer:
+    """Identity reducer: every household column lives in this process.
+
+    A model may carry another reducer as ``model._reducer`` (the column-sharded
+    fit of :mod:`l0_calibrate.distributed`); the loop asks it for every quantity
+    that depends on columns held elsewhere.
+    """
+
+    sharded = False
+    is_main = True
+
+    def __init__(self, n_total: int) -> None:
+        self.n_total = int(n_total)
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def any(self, flag: bool) -> bool:
+        return bool(flag)
+
+    def normal_noise(self, n: int, *, generator: torch.Generator, device: Any, dtype: torch.dtype) -> Tensor:
+        return torch.randn(n, generator=generator, device=device, dtype=dtype)
+
+    def gate_noise(self, buffer: Tensor, generator: torch.Generator) -> Tensor | None:
+        return None
+
+    def top_k_mask(self, scores: Tensor, k: int) -> Tensor:
+        order = torch.argsort(scores, descending=True, stable=True)
+        keep = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+        keep[order[:k]] = True
+        return keep
+
+    def check_fit_options(self, **options: Any) -> None:
+        return None
+
+    def reduce_problem(self, problem: Any, **group_options: Any) -> None:
+        return None
+
+    def event_info(self) -> dict[str, Any]:
+        return {}
+
+
+def reducer_of(model: Any) -> Any:
+    """The model's reducer (``model._reducer``) or the single-process identity.
+
+    Examples
+    --------
+    >>> from l0_calibrate import SparseCalibrationWeights
+    >>> reducer_of(SparseCalibrationWeights(3)).n_total
+    3
+    """
+    red = getattr(model, "_reducer", None)
+    return red if red is not None else _LocalReducer(model.n_features)
+
+
 class _TqdmHandler(logging.Handler):
     """Writes log records through tqdm so they do not break a progress bar."""
 
@@ -155,7 +217,12 @@ def _validate(
     args["verbose_freq"] = check_positive_int(args["verbose_freq"], "verbose_freq")
     if opts.log_freq is not None:
         opts.log_freq = check_positive_int(opts.log_freq, "log_freq")
+    if opts.num_threads is not None:
+        opts.num_threads = check_positive_int(opts.num_threads, "num_threads")
     opts.count_lr = check_nonneg_float(opts.count_lr, "count_lr", positive=True)
+    opts.count_warmup = check_nonneg_float(opts.count_warmup, "count_warmup")
+    if opts.count_warmup > 1:
+        raise ValueError(f"count_warmup is a fraction of epochs in [0, 1], got {opts.count_warmup!r}")
     for name in ("lambda_distance", "lambda_dispersion", "lambda_ratio"):
         setattr(opts, name, check_nonneg_float(getattr(opts, name), name))
     loss_fn = get_loss(args["loss_type"], "loss_type")
@@ -175,13 +242,24 @@ def _validate(
         )
     refit = opts.refit_epochs
     if refit is None:
-        refit = min(200, max(args["epochs"] // 5, 20)) if target_count is not None else 0
+        refit = DEFAULT_REFIT_EPOCHS if target_count is not None else 0
     refit = check_positive_int(refit, "refit_epochs", minimum=0)
     if opts.callbacks is not None:
         opts.callbacks = list(opts.callbacks)
         for cb in opts.callbacks:
             if not callable(cb):
                 raise TypeError(f"callbacks must be callables taking the event dict, got {type(cb).__name__}")
+    red = reducer_of(model)
+    red.check_fit_options(
+        polish=opts.polish,
+        lambda_distance=opts.lambda_distance,
+        lambda_dispersion=opts.lambda_dispersion,
+        max_weight_ratio=opts.max_weight_ratio,
+    )
+    if target_count is not None and red.n_total != model.n_features:
+        target_count = TargetSparsityController.resolve_target(
+            opts.target_count, red.n_total, argument="target_count"
+        )
     problem = prepare_problem(
         args["M"],
         args["y"],
@@ -192,6 +270,12 @@ def _validate(
         normalize_groups=args["normalize_groups"],
         group_multipliers=args["group_multipliers"],
         target_names=opts.target_names,
+    )
+    red.reduce_problem(
+        problem,
+        target_groups=args["target_groups"],
+        normalize_groups=args["normalize_groups"],
+        group_multipliers=args["group_multipliers"],
     )
     return problem, loss_fn, target_count, refit
 
@@ -210,6 +294,7 @@ class _Fit:
         target_count: int | None,
     ) -> None:
         self.model = model
+        self.red = reducer_of(model)
         self.problem = problem
         self.op = problem.op
         self.loss_fn = loss_fn
@@ -232,7 +317,7 @@ class _Fit:
         lr = self.args["lr"]
         if m.log_weight_jitter_sd > 0 and not m._jittered:
             with torch.no_grad():
-                noise = torch.randn(
+                noise = self.red.normal_noise(
                     m.n_features, generator=m._generator, device=m.device, dtype=m.log_weight.dtype
                 )
                 m.log_weight.add_(noise * m.log_weight_jitter_sd)
@@ -268,27 +353,33 @@ class _Fit:
 
     def _prepare_controller(self) -> None:
         m = self.model
+        pending = m._pending_controller_state
+        m._pending_controller_state = None
         if self.target_count is None:
-            m._controller = None
-            m._pending_controller_state = None
+            m._set_controller(None)
+            m._count_schedule = None
             return
-        pending = getattr(m, "_pending_controller_state", None)
-        ctl = m._controller
-        if ctl is None or ctl.target_count != self.target_count:
-            ctl = TargetSparsityController(self.target_count, m.n_features, lr=self.opts.count_lr)
-            ctl.to(device=m.device, dtype=m.log_weight.dtype)
-            if pending is not None and pending["target"] == self.target_count:
-                ctl.lambda1.copy_(pending["lambda1"])
-                ctl.lambda2.copy_(pending["lambda2"])
-            m._pending_controller_state = None
-        ctl.lr = self.opts.count_lr
-        m._controller = ctl
         sched = m._count_schedule
         if sched is None or sched["target"] != self.target_count:
             with torch.no_grad():
-                expected = float(m.get_l0_penalty().item())
-            warmup = int(round(self.opts.count_warmup * self.args["epochs"]))
-            m._count_schedule = {"target": self.target_count, "from": expected, "start": m._epoch, "total": warmup}
+                expected = float(self.red.all_reduce_sum(m.get_l0_penalty().detach()).item())
+            sched = m._count_schedule = {
+                "target": self.target_count,
+                "from": expected,
+                "start": m._epoch,
+                "total": int(round(self.opts.count_warmup * self.args["epochs"])),
+                "scale": None,
+            }
+            m._set_controller(None)
+            pending = None
+        if m._controller is None:
+            ctl = TargetSparsityController(self.target_count, self.red.n_total, lr=self.opts.count_lr)
+            ctl.to(device=m.device, dtype=m.log_weight.dtype)
+            if pending is not None:
+                ctl.lambda1.copy_(pending["lambda1"])
+                ctl.lambda2.copy_(pending["lambda2"])
+            m._set_controller(ctl)
+        m._controller.lr = self.opts.count_lr
 
     def _count_target(self, epoch: int) -> int:
         """The controller's target at ``epoch``: geometric from the starting count to the target."""
@@ -297,7 +388,7 @@ class _Fit:
         total = sched["total"]
         progress = 1.0 if total <= 0 else min(1.0, (epoch - sched["start"]) / total)
         start = max(sched["from"], n_final)
-        return max(1, min(self.model.n_features, int(round(start * (n_final / start) ** progress))))
+        return max(1, min(self.red.n_total, int(round(start * (n_final / start) ** progress))))
 
     def _beta_at(self, epoch: int) -> float:
         m = self.model
@@ -325,8 +416,11 @@ class _Fit:
         m, ws = self.model, self.ws
         m.beta = self._beta_at(m._epoch)
         kw = m._gate_kw()
-        w = ws.forward(m.log_weight, m.log_alpha, generator=m._generator, use_gates=m.use_gates, **kw)
-        estimate = self.op.matvec(w)
+        noise = self.red.gate_noise(ws.u, m._generator) if m.use_gates else None
+        w = ws.forward(
+            m.log_weight, m.log_alpha, generator=m._generator, use_gates=m.use_gates, noise=noise, **kw
+        )
+        estimate = self.red.all_reduce_sum(self.op.matvec(w))
         data_loss, r = target_gradient(estimate, self.y, self.loss_weights, self.loss_fn)
         grad_w = self.op.rmatvec(r)
         penalty = torch.zeros((), device=w.device, dtype=w.dtype)
@@ -337,15 +431,18 @@ class _Fit:
         control = torch.zeros((), device=w.device, dtype=w.dtype)
         ctl = m._controller
         if ctl is not None:
+            sched = m._count_schedule
             ctl.target_count = self._count_target(m._epoch)
             c = -m.beta * math.log(-m.gamma / m.zeta)
             with torch.no_grad():
-                expected = torch.sigmoid(ws.lac + c).sum()
+                expected = self.red.all_reduce_sum(torch.sigmoid(ws.lac + c).sum())
+                if sched["scale"] is None:
+                    sched["scale"] = self._data_gradient_scale(grad_w, kw)
             leaf = expected.detach().requires_grad_(True)
             with torch.enable_grad():
-                # The controller's term on the expected fraction, scaled to a per-gate
-                # strength comparable to lambda_l0 (see the package README).
-                control_t = ctl.penalty(leaf) * m.n_features
+                # The controller acts on the expected fraction; scaled by n (a per-gate
+                # strength, like lambda_l0) and by the data gradient's size at the start.
+                control_t = ctl.penalty(leaf) * (self.red.n_total * sched["scale"])
                 (coef,) = torch.autograd.grad(control_t, leaf)
             control = control_t.detach()
             lam = coef + self.args["lambda_l0"]
@@ -360,29 +457,46 @@ class _Fit:
         m._epoch += 1
         return data_loss, l0_value, l2_value, penalty + control
 
+    @torch.no_grad()
+    def _data_gradient_scale(self, grad_w: Tensor, kw: dict[str, float]) -> float:
+        """Mean ``|dL_data / dlog_alpha|`` over households: the unit of the controller's push."""
+        ws = self.ws
+        _, g, _, _ = ws.backward(
+            grad_w, self.model.log_alpha, lambda_l0=0.0, lambda_l2=0.0, use_gates=True, **kw
+        )
+        total = self.red.all_reduce_sum(g.abs().sum().reshape(1).to(torch.float64))
+        scale = float(total.item()) / self.red.n_total
+        return scale if scale > 0 and math.isfinite(scale) else 1.0
+
     # -- logging step
     @torch.no_grad()
     def log_step(self, parts: tuple[Tensor, ...] | None, phase: str, epoch: int, bar: Any) -> None:
         m = self.model
+        red = self.red
         w = m._deterministic_weights()
-        estimate = self.op.matvec(w)
+        estimate = red.all_reduce_sum(self.op.matvec(w))
         err = rel_errors(estimate, self.y)[self.feasible]
-        n_active = int((w > 0).sum().item())
+        n_active = int(red.all_reduce_sum((w > 0).sum().reshape(1)).item())
         event: dict[str, Any] = {"epoch": epoch, "phase": phase}
         if parts is not None:
-            data, l0, l2, extra = (float(p) for p in parts)
+            local = torch.stack([p.detach().reshape(()).to("cpu", torch.float64) for p in parts[1:]])
+            l0, l2, extra = red.all_reduce_sum(local.to(estimate.device)).tolist()
+            data = float(parts[0])
             total = data + self.args["lambda_l0"] * l0 + self.args["lambda_l2"] * l2 + extra
             event.update(loss=total, data_loss=data, l0_loss=l0, l2_loss=l2, penalty_loss=extra)
+        with torch.no_grad():
+            expected = float(red.all_reduce_sum(m.get_l0_penalty().detach()).item()) if m.use_gates else float(red.n_total)
         event.update(
             mean_rel_error=float(err.mean().item()) if err.numel() else 0.0,
             max_rel_error=float(err.max().item()) if err.numel() else 0.0,
             n_active=n_active,
+            expected_active=expected,
             beta=m.beta,
             elapsed_s=time.perf_counter() - self.started,
         )
         m.history_.append(dict(event))
         level = logging.INFO if self.args["verbose"] else logging.DEBUG
-        if logger.isEnabledFor(level):
+        if red.is_main and logger.isEnabledFor(level):
             loss_txt = f"loss={event['loss']:.4g} " if "loss" in event else ""
             logger.log(
                 level,
@@ -393,14 +507,15 @@ class _Fit:
                 100 * event["mean_rel_error"],
                 100 * event["max_rel_error"],
                 n_active,
-                m.n_features,
-                100 * (1 - n_active / m.n_features),
+                red.n_total,
+                100 * (1 - n_active / red.n_total),
             )
         if bar is not None:
             bar.set_postfix(err=f"{100 * event['mean_rel_error']:.3g}%", active=n_active, refresh=False)
+        event.update(red.event_info())
         event.update(weights=w, model=m)
-        if dispatch_event(event, self.opts.callbacks or ()):
-            self.stop = True
+        stop = dispatch_event(event, self.opts.callbacks or ())
+        self.stop = red.any(stop)
 
     # -- exact selection and refit
     @torch.no_grad()
@@ -409,9 +524,7 @@ class _Fit:
         kw = m._gate_kw()
         la = m.log_alpha
         z_old = deterministic_gates(la, **kw)
-        order = torch.argsort(la, descending=True, stable=True)
-        keep = torch.zeros(m.n_features, dtype=torch.bool, device=la.device)
-        keep[order[:count]] = True
+        keep = self.red.top_k_mask(la.detach(), count)
         # Gate fully open (z = 1) on the kept households, weights unchanged where z_old > 0.
         on = m.beta * math.log((1 - m.gamma) / (m.zeta - 1)) + 0.5
         off = m.beta * math.log(-m.gamma / m.zeta) - 0.5
@@ -432,7 +545,7 @@ class _Fit:
             with torch.no_grad():
                 ew = torch.exp(m.log_weight)
                 w = ew * gates
-            estimate = self.op.matvec(w)
+            estimate = self.red.all_reduce_sum(self.op.matvec(w))
             data_loss, r = target_gradient(estimate, self.y, self.loss_weights, self.loss_fn)
             grad_w = self.op.rmatvec(r)
             penalty = torch.zeros((), device=w.device, dtype=w.dtype)
@@ -533,6 +646,12 @@ def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> S
             stacklevel=3,
         )
     fit = _Fit(model, problem, loss_fn, args, opts, target_count)
+    threads_before = torch.get_num_threads()
+    threads = opts.num_threads
+    if threads is None and model.device.type == "cpu" and problem.op.nnz + model.n_features < SMALL_PROBLEM:
+        threads = 1  # thread start-up and barriers cost more than they save on a small problem
+    if threads is not None:
+        torch.set_num_threads(threads)
     fit.prepare()
     epochs = args["epochs"]
     handler = _verbose_handler(args["verbose"])
@@ -560,4 +679,6 @@ def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> S
         if bar is not None:
             bar.close()
         _remove_handler(handler)
+        if threads is not None:
+            torch.set_num_threads(threads_before)
     return model

@@ -44,6 +44,7 @@ __all__ = ["PolishResult", "as_scipy_csr", "polish_weights", "relative_errors"]
 logger = logging.getLogger(__name__)
 
 _DENSE_HESSIAN_MAX = 3000
+_STALL_ITERS = 30
 
 
 @dataclass
@@ -216,7 +217,7 @@ def polish_weights(
     max_iter: int = 100,
     tol: float = 1e-9,
     infeasible_tol: float = 1e-6,
-    ridge: float = 1e-6,
+    ridge: float = 1e-4,
 ) -> PolishResult:
     """Re-solve the weights of the households in ``support`` so the targets hold exactly.
 
@@ -250,9 +251,10 @@ def polish_weights(
         Convergence: largest absolute relative target error.
     infeasible_tol : float, default 1e-6
         A target whose final absolute relative error exceeds this is flagged.
-    ridge : float, default 1e-6
-        Weight of the calibration-distance term in the fallback, relative to
-        the squared relative errors.
+    ridge : float, default 1e-4
+        Weight of the calibration-distance term (mean distance per unit of
+        reference weight) against the sum of weighted squared relative
+        errors in the fallback; smaller fits the targets more closely.
 
     Returns
     -------
@@ -374,12 +376,20 @@ def _newton(
 
     phi, r, dr = evaluate(lam)
     mu = 1e-10
+    best, best_it = math.inf, 0
     for it in range(max_iter + 1):
         g = Xs @ (q * r) - ts + pen * lam
-        if m == 0 or np.max(np.abs(g)) <= tol:
+        gmax = float(np.max(np.abs(g))) if m else 0.0
+        # Penalised: lam grows like residual / rho and round-off with it.
+        tol_eff = tol if rho is None else tol + 1e-14 * float(np.max(np.abs(lam), initial=0.0))
+        if gmax <= tol_eff:
             return lam, r, it, True
         if it == max_iter:
             break
+        if gmax < 0.5 * best:
+            best, best_it = gmax, it
+        elif rho is None and it - best_it >= _STALL_ITERS:  # no progress: likely infeasible
+            return lam, r, it, False
         D = q * dr
         if m <= _DENSE_HESSIAN_MAX:
             XD = Xs.multiply(D).tocsr()
@@ -397,7 +407,13 @@ def _newton(
         for _ in range(40):
             cand = lam + alpha * step
             phi_c, r_c, dr_c = evaluate(cand)
-            if phi_c <= phi + 1e-4 * alpha * slope:
+            # Armijo on phi, or (where phi's changes drown in round-off near the
+            # optimum) a clear decrease of the gradient.
+            armijo = phi_c <= phi + 1e-4 * alpha * slope
+            if not armijo and math.isfinite(phi_c) and phi_c <= phi + 1e-12 * (1.0 + abs(phi)):
+                g_c = Xs @ (q * r_c) - ts + pen * cand
+                armijo = np.max(np.abs(g_c)) < 0.5 * np.max(np.abs(g))
+            if armijo:
                 lam, phi, r, dr = cand, phi_c, r_c, dr_c
                 improved = True
                 break
@@ -491,7 +507,7 @@ def _penalised(
     r = np.clip(np.ones_like(q), lo, hi)
     for level in levels:
         rho = level / (total_q * vk)
-        lam_new, r_new, it, _ = _newton(Xk, tk, q, kind, lo, hi, max_iter, tol * 1e-3, rho=rho, lam0=lam)
+        lam_new, r_new, it, _ = _newton(Xk, tk, q, kind, lo, hi, max_iter, tol, rho=rho, lam0=lam)
         iters += it
         if np.all(np.isfinite(r_new)):
             lam, r = lam_new, r_new

@@ -59,9 +59,9 @@ class SparseCalibrationWeights(nn.Module):
     init_keep_prob : float or array-like, default 0.5
         Initial gate location as in l0-python 0.6.2: ``log_alpha =
         logit(init_keep_prob)`` (values are clipped to ``[1e-6, 1 - 1e-6]``).
-        The deterministic gate starts at ``init_keep_prob * (zeta - gamma) +
-        gamma``; the exact probability of a non-zero gate is
-        ``sigmoid(log_alpha + beta * log(zeta / -gamma))`` (0.83 for 0.5).
+        The exact probability of a non-zero gate is then
+        ``sigmoid(log_alpha + beta * log(zeta / -gamma))`` (0.83 for 0.5 at
+        the default temperature).
     init_weights : float, array-like or None, default None
         Initial weights (original scale, ``>= 0``); None means 1.
     log_weight_jitter_sd : float, default 0.0
@@ -184,11 +184,20 @@ class SparseCalibrationWeights(nn.Module):
         self._jittered = False
         self._schedule: dict[str, Any] | None = None
         self._schedule_fn: Callable[[float, float, float], float] | None = None
-        self._controller: Any = None
+        self._set_controller(None)
         self._count_schedule: dict[str, Any] | None = None
         self.history_: list[dict[str, Any]] = []
         self.infeasible_targets_: list[str] = []
         self.polish_result_: Any = None
+
+    # The sparsity controller is an nn.Module; it is kept out of the module tree so
+    # that state_dict() keeps the published keys (its state goes in the extra state).
+    @property
+    def _controller(self) -> Any:
+        return self.__dict__.get("_controller_obj")
+
+    def _set_controller(self, controller: Any) -> None:
+        self.__dict__["_controller_obj"] = controller
 
     # ------------------------------------------------------------ gates
     def _gate_kw(self) -> dict[str, float]:
@@ -341,7 +350,8 @@ class SparseCalibrationWeights(nn.Module):
         *,
         target_count: int | float | None = None,
         refit_epochs: int | None = None,
-        count_lr: float = 0.05,
+        count_lr: float = 0.5,
+        count_warmup: float = 0.5,
         beta_schedule: str | Callable[[float, float, float], float] | None = None,
         final_beta: float | None = None,
         schedule_epochs: int | None = None,
@@ -356,6 +366,7 @@ class SparseCalibrationWeights(nn.Module):
         max_weight_ratio: Any = None,
         lambda_ratio: float = 1.0,
         polish: bool = False,
+        num_threads: int | None = None,
     ) -> SparseCalibrationWeights:
         """Fit the weights by Adam on the calibration loss plus the L0 (and L2) penalty.
 
@@ -406,9 +417,15 @@ class SparseCalibrationWeights(nn.Module):
             open, weight unchanged), the others closed, and the kept weights
             re-fitted for ``refit_epochs`` epochs with the gates fixed.
         refit_epochs : int, optional
-            Epochs of that re-fit (default ``min(200, max(epochs // 5, 20))``).
-        count_lr : float, default 0.05
-            Step size of the controller's multipliers.
+            Epochs of that re-fit (default 200; not counted in ``epochs``).
+        count_lr : float, default 0.5
+            Step size of the controller's multipliers, in units of the data
+            gradient's mean size at the controller's first epoch (so the
+            default suits any loss scale).
+        count_warmup : float, default 0.5
+            Fraction of ``epochs`` over which the controller's target moves
+            geometrically from the current expected count down to
+            ``target_count`` (then stays there).
         beta_schedule : str or callable, optional
             Temperature schedule by registered name (``"linear"``,
             ``"exponential"``, ``"cosine"``, ``"constant"``, plugins) or a
@@ -450,6 +467,10 @@ class SparseCalibrationWeights(nn.Module):
             Re-solve the kept households' weights exactly on the targets at
             the end (:func:`l0_calibrate.polish.polish_weights`) instead of
             the Adam re-fit.
+        num_threads : int, optional
+            CPU threads for this fit (restored afterwards). Default: one thread
+            when non-zeros plus households are under two million (threading
+            costs more than it saves there), else torch's setting.
 
         Returns
         -------
@@ -483,6 +504,7 @@ class SparseCalibrationWeights(nn.Module):
             target_count=target_count,
             refit_epochs=refit_epochs,
             count_lr=count_lr,
+            count_warmup=count_warmup,
             beta_schedule=beta_schedule,
             final_beta=final_beta,
             schedule_epochs=schedule_epochs,
@@ -497,6 +519,7 @@ class SparseCalibrationWeights(nn.Module):
             max_weight_ratio=max_weight_ratio,
             lambda_ratio=lambda_ratio,
             polish=polish,
+            num_threads=num_threads,
         )
 
     def reset_optimizer(self) -> None:
@@ -528,10 +551,10 @@ class SparseCalibrationWeights(nn.Module):
             "controller": None
             if ctl is None
             else {
-                "target": ctl.target_count,
                 "lr": ctl.lr,
                 "lambda1": ctl.lambda1.clone(),
                 "lambda2": ctl.lambda2.clone(),
+                "schedule": dict(self._count_schedule),
             },
             "history": [dict(h) for h in self.history_],
         }
@@ -547,8 +570,9 @@ class SparseCalibrationWeights(nn.Module):
         self._optimizer = None
         self._pending_optimizer_state = state["optimizer"]
         self._schedule = None if state["schedule"] is None else dict(state["schedule"])
-        self._controller = None
+        self._set_controller(None)
         self._pending_controller_state = state["controller"]
+        self._count_schedule = None if state["controller"] is None else dict(state["controller"]["schedule"])
         self.history_ = [dict(h) for h in state.get("history", [])]
 
     def _load_from_state_dict(

@@ -9,6 +9,7 @@ Examples
 """
 
 from .controller import TargetSparsityController
+from .factory import get_gate_class, make_gate
 from .gate import (
     Gate,
     GatedLayer,
@@ -43,7 +44,6 @@ from .plugins import (
 )
 from .sparse import SparseOperator, as_sparse_operator, sparse_matvec
 from .temperature import TemperatureScheduler, get_schedule, update_temperatures
-from .factory import get_gate_class, make_gate
 
 __version__ = "0.1.0"
 

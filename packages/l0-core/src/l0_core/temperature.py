@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -172,6 +172,11 @@ def update_temperatures(model: torch.nn.Module, temp: float) -> int:
     >>> update_temperatures(model, 0.2)
     2
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}; "
+            "pass the network (or gate) whose gates should change temperature"
+        )
     gates = [m for m in model.modules() if is_gate(m)]
     for gate in gates:
         set_gate_temperature(gate, temp)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from l0_core import TargetSparsityController, make_gate
+from l0_core import TargetSparsityController, gate_temperature, make_gate, set_gate_temperature
 from torch import Tensor, nn
 
 __all__ = ["TrainConfig", "build_gate", "exact_top_k", "gate_generator", "train_gate"]
@@ -122,6 +122,10 @@ class TrainConfig:
     final_lr_fraction : float
         The step sizes decay along a cosine to this fraction of their
         initial value by the last epoch (1 keeps them constant).
+    initial_temperature : float or None
+        When set, the gate temperature starts here and moves geometrically to
+        the gate's own temperature over the same ramp as the target; a warmer
+        start keeps gradients flowing to gates that are often closed.
     """
 
     epochs: int = 300
@@ -131,6 +135,8 @@ class TrainConfig:
     schedule_fraction: float = 0.5
     weight_decay: float = 0.0
     final_lr_fraction: float = 0.1
+    initial_temperature: float | None = None
+    samples: int = 1
 
 
 def train_gate(
@@ -200,6 +206,7 @@ def train_gate(
     log_alpha = getattr(gate, "log_alpha", None)
     if not (isinstance(log_alpha, Tensor) and log_alpha.requires_grad):
         log_alpha = None
+    final_temp = gate_temperature(gate)
     was_training = gate.training
     gate.train()
     try:
@@ -212,9 +219,17 @@ def train_gate(
                 for group, base_lr in zip(opt.param_groups, base_lrs):
                     group["lr"] = base_lr * factor
             progress = min(1.0, epoch / ramp)
+            if config.initial_temperature is not None:
+                set_gate_temperature(
+                    gate, config.initial_temperature * (final_temp / config.initial_temperature) ** progress
+                )
             scheduled = target + (start - target) * (1.0 - progress) ** 3
             opt.zero_grad(set_to_none=True)
             task = loss_fn(gate())
+            for _ in range(config.samples - 1):
+                task = task + loss_fn(gate())
+            if config.samples > 1:
+                task = task / config.samples
             if task_scale is None:
                 first = abs(float(task.detach().item()))
                 task_scale = first if first > 0 and math.isfinite(first) else 1.0
@@ -245,4 +260,5 @@ def train_gate(
                 )
     finally:
         gate.train(was_training)
+        set_gate_temperature(gate, final_temp)
     return history

@@ -172,7 +172,7 @@ class FeatureGate(L0Gate):
         hidden: int = 32,
         epochs: int | None = None,
         lr: float = 0.1,
-        controller_lr: float = 0.05,
+        controller_lr: float | None = None,
         center: bool = True,
         standardize: bool = False,
         rank: int | None = None,
@@ -196,8 +196,9 @@ class FeatureGate(L0Gate):
             Training steps (default 300 unsupervised, 500 supervised).
         lr : float, default 0.1
             Adam step size of the gates (the model uses ``lr / 5``).
-        controller_lr : float, default 0.05
-            Step size of the target-sparsity controller.
+        controller_lr : float, optional
+            Step size of the target-sparsity controller (default 3.0
+            unsupervised, 1.0 supervised).
         center : bool, default True
             Unsupervised: remove column means before measuring the
             reconstruction (an intercept is free).
@@ -230,16 +231,19 @@ class FeatureGate(L0Gate):
         if epochs is not None:
             check_positive_int(epochs, "epochs", "epochs=300")
         check_positive_float(lr, "lr", "lr=0.1")
-        check_positive_float(controller_lr, "controller_lr", "controller_lr=0.05")
+        if controller_lr is not None:
+            check_positive_float(controller_lr, "controller_lr", "controller_lr=1.0")
         if rank is not None:
             check_positive_int(rank, "rank", "rank=100")
         device = self._fit_device(X)
         x = _feature_matrix(X, self.n_features, "X", device)
         self._rebuild(device, init_mean=0.5)
         if y is None:
-            self._fit_unsupervised(x, epochs or 300, lr, controller_lr, center, standardize, rank)
+            ctl = 3.0 if controller_lr is None else controller_lr
+            self._fit_unsupervised(x, epochs or 300, lr, ctl, center, standardize, rank)
         else:
-            self._fit_supervised(x, y, task, model, hidden, epochs or 500, lr, controller_lr)
+            ctl = 1.0 if controller_lr is None else controller_lr
+            self._fit_supervised(x, y, task, model, hidden, epochs or 500, lr, ctl)
         self.eval()
         return self
 
@@ -271,12 +275,19 @@ class FeatureGate(L0Gate):
             eye = torch.eye(sketch.shape[0], dtype=dtype, device=sketch.device)
             diag_sv = torch.diag(sv)
 
-            def loss_fn(z: Tensor) -> Tensor:
+            def relaxed_error(z: Tensor) -> Tensor:
                 gated = sketch * z
                 kernel = gated @ gated.t() + lam * eye
                 chol = torch.linalg.cholesky(kernel)
                 solved = torch.cholesky_solve(diag_sv, chol)
                 return lam**2 * solved.square().sum() / total
+
+            def loss_fn(z: Tensor) -> Tensor:
+                # The sampled term drives gates to 0/1; the mean-field term at
+                # prob_active gives every gate a gradient, also when its samples
+                # are all exactly 0, so a group of near-duplicate columns cannot
+                # be switched off together and lost.
+                return relaxed_error(z) + relaxed_error(self.gates.prob_active())
 
             config = TrainConfig(
                 epochs=epochs, lr=lr, controller_lr=controller_lr, schedule_fraction=0.7

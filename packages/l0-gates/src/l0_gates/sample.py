@@ -187,14 +187,14 @@ class SampleGate(L0Gate):
             w0 = base.to(dtype)
             total_weight = w0.sum()
 
-            def loss_fn(z: Tensor) -> Tensor:
+            def imbalance(z: Tensor) -> Tensor:
                 wz = w0 * z
                 expanded = wz * (total_weight / wz.sum().clamp_min(torch.finfo(dtype).tiny))
                 resid = scaled.t() @ expanded - goal
                 return resid.square().mean()
 
             config = TrainConfig(epochs=epochs, lr=lr, controller_lr=controller_lr)
-            self.history_ = train_gate(self.gates, loss_fn, k, config)
+            self.history_ = train_gate(self.gates, imbalance, k, config)
             indices = exact_top_k(self.gates, k)
         else:
             self.history_ = []

@@ -8,7 +8,8 @@ ignored with a warning that names both plugins.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -1,0 +1,490 @@
+"""Column-sharded calibration on :mod:`torch.distributed`.
+
+When the household columns do not fit one process (tens of millions once
+geography is cloned), split them over several: each rank holds its block of
+columns of ``M`` (household-major), its weights, gates and Adam state. Per
+epoch a rank computes its partial estimates ``M_k w_k``; the target-sized
+sum ``M w = sum_k M_k w_k`` is all-reduced, every rank evaluates the same
+loss on it, and the gradient ``M_k^T r`` stays local. The target-count
+controller and the penalties use all-reduced counts. Only target-sized
+vectors and scalars cross the network.
+
+With the default ``noise="global"`` every rank draws the random numbers of
+*all* columns from the shared seed and keeps its slice, so a fit on any
+number of ranks gives the weights of the single-process fit with the same
+seed (up to the order of floating point sums).
+
+Typical use, launched with ``torchrun --nproc-per-node N script.py``::
+
+    from l0_calibrate import ShardedCalibrationWeights, gather_weights, init_distributed
+
+    ctx = init_distributed()                       # gloo on CPU, NCCL on GPUs
+    model = ShardedCalibrationWeights(n_households, seed=0, device=ctx.device)
+    model.fit("matrix.npz", targets, target_count=50_000, epochs=1000)   # reads its columns only
+    weights = gather_weights(model)                # full vector on rank 0, None elsewhere
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .distributed_reducer import (
+    ColumnShard,
+    ProcessGroupReducer,
+    _dist,
+    group_initialized,
+)
+from .inputs import check_nonneg_float, check_positive_int
+from .weights import SparseCalibrationWeights
+
+__all__ = [
+    "DistributedContext",
+    "ShardedCalibrationWeights",
+    "gather_weights",
+    "init_distributed",
+]
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in the process group.
+
+    Attributes
+    ----------
+    rank, world_size, local_rank : int
+        Global rank, number of ranks, rank on this host.
+    device : torch.device
+        The device this rank should compute on (``cuda:<local_rank>`` with NCCL).
+    backend : str
+        ``"nccl"``, ``"gloo"``, or ``"none"`` outside a process group.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0."""
+        return self.rank == 0
+
+
+def init_distributed(
+    backend: str | None = None,
+    *,
+    device: torch.device | str | None = None,
+    timeout_s: float = 1800.0,
+) -> DistributedContext:
+    """Join the process group that ``torchrun`` describes in the environment.
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+    ``MASTER_PORT`` (set by ``torchrun``). Without them (a plain ``python``
+    run) no group is created and the context says world size 1, so the same
+    script also runs on one process. Calling it inside an existing group
+    only describes that group.
+
+    Parameters
+    ----------
+    backend : {"nccl", "gloo"}, optional
+        Default: ``"nccl"`` when CUDA and NCCL are available, else ``"gloo"``.
+    device : torch.device or str, optional
+        Override the compute device (default ``cuda:<LOCAL_RANK>`` for NCCL,
+        else CPU).
+    timeout_s : float, default 1800
+        Timeout of collective operations, in seconds.
+
+    Returns
+    -------
+    DistributedContext
+
+    Examples
+    --------
+    >>> ctx = init_distributed()  # not launched by torchrun: one process
+    >>> ctx.world_size, ctx.backend
+    (1, 'none')
+    """
+    if backend is not None and backend not in ("nccl", "gloo", "mpi", "ucc"):
+        raise ValueError(f"backend must be 'nccl' or 'gloo' (or None to choose), got {backend!r}")
+    check_nonneg_float(timeout_s, "timeout_s", positive=True)
+    dist = _dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not group_initialized():
+        if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+            dev = torch.device(device) if device is not None else torch.device("cpu")
+            return DistributedContext(0, 1, 0, dev, "none")
+        if not dist.is_available():
+            raise RuntimeError("this torch build has no torch.distributed; install a build with it")
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=float(timeout_s)))
+    used = dist.get_backend()
+    if device is not None:
+        dev = torch.device(device)
+    elif used == "nccl":
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, str(used))
+
+
+def _local_part(value: Any, shard: ColumnShard, argument: str) -> Any:
+    """A per-household argument cut to this rank's columns (scalars and None pass through)."""
+    if value is None or isinstance(value, (bool, int, float, np.integer, np.floating)):
+        return value
+    arr = value.detach() if isinstance(value, Tensor) else np.asarray(value)
+    n = arr.shape[0] if arr.ndim == 1 else -1
+    if n == shard.n_total:
+        part = arr[shard.columns]
+        return part.clone() if isinstance(part, Tensor) else np.array(part, copy=True)
+    if n == shard.n_local:
+        return value
+    raise ValueError(
+        f"{argument} must hold one value per household: {shard.n_total} values (all columns; this "
+        f"rank keeps [{shard.start}, {shard.stop})) or {shard.n_local} (this rank's columns); "
+        f"got shape {tuple(arr.shape)}"
+    )
+
+
+def _shared_seed(seed: int | None, reducer: ProcessGroupReducer) -> int:
+    """The seed every rank uses: ``seed``, or rank 0's draw from torch's global generator."""
+    if seed is not None:
+        return int(seed)
+    drawn = int(torch.randint(0, 2**62, (1,)).item())
+    if reducer.world_size == 1:
+        return drawn
+    t = torch.tensor(
+        [drawn if reducer.shard.rank == 0 else 0], dtype=torch.int64, device=reducer.device
+    )
+    return int(reducer._reduce_op(t, "SUM").item())
+
+
+def _rank_stream_seed(seed: int, shard: ColumnShard) -> int:
+    """Seed of the per-rank stream of ``noise="local"``, keyed on the first column."""
+    state = np.random.SeedSequence([seed % 2**63, shard.start]).generate_state(1, np.uint64)[0]
+    return int(state % np.uint64(2**63))
+
+
+class ShardedCalibrationWeights(SparseCalibrationWeights):
+    """:class:`SparseCalibrationWeights` for this rank's block of household columns.
+
+    Build it on every rank of a process group with the *total* number of
+    households and the published arguments; it keeps the columns
+    ``shard.start:shard.stop``. ``fit`` takes this rank's columns of ``M``
+    (or a path to an ``.npz``/``.parquet``/``.npy``/``.csv`` file, of
+    which it reads only those columns) and the full target vector, and
+    runs the same fit as the single-process model, exchanging only
+    target-sized vectors.
+
+    ``forward``/``predict`` (estimates over all ranks), ``get_sparsity`` and
+    ``fit`` are *collective*: call them on every rank. The per-household
+    methods (``get_weights``, ``get_deterministic_gates``,
+    ``get_active_weights``) and the penalties (``get_l0_penalty``,
+    ``get_l2_penalty``) return this rank's part; sum a penalty over the
+    ranks with ``model.reducer.all_reduce_sum``.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of households over all ranks.
+    beta, gamma, zeta, init_keep_prob, init_weights, log_weight_jitter_sd, log_alpha_jitter_sd, device, use_gates, seed
+        As for :class:`SparseCalibrationWeights`. Per-household arrays may
+        hold all ``n_features`` values (each rank keeps its slice) or this
+        rank's ``shard.n_local``. ``seed=None`` uses rank 0's draw on every rank.
+    dtype : torch.dtype, default torch.float32
+        Parameter and matrix dtype.
+    shard : ColumnShard, optional
+        This rank's columns (default ``ColumnShard.even(n_features)``, contiguous
+        near-equal blocks in rank order).
+    group : ProcessGroup, optional
+        Default: the whole world.
+    noise : {"global", "local"}, default "global"
+        How random numbers are drawn; ``"global"`` reproduces the
+        single-process fit at any world size (see :class:`ProcessGroupReducer`).
+
+    Attributes
+    ----------
+    n_features : int
+        Columns on this rank (what ``M`` passed to ``fit`` must have).
+    n_total : int
+        Columns over all ranks.
+    shard : ColumnShard
+        This rank's layout.
+
+    Examples
+    --------
+    Outside a process group the model is the whole problem (world size 1):
+
+    >>> M = np.array([[1.0, 2.0, 0.0, 1.0], [0.0, 1.0, 3.0, 1.0]])
+    >>> model = ShardedCalibrationWeights(4, init_keep_prob=0.9, seed=0)
+    >>> _ = model.fit(M, [6.0, 9.0], lambda_l0=0.001, lr=0.05, epochs=100, loss_type="relative")
+    >>> twin = SparseCalibrationWeights(4, init_keep_prob=0.9, seed=0)
+    >>> _ = twin.fit(M, [6.0, 9.0], lambda_l0=0.001, lr=0.05, epochs=100, loss_type="relative")
+    >>> bool(torch.equal(model.log_weight, twin.log_weight))
+    True
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        beta: float = 2 / 3,
+        gamma: float = -0.1,
+        zeta: float = 1.1,
+        init_keep_prob: float | np.ndarray = 0.5,
+        init_weights: float | np.ndarray | None = None,
+        log_weight_jitter_sd: float = 0.0,
+        log_alpha_jitter_sd: float = 0.01,
+        device: str | torch.device = "cpu",
+        use_gates: bool = True,
+        seed: int | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        shard: ColumnShard | None = None,
+        group: Any = None,
+        noise: str = "global",
+    ) -> None:
+        n_features = check_positive_int(n_features, "n_features")
+        if shard is None:
+            shard = ColumnShard.even(n_features, group=group)
+        elif not isinstance(shard, ColumnShard):
+            raise TypeError(f"shard must be a ColumnShard, got {type(shard).__name__}")
+        elif shard.n_total != n_features:
+            raise ValueError(
+                f"shard covers {shard.n_total} columns in total but n_features={n_features}; "
+                "pass the total number of households as n_features"
+            )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        sd = check_nonneg_float(log_alpha_jitter_sd, "log_alpha_jitter_sd")
+        reducer = ProcessGroupReducer(shard, group, device=device, noise=noise)
+        seed_used = _shared_seed(seed, reducer)
+        stream_seed = _rank_stream_seed(seed_used, shard) if noise == "local" else seed_used
+        super().__init__(
+            shard.n_local,
+            beta,
+            gamma,
+            zeta,
+            _local_part(init_keep_prob, shard, "init_keep_prob"),
+            _local_part(init_weights, shard, "init_weights"),
+            log_weight_jitter_sd,
+            0.0,
+            device,
+            use_gates,
+            stream_seed,
+            dtype=dtype,
+        )
+        self.seed = seed
+        self.log_alpha_jitter_sd = sd
+        self.n_total = shard.n_total
+        self.shard = shard
+        self._reducer = reducer
+        if sd > 0:  # the single-process model's draw of all columns, this rank's slice
+            draw = reducer.normal_noise(
+                shard.n_local, generator=self._generator, device=self.device, dtype=dtype
+            )
+            with torch.no_grad():
+                self.log_alpha.add_(draw * sd)
+
+    @property
+    def reducer(self) -> ProcessGroupReducer:
+        """The reducer this model's fits use (its ``bytes_reduced`` counts the traffic)."""
+        return self._reducer
+
+    def _sample_gates(self) -> Tensor:
+        """This rank's slice of the single-process gate sample (``noise="global"``)."""
+        red = self._reducer
+        if red.noise == "local" or red.world_size == 1:
+            return super()._sample_gates()
+        log_alpha = self.log_alpha.clamp(-self.LOG_ALPHA_BOUND, self.LOG_ALPHA_BOUND)
+        u = torch.rand(
+            self.n_total, generator=self._generator, device=log_alpha.device, dtype=log_alpha.dtype
+        )
+        u = u[self.shard.columns].clamp(1e-6, 1 - 1e-6)
+        s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + log_alpha) / self.beta)
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0, 1)
+
+    # ------------------------------------------------- collective results
+    def forward(self, M: Any, deterministic: bool = False) -> Tensor:
+        """Weighted totals ``M @ w`` over all ranks (collective), differentiable.
+
+        ``M`` is this rank's columns; the partial products are all-reduced
+        (:func:`l0_calibrate.distributed_reducer.all_reduce_sum`).
+
+        Examples
+        --------
+        >>> model = ShardedCalibrationWeights(2, init_keep_prob=0.999, seed=0)
+        >>> [round(v, 3) for v in model(np.array([[1.0, 2.0]]), deterministic=True).tolist()]
+        [3.0]
+        """
+        return self._reducer.all_reduce_sum(super().forward(M, deterministic=deterministic))
+
+    @torch.no_grad()
+    def get_sparsity(self) -> float:
+        """Fraction of all ranks' weights whose deterministic gate is 0 (collective).
+
+        Examples
+        --------
+        >>> ShardedCalibrationWeights(4, init_keep_prob=0.999).get_sparsity()
+        0.0
+        """
+        if not self.use_gates:
+            return 0.0
+        zeros = (self.get_deterministic_gates() == 0).sum().reshape(1).to(torch.int64)
+        return float(self._reducer._reduce_op(zeros, "SUM").item()) / self.n_total
+
+    @torch.no_grad()
+    def get_active_weights(self) -> dict[str, Any]:
+        """This rank's non-zero weights; ``indices`` are global column numbers (not collective).
+
+        Examples
+        --------
+        >>> out = ShardedCalibrationWeights(3, init_keep_prob=0.999).get_active_weights()
+        >>> out["count"], out["indices"].tolist()
+        (3, [0, 1, 2])
+        """
+        out = super().get_active_weights()
+        out["indices"] = out["indices"] + self.shard.start
+        return out
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, M: Any, y: Any, *args: Any, **kwargs: Any) -> ShardedCalibrationWeights:
+        """Fit on this rank's columns (collective); same arguments as :meth:`SparseCalibrationWeights.fit`.
+
+        ``M`` holds this rank's ``shard.n_local`` columns (any matrix type
+        ``SparseCalibrationWeights.fit`` accepts), or is a path to a file
+        holding all columns, of which only this rank's are read
+        (:func:`l0_calibrate.distributed_io.load_columns`). ``y`` and the
+        target options are the full, identical ones on every rank.
+        ``target_count`` counts households over all ranks. Progress is
+        logged by rank 0 only; callbacks run on every rank (their events
+        carry ``rank``, ``world_size`` and ``column_offset``), and a stop
+        asked for on any rank stops all. ``polish`` and the weight
+        penalties (``lambda_distance``, ``lambda_dispersion``,
+        ``max_weight_ratio``) need all columns in one process and raise.
+
+        Examples
+        --------
+        >>> model = ShardedCalibrationWeights(4, init_keep_prob=0.9, seed=1)
+        >>> M = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
+        >>> _ = model.fit(M, [4.0, 10.0], epochs=200, lr=0.05, loss_type="relative", target_count=2)
+        >>> model.get_active_weights()["count"]
+        2
+        """
+        if isinstance(M, (str, os.PathLike)):
+            from .distributed_io import load_columns
+
+            M = load_columns(M, self.shard)
+        bound = inspect.signature(SparseCalibrationWeights.fit).bind(self, M, y, *args, **kwargs)
+        if not self._reducer.is_main:
+            bound.arguments["verbose"] = False
+            bound.arguments["progress"] = False
+        return super().fit(*bound.args[1:], **bound.kwargs)
+
+    # -------------------------------------------------------------- state
+    def get_extra_state(self) -> dict[str, Any]:
+        """The single-process fit state plus this rank's layout (``"shard"``)."""
+        state = super().get_extra_state()
+        state["shard"] = {**self.shard.as_dict(), "noise": self._reducer.noise}
+        return state
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the fit state after checking that it was saved for these columns."""
+        saved = state.get("shard") if isinstance(state, dict) else None
+        here = self.shard
+        if saved is None:
+            if here.world_size != 1:
+                raise ValueError(
+                    "this is a single-process checkpoint but the model holds columns "
+                    f"[{here.start}, {here.stop}) of {here.n_total}; cut it with "
+                    "l0_calibrate.shard_state_dict(state, model.shard) first"
+                )
+        else:
+            if (saved["n_total"], saved["start"], saved["stop"]) != (
+                here.n_total,
+                here.start,
+                here.stop,
+            ):
+                raise ValueError(
+                    f"this checkpoint holds columns [{saved['start']}, {saved['stop']}) of {saved['n_total']} "
+                    f"but this rank holds [{here.start}, {here.stop}) of {here.n_total}; resume with the "
+                    "same world size, or merge the ranks' checkpoints with consolidate_state_dicts and "
+                    "cut them again with shard_state_dict"
+                )
+            if saved.get("noise", "global") != self._reducer.noise:
+                raise ValueError(
+                    f"this checkpoint was written with noise={saved.get('noise')!r} but the model uses "
+                    f"noise={self._reducer.noise!r}; build the model with the same noise mode"
+                )
+        super().set_extra_state(state)
+
+    def extra_repr(self) -> str:
+        s = self.shard
+        return (
+            f"n_total={self.n_total}, columns=[{s.start}, {s.stop}), rank={s.rank}/{s.world_size}, "
+            + super().extra_repr()
+        )
+
+
+@torch.no_grad()
+def gather_weights(
+    model: SparseCalibrationWeights, dst: int = 0, *, deterministic: bool = True
+) -> Tensor | None:
+    """All ranks' weights, in global column order, on rank ``dst`` (None elsewhere); collective.
+
+    Parameters
+    ----------
+    model : ShardedCalibrationWeights or SparseCalibrationWeights
+        A plain model returns its own weights.
+    dst : int, default 0
+        Rank (within the model's group) that receives the weights.
+    deterministic : bool, default True
+        Test-time gates (as used for the final weights).
+
+    Returns
+    -------
+    Tensor of shape ``(n_total,)`` on ``dst``, None on the other ranks.
+
+    Examples
+    --------
+    >>> gather_weights(ShardedCalibrationWeights(3, init_weights=2.0, init_keep_prob=0.999)).tolist()
+    [2.0, 2.0, 2.0]
+    """
+    if not isinstance(model, SparseCalibrationWeights):
+        raise TypeError(f"model must be a SparseCalibrationWeights, got {type(model).__name__}")
+    w = model.get_weights(deterministic=deterministic).detach()
+    red = getattr(model, "_reducer", None)
+    if not isinstance(red, ProcessGroupReducer) or red.world_size == 1:
+        return w.clone()
+    check_positive_int(dst, "dst", minimum=0)
+    if dst >= red.world_size:
+        raise ValueError(f"dst must be a rank below world_size={red.world_size}, got {dst}")
+    shard, dist = model.shard, _dist()
+    layout = torch.zeros(2 * red.world_size, dtype=torch.int64, device=red.device)
+    layout[2 * shard.rank] = shard.start
+    layout[2 * shard.rank + 1] = shard.n_local
+    layout = red._reduce_op(layout, "SUM").tolist()
+    starts, sizes = layout[0::2], layout[1::2]
+    width = max(sizes)
+    padded = w.new_zeros(width)
+    padded[: shard.n_local] = w
+    global_dst = dst if red.group is None else dist.get_global_rank(red.group, dst)
+    if shard.rank != dst:
+        dist.gather(padded, None, dst=global_dst, group=red.group)
+        return None
+    parts = [torch.empty_like(padded) for _ in range(red.world_size)]
+    dist.gather(padded, parts, dst=global_dst, group=red.group)
+    out = w.new_empty(model.n_total)
+    for start, size, part in zip(starts, sizes, parts, strict=True):
+        out[start : start + size] = part[:size]
+    return out

@@ -1,0 +1,386 @@
+"""The pandas front end: ``calibrate(estimate_matrix, targets, target_count=...) -> CalibrationResult``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .inputs import as_vector, is_dataframe, prepare_problem
+from .weights import SparseCalibrationWeights
+
+__all__ = ["CalibrationResult", "calibrate"]
+
+logger = logging.getLogger("l0_calibrate")
+
+
+def _relative_errors(estimates: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    diff = estimates - targets
+    denom = np.abs(targets)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(denom > 0, diff / np.where(denom > 0, denom, 1.0), np.sign(diff) * np.inf)
+    return np.where((denom == 0) & (diff == 0), 0.0, out)
+
+
+def _report(estimates: np.ndarray, targets: np.ndarray, names: list[str], groups: Any) -> Any:
+    """Per-target table (the issue-5 diagnostics module's layout when it is installed)."""
+    import pandas as pd
+
+    try:
+        from .diagnostics import target_report
+
+        return target_report(estimates, targets, names=names, groups=groups)
+    except ImportError:  # pragma: no cover - diagnostics ships with the package
+        rel = _relative_errors(estimates, targets)
+        return pd.DataFrame(
+            {
+                "name": names,
+                "target": targets,
+                "estimate": estimates,
+                "rel_error": rel,
+                "abs_rel_error": np.abs(rel),
+                "group": list(groups) if groups is not None else names,
+            }
+        )
+
+
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate` returns.
+
+    Attributes
+    ----------
+    weights : pandas.Series
+        One weight per household (0 for dropped ones), indexed like the
+        households (the DataFrame's index, ``household_index`` or 0..n-1).
+    report : pandas.DataFrame
+        One row per target: ``name, target, estimate, rel_error,
+        abs_rel_error, group, infeasible`` with ``rel_error = (estimate -
+        target) / |target|``.
+    history : pandas.DataFrame
+        One row per logging step (epoch, phase, loss parts, errors, active count).
+    diagnostics : dict
+        Weight diagnostics: non-zeros, design effect, Kish effective sample
+        size, weight and ratio extremes, plus the target error summary.
+    holdout : pandas.DataFrame or None
+        The report for the holdout variables, when given.
+    model : SparseCalibrationWeights
+        The fitted model (``state_dict()`` to checkpoint, ``fit()`` to continue).
+    """
+
+    weights: Any
+    report: Any
+    history: Any
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    holdout: Any = None
+    model: SparseCalibrationWeights | None = None
+
+    @property
+    def n_active(self) -> int:
+        """Number of households with a non-zero weight."""
+        return int((self.weights.to_numpy() > 0).sum())
+
+    @property
+    def infeasible_targets(self) -> list[str]:
+        """Names of the targets that no household contributes to."""
+        return self.report.loc[self.report["infeasible"], "name"].tolist()
+
+    def summary(self) -> dict[str, float]:
+        """Headline numbers: active count, target errors, design effect.
+
+        Examples
+        --------
+        >>> res = calibrate(np.array([[1.0, 1.0], [1.0, 3.0]]), [2.0, 4.0], epochs=300, seed=0)
+        >>> sorted(res.summary())[:3]
+        ['design_effect', 'max_abs_rel_error', 'mean_abs_rel_error']
+        """
+        ok = ~self.report["infeasible"].to_numpy()
+        err = self.report["abs_rel_error"].to_numpy()[ok]
+        out = {
+            "n_active": float(self.n_active),
+            "mean_abs_rel_error": float(np.mean(err)) if err.size else 0.0,
+            "median_abs_rel_error": float(np.median(err)) if err.size else 0.0,
+            "max_abs_rel_error": float(np.max(err)) if err.size else 0.0,
+            "share_within_10pct": float(np.mean(err <= 0.1)) if err.size else 1.0,
+            "n_infeasible": float((~ok).sum()),
+        }
+        for key in ("design_effect", "kish_ess"):
+            if key in self.diagnostics:
+                out[key] = float(self.diagnostics[key])
+        return out
+
+    def plot(self, *, bins: int = 30) -> Any:
+        """Convergence (errors and active count per logging step) and the histogram of target errors.
+
+        Needs matplotlib (``pip install l0-calibrate[plot]``).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+
+        Examples
+        --------
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> res = calibrate(np.array([[1.0, 1.0], [1.0, 3.0]]), [2.0, 4.0], epochs=200, seed=0)
+        >>> len(res.plot().axes)
+        3
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("plot() needs matplotlib: pip install 'l0-calibrate[plot]'") from exc
+        fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(11, 4))
+        h = self.history
+        if len(h):
+            ax1.semilogy(h["epoch"], h["mean_rel_error"].clip(lower=1e-12), label="mean |rel. error|")
+            ax1.semilogy(h["epoch"], h["max_rel_error"].clip(lower=1e-12), label="max |rel. error|")
+            ax1.legend(loc="upper left")
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("relative error (|est - t| / (|t| + 1))")
+        ax1.set_title("convergence")
+        ax2 = ax1.twinx()
+        if len(h):
+            ax2.plot(h["epoch"], h["n_active"], color="grey", linestyle="--", label="active households")
+        ax2.set_ylabel("active households")
+        ok = ~self.report["infeasible"].to_numpy()
+        err = self.report["abs_rel_error"].to_numpy()[ok]
+        err = err[np.isfinite(err)]
+        ax3.hist(100 * err, bins=bins)
+        ax3.set_xlabel("|relative error| per target (%)")
+        ax3.set_ylabel("targets")
+        ax3.set_title(f"{self.n_active} households, {len(err)} targets")
+        fig.tight_layout()
+        return fig
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (
+            f"CalibrationResult(n_active={int(s['n_active'])}, targets={len(self.report)}, "
+            f"mean_abs_rel_error={s['mean_abs_rel_error']:.3g}, max_abs_rel_error={s['max_abs_rel_error']:.3g}"
+            + (f", design_effect={s['design_effect']:.3g}" if "design_effect" in s else "")
+            + ")"
+        )
+
+
+def _auto_init_weight(M: Any, targets: np.ndarray, names_hint: Any = None) -> float:
+    """One weight for every household: the median of ``target_i / (M 1)_i`` over positive rows."""
+    problem = prepare_problem(M, targets, n_features=None, dtype=torch.float64, device="cpu")
+    row_sums = problem.op.matvec(torch.ones(problem.op.shape[1], dtype=torch.float64)).numpy()
+    ok = (row_sums > 0) & (problem.targets > 0)
+    if not ok.any():
+        return 1.0
+    return float(np.exp(np.median(np.log(problem.targets[ok] / row_sums[ok]))))
+
+
+def calibrate(
+    estimate_matrix: Any,
+    targets: Any,
+    *,
+    target_count: int | float | None = None,
+    target_names: Sequence[str] | None = None,
+    target_groups: Sequence[Hashable] | None = None,
+    normalize_groups: bool = True,
+    group_multipliers: Mapping[Hashable, float] | None = None,
+    design_weights: Any = None,
+    household_index: Any = None,
+    loss: str | Callable = "relative",
+    epochs: int = 1000,
+    lr: float = 0.05,
+    lambda_l0: float | None = None,
+    lambda_l2: float = 0.0,
+    init_keep_prob: float = 0.5,
+    polish: bool | None = None,
+    distance: str = "raking",
+    lambda_distance: float = 0.0,
+    lambda_dispersion: float = 0.0,
+    max_weight_ratio: Any = None,
+    beta_schedule: str | Callable | None = None,
+    final_beta: float | None = None,
+    holdout_matrix: Any = None,
+    holdout_totals: Any = None,
+    holdout_names: Sequence[str] | None = None,
+    callbacks: Sequence[Callable[[dict], Any]] | None = None,
+    log_freq: int = 100,
+    verbose: bool = False,
+    progress: bool | None = None,
+    seed: int | None = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> CalibrationResult:
+    """Calibrate sparse household weights to targets and report how well they match.
+
+    Parameters
+    ----------
+    estimate_matrix : matrix or pandas.DataFrame
+        Either ``(n_targets, n_households)`` (scipy.sparse, numpy, torch,
+        :class:`l0_core.SparseOperator`) or a DataFrame of households x
+        targets (microcalibrate's layout; its columns name the targets and
+        its index the households). Not modified.
+    targets : array-like or pandas.Series
+        One value per target (a Series is aligned by name).
+    target_count : int or float, optional
+        Number (int) or fraction (float) of households to keep; exact.
+    target_names, target_groups : optional
+        Names and group labels of the targets (groups weight the loss as in
+        ``SparseCalibrationWeights.fit``).
+    normalize_groups, group_multipliers : optional
+        As in ``SparseCalibrationWeights.fit``.
+    design_weights : array-like, optional
+        Positive initial (design) weights; default: one common weight, the
+        median ratio of each target to its unweighted column sum.
+    household_index : sequence, optional
+        Labels of the households for ``weights`` (default: the DataFrame's
+        index, else 0..n-1).
+    loss : str or callable, default "relative"
+        Loss name (see :mod:`l0_calibrate.losses`) or function.
+    epochs, lr : int, float
+        Adam epochs and learning rate of the gate training.
+    lambda_l0 : float, optional
+        L0 strength; default 0 with ``target_count`` (the controller sets
+        it) and 0.01 without.
+    lambda_l2, init_keep_prob : float
+        As in :class:`SparseCalibrationWeights`.
+    polish : bool, optional
+        Re-solve the kept households' weights exactly on the targets
+        (default: on when ``target_count`` is given).
+    distance : {"raking", "chi2"}, default "raking"
+        Calibration distance of the polishing stage (and of
+        ``lambda_distance``). Raking keeps every kept weight positive, so the
+        polished result has exactly ``target_count`` households; chi2 may set
+        some to 0.
+    lambda_distance, lambda_dispersion, max_weight_ratio
+        Weight regularisation (see ``SparseCalibrationWeights.fit``).
+    beta_schedule, final_beta : optional
+        Temperature schedule.
+    holdout_matrix, holdout_totals, holdout_names : optional
+        Variables that were *not* targets (same orientation as
+        ``estimate_matrix``) and their true totals: reported in ``holdout``.
+    callbacks, log_freq, verbose, progress
+        Monitoring, as in ``SparseCalibrationWeights.fit``.
+    seed : int or None, default 0
+        Seed of the gates' noise (None: from torch's global generator).
+    device, dtype
+        Where and in which precision to compute.
+
+    Returns
+    -------
+    CalibrationResult
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> households = pd.DataFrame({"people": [1, 2, 3, 4, 2], "income": [10.0, 30.0, 20.0, 50.0, 25.0]},
+    ...                           index=["a", "b", "c", "d", "e"])
+    >>> res = calibrate(households, pd.Series({"people": 9.0, "income": 80.0}), target_count=3, epochs=300)
+    >>> res.n_active
+    3
+    >>> bool(res.report["abs_rel_error"].max() < 1e-3)
+    True
+    """
+    import pandas as pd
+
+    n_households = int(estimate_matrix.shape[0] if is_dataframe(estimate_matrix) else estimate_matrix.shape[1])
+    if design_weights is not None:
+        init = as_vector(design_weights, "design_weights", n_households, what="one per household")
+        if (init <= 0).any():
+            raise ValueError("design_weights must be positive; drop zero-weight households first")
+    else:
+        init = None
+    if lambda_l0 is None:
+        lambda_l0 = 0.0 if target_count is not None else 0.01
+    if polish is None:
+        polish = target_count is not None
+    model = SparseCalibrationWeights(
+        n_households,
+        init_keep_prob=init_keep_prob,
+        init_weights=init if init is not None else 1.0,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+    )
+    problem = prepare_problem(
+        estimate_matrix,
+        targets,
+        n_features=n_households,
+        dtype=dtype,
+        device=device,
+        target_groups=target_groups,
+        normalize_groups=normalize_groups,
+        group_multipliers=group_multipliers,
+        target_names=target_names,
+        matrix_argument="estimate_matrix",
+        targets_argument="targets",
+    )
+    if init is None:
+        with torch.no_grad():
+            scale = _auto_init_weight(problem.op.to(dtype=torch.float64), problem.targets)
+            model.log_weight.fill_(float(np.log(scale + 1e-8)))
+            model.initial_weights.fill_(scale)
+    if holdout_matrix is not None or holdout_totals is not None:
+        if holdout_matrix is None or holdout_totals is None:
+            raise ValueError("pass both holdout_matrix and holdout_totals, or neither")
+    model.fit(
+        problem.op,
+        problem.targets,
+        lambda_l0=lambda_l0,
+        lambda_l2=lambda_l2,
+        lr=lr,
+        epochs=epochs,
+        loss_type=loss,
+        verbose=verbose,
+        verbose_freq=log_freq,
+        target_groups=target_groups,
+        normalize_groups=normalize_groups,
+        group_multipliers=group_multipliers,
+        target_count=target_count,
+        beta_schedule=beta_schedule,
+        final_beta=final_beta,
+        callbacks=callbacks,
+        progress=progress,
+        target_names=problem.names,
+        design_weights=None if init is None else init,
+        lambda_distance=lambda_distance,
+        distance=distance,
+        lambda_dispersion=lambda_dispersion,
+        max_weight_ratio=max_weight_ratio,
+        polish=polish,
+    )
+    w = model._deterministic_weights().detach().to("cpu", torch.float64).numpy()
+    estimates = problem.op.to(dtype=torch.float64).matvec(torch.as_tensor(w, device=problem.op.device).double())
+    estimates = estimates.cpu().numpy()
+    report = _report(estimates, problem.targets, problem.names, problem.groups)
+    report["infeasible"] = problem.infeasible
+    index = household_index if household_index is not None else problem.household_index
+    if index is not None and len(index) != n_households:
+        raise ValueError(f"household_index has {len(index)} labels but there are {n_households} households")
+    weights = pd.Series(w, index=index if index is not None else pd.RangeIndex(n_households), name="weight")
+    diagnostics: dict[str, Any] = {}
+    try:
+        from .diagnostics import weight_diagnostics
+
+        diagnostics.update(weight_diagnostics(w, design_weights=init))
+    except ImportError:  # pragma: no cover
+        pass
+    holdout = None
+    if holdout_matrix is not None:
+        hold = prepare_problem(
+            holdout_matrix,
+            holdout_totals,
+            n_features=n_households,
+            dtype=torch.float64,
+            device="cpu",
+            target_names=holdout_names,
+            matrix_argument="holdout_matrix",
+            targets_argument="holdout_totals",
+        )
+        est = hold.op.matvec(torch.as_tensor(w)).numpy()
+        holdout = _report(est, hold.targets, hold.names, None)
+    history = pd.DataFrame(model.history_)
+    return CalibrationResult(
+        weights=weights, report=report, history=history, diagnostics=diagnostics, holdout=holdout, model=model
+    )

@@ -1,0 +1,590 @@
+"""Column-sharded calibration on torch.distributed (gloo on CPU).
+
+The multi-process tests fork 2 and 3 ranks from the test process (no
+second torch import, so they stay fast), run every scenario once per world
+size, and compare each result with the single-process fit of the same seed
+computed here.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import traceback
+import warnings
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.distributed as dist
+from l0_calibrate import InfeasibleTargetWarning, SparseCalibrationWeights
+from l0_calibrate.distributed import ShardedCalibrationWeights, gather_weights, init_distributed
+from l0_calibrate.distributed_io import (
+    household_labels,
+    load_columns,
+    load_npz_columns,
+    matrix_shape,
+)
+from l0_calibrate.distributed_launch import run_distributed, run_job, write_job
+from l0_calibrate.distributed_reducer import (
+    ColumnShard,
+    ProcessGroupReducer,
+    all_reduce_sum,
+    sortable_keys,
+)
+from l0_calibrate.distributed_state import (
+    ShardCheckpoint,
+    consolidate_state_dicts,
+    shard_state_dict,
+)
+
+N_TARGETS, N = 24, 301  # 301 splits unevenly over 2 and 3 ranks
+COUNT = 40
+E1, E2 = 25, 25
+MODEL = dict(
+    seed=3,
+    init_keep_prob=0.8,
+    log_weight_jitter_sd=0.05,
+    log_alpha_jitter_sd=0.05,
+    dtype=torch.float64,
+)
+FIT = dict(lr=0.05, loss_type="relative", lambda_l0=1e-4, log_freq=50)
+COUNT_FIT = dict(FIT, epochs=60, target_count=COUNT, refit_epochs=10)
+UNEVEN = dict(init_weights=np.linspace(1.0, 2.0, N), init_keep_prob=0.999, seed=0)
+TOL = dict(rtol=1e-9, atol=1e-12)  # float64: only the order of the partial sums differs
+
+
+def _problem() -> tuple[sp.csc_matrix, np.ndarray]:
+    rng = np.random.default_rng(11)
+    M = sp.random(
+        N_TARGETS,
+        N,
+        density=0.15,
+        format="lil",
+        random_state=rng,
+        data_rvs=lambda k: rng.uniform(1, 5, k),
+    )
+    M[0, :] = 0
+    M[0, :40] = 1.0  # a target only rank 0 contributes to
+    M[1, :] = 0  # a target nobody contributes to: infeasible
+    M = M.tocsc()
+    w_true = rng.uniform(0.5, 3.0, N) * (rng.random(N) < 0.3)
+    y = M @ w_true
+    y[1] = 5.0
+    return M, y
+
+
+M_FULL, Y = _problem()
+
+
+def _fit_single(**fit: object) -> SparseCalibrationWeights:
+    model = SparseCalibrationWeights(N, **MODEL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InfeasibleTargetWarning)
+        model.fit(M_FULL, Y, **fit)
+    return model
+
+
+def _loss(estimate: torch.Tensor) -> torch.Tensor:
+    y = torch.as_tensor(Y)
+    return (((estimate - y) / (y.abs() + 1)) ** 2).sum()
+
+
+# ------------------------------------------------------------ the ranks' work
+def _rank_work(rank: int, world: int, files: dict, consolidated: dict | None) -> dict:
+    """Everything one rank does; the results go back to the test process."""
+    warnings.simplefilter("ignore", InfeasibleTargetWarning)
+    out: dict = {}
+    # a target_count fit that reads only its columns of the npz file
+    # the command line's worker (a target_count fit reading only its columns of the npz
+    # file, weights gathered to rank 0), inside this process group
+    out["job"] = run_job(files["job"])
+    model = ShardedCalibrationWeights(N, **MODEL)
+    events: list = []
+    model.fit(files["npz"], Y, epochs=20, callbacks=[events.append], **dict(FIT, log_freq=10))
+    out["event_layout"] = {(e["rank"], e["world_size"], e["column_offset"]) for e in events}
+    out["infeasible"] = list(model.infeasible_targets_)
+    out["shard"] = model.shard
+    before = model.reducer.bytes_reduced
+    model.fit(files["npz"], Y, epochs=20, **FIT)
+    out["bytes_per_epoch"] = (model.reducer.bytes_reduced - before) / 20
+    # per-rank checkpoint at E1, resumed by a fresh model
+    local = load_columns(files["npz"], model.shard)
+    first = ShardedCalibrationWeights(N, **MODEL)
+    first.fit(local, Y, epochs=E1, **FIT)
+    path = os.path.join(files["dir"], f"world{world}-rank{rank}.pt")
+    torch.save(first.state_dict(), path)
+    out["state_e1"] = first.state_dict()
+    second = ShardedCalibrationWeights(N, **MODEL)
+    second.load_state_dict(torch.load(path))
+    second.fit(local, Y, epochs=E2, **FIT)
+    out["resumed"] = second.state_dict()
+    # a checkpoint written by another world size, consolidated and cut for this one
+    if consolidated is not None:
+        third = ShardedCalibrationWeights(N, **MODEL)
+        third.load_state_dict(shard_state_dict(consolidated, third.shard))
+        third.fit(local, Y, epochs=E2, **FIT)
+        out["resharded"] = third.state_dict()
+    # the differentiable all-reduce: gradient of a loss on the sampled estimate
+    grad_model = ShardedCalibrationWeights(N, **MODEL)
+    _loss(grad_model(local)).backward()
+    out["grad"] = (grad_model.log_weight.grad.clone(), grad_model.log_alpha.grad.clone())
+    # exact global top-k with ties
+    scores = (torch.arange(N) % 7 - 3).to(torch.float32) * 0.5
+    out["top_k"] = model.reducer.top_k_mask(scores[model.shard.columns], 100)
+    # gathering from an uneven layout given by the ranks' own column counts
+    sizes = {2: [200, 101], 3: [50, 200, 51]}[world]
+    custom = ShardedCalibrationWeights(N, shard=ColumnShard.from_local_count(sizes[rank]), **UNEVEN)
+    out["uneven_start"] = custom.shard.start
+    out["gathered"] = gather_weights(custom)
+    # per-household arguments of all columns are cut to the rank's
+    out["init_weights"] = ShardedCalibrationWeights(
+        N, init_weights=np.linspace(1.0, 2.0, N), seed=0
+    ).initial_weights
+    # errors
+    try:
+        ShardedCalibrationWeights(N, **MODEL).load_state_dict(
+            SparseCalibrationWeights(N, **MODEL).state_dict()
+        )
+    except ValueError as exc:
+        out["plain_checkpoint_error"] = str(exc)
+    try:
+        model.fit(local, Y, epochs=2, polish=True)
+    except ValueError as exc:
+        out["polish_error"] = str(exc)
+    try:
+        ShardCheckpoint(os.path.join(files["dir"], "shared.pt"))({"epoch": 1, "model": model})
+    except ValueError as exc:
+        out["checkpoint_error"] = str(exc)
+    other = torch.load(os.path.join(files["dir"], f"world{world}-rank{(rank + 1) % world}.pt"))
+    dist.barrier()
+    try:
+        ShardedCalibrationWeights(N, **MODEL).load_state_dict(other)
+    except ValueError as exc:
+        out["wrong_rank_error"] = str(exc)
+    return out
+
+
+def _run_ranks(world: int, workdir: str, *args: object) -> list[dict]:
+    """Fork ``world`` ranks joined by a gloo group; return each rank's result."""
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+    store = os.path.join(workdir, f"store-{world}")
+
+    def target(rank: int) -> None:
+        try:
+            torch.set_num_threads(1)
+            dist.init_process_group(
+                "gloo",
+                init_method=f"file://{store}",
+                rank=rank,
+                world_size=world,
+                timeout=timedelta(seconds=60),
+            )
+            res = _rank_work(rank, world, *args)
+            results.put((rank, pickle.dumps(res), None))
+            dist.barrier()
+            dist.destroy_process_group()
+        except BaseException:
+            results.put((rank, None, traceback.format_exc()))
+
+    procs = [ctx.Process(target=target, args=(r,)) for r in range(world)]
+    for p in procs:
+        p.start()
+    out: dict[int, dict] = {}
+    errors = []
+    try:
+        for _ in range(world):
+            rank, payload, err = results.get(timeout=150)
+            if err is not None:
+                errors.append(f"rank {rank}:\n{err}")
+            else:
+                out[rank] = pickle.loads(payload)
+    except queue.Empty:
+        errors.append("timed out waiting for the ranks")
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+    assert not errors, "\n".join(errors)
+    return [out[r] for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    d = tmp_path_factory.mktemp("distributed")
+    npz = str(d / "M.npz")
+    sp.save_npz(npz, M_FULL)
+    job = write_job(d / "job.pkl", npz, Y, model_options=MODEL, fit_options=COUNT_FIT)
+    return {"dir": str(d), "npz": npz, "job": job}
+
+
+@pytest.fixture(scope="module")
+def ranks(files: dict) -> dict[int, list[dict]]:
+    two = _run_ranks(2, files["dir"], files, None)
+    merged = consolidate_state_dicts([r["state_e1"] for r in two])
+    three = _run_ranks(3, files["dir"], files, merged)
+    return {2: two, 3: three}
+
+
+@pytest.fixture(scope="module")
+def single() -> dict:
+    count_model = _fit_single(**COUNT_FIT)
+    straight = _fit_single(epochs=E1 + E2, **FIT)
+    grad_model = SparseCalibrationWeights(N, **MODEL)
+    _loss(grad_model(M_FULL)).backward()
+    return {
+        "count_weights": count_model.get_weights(deterministic=True).detach(),
+        "infeasible": list(count_model.infeasible_targets_),
+        "estimates": count_model.predict(M_FULL),
+        "straight": straight.state_dict(),
+        "grad": (grad_model.log_weight.grad, grad_model.log_alpha.grad),
+    }
+
+
+def _concat(parts: list[dict], key: str) -> torch.Tensor:
+    return torch.cat([p[key] for p in parts])
+
+
+# ------------------------------------------------------------- multi-process
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_fit_gives_the_single_process_weights(
+    world: int, ranks: dict, single: dict
+) -> None:
+    np.testing.assert_allclose(
+        ranks[world][0]["job"].weights, single["count_weights"].numpy(), **TOL
+    )
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_fit_keeps_the_single_process_households(
+    world: int, ranks: dict, single: dict
+) -> None:
+    sharded = ranks[world][0]["job"].weights > 0
+    assert int(sharded.sum()) == COUNT
+    np.testing.assert_array_equal(sharded, single["count_weights"].numpy() > 0)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_only_rank_zero_receives_the_gathered_weights(world: int, ranks: dict) -> None:
+    assert [r["job"] is None for r in ranks[world]] == [False] + [True] * (world - 1)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_target_reached_by_one_rank_only_stays_feasible_on_every_rank(
+    world: int, ranks: dict, single: dict
+) -> None:
+    assert single["infeasible"] == ["target_1"]
+    assert all(r["infeasible"] == single["infeasible"] for r in ranks[world])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_each_epoch_exchanges_about_one_target_vector(world: int, ranks: dict) -> None:
+    per_epoch = [r["bytes_per_epoch"] for r in ranks[world]]
+    vector = N_TARGETS * 8
+    # one all-reduce of the estimates per epoch, plus the logging step's few scalars
+    assert all(vector <= b <= vector + 2 * vector / 20 + 64 for b in per_epoch)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_per_rank_checkpoints_resume_to_the_uninterrupted_fit(
+    world: int, ranks: dict, single: dict
+) -> None:
+    resumed = consolidate_state_dicts([r["resumed"] for r in ranks[world]])
+    for key in ("log_weight", "log_alpha"):
+        torch.testing.assert_close(resumed[key], single["straight"][key], **TOL)
+
+
+def test_two_rank_checkpoint_resumes_on_three_ranks(ranks: dict, single: dict) -> None:
+    resumed = consolidate_state_dicts([r["resharded"] for r in ranks[3]])
+    for key in ("log_weight", "log_alpha"):
+        torch.testing.assert_close(resumed[key], single["straight"][key], **TOL)
+
+
+def test_consolidated_checkpoint_resumes_in_one_process(ranks: dict, single: dict) -> None:
+    model = SparseCalibrationWeights(N, **MODEL)
+    model.load_state_dict(consolidate_state_dicts([r["state_e1"] for r in ranks[3]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InfeasibleTargetWarning)
+        model.fit(M_FULL, Y, epochs=E2, **FIT)
+    torch.testing.assert_close(model.log_alpha.detach(), single["straight"]["log_alpha"], **TOL)
+
+
+def test_consolidated_adam_state_equals_the_single_process_one(ranks: dict, single: dict) -> None:
+    merged = consolidate_state_dicts([r["resumed"] for r in ranks[2]])["_extra_state"]["optimizer"][
+        "state"
+    ]
+    straight = single["straight"]["_extra_state"]["optimizer"]["state"]
+    for pid in (0, 1):
+        torch.testing.assert_close(merged[pid]["exp_avg_sq"], straight[pid]["exp_avg_sq"], **TOL)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_all_reduced_estimate_backpropagates_the_single_process_gradient(
+    world: int, ranks: dict, single: dict
+) -> None:
+    for i in (0, 1):
+        grad = torch.cat([r["grad"][i] for r in ranks[world]])
+        torch.testing.assert_close(grad, single["grad"][i], **TOL)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_global_top_k_breaks_ties_toward_the_lower_column(world: int, ranks: dict) -> None:
+    scores = (torch.arange(N) % 7 - 3).to(torch.float32) * 0.5
+    expected = torch.zeros(N, dtype=torch.bool)
+    expected[torch.argsort(scores, descending=True, stable=True)[:100]] = True
+    assert torch.equal(_concat(ranks[world], "top_k"), expected)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_command_line_worker_reports_the_world_size_and_epochs(world: int, ranks: dict) -> None:
+    job = ranks[world][0]["job"]
+    assert (job.world_size, job.epochs) == (world, COUNT_FIT["epochs"])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_shards_from_local_counts_follow_rank_order(world: int, ranks: dict) -> None:
+    sizes = {2: [200, 101], 3: [50, 200, 51]}[world]
+    assert [r["uneven_start"] for r in ranks[world]] == [sum(sizes[:r]) for r in range(world)]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_gather_from_uneven_shards_restores_the_column_order(world: int, ranks: dict) -> None:
+    plain = SparseCalibrationWeights(N, **UNEVEN).get_weights(deterministic=True).detach()
+    assert torch.equal(ranks[world][0]["gathered"], plain)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_command_line_worker_returns_the_single_process_estimates(
+    world: int, ranks: dict, single: dict
+) -> None:
+    np.testing.assert_allclose(ranks[world][0]["job"].estimates, single["estimates"].numpy(), **TOL)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_callback_events_carry_the_rank_layout(world: int, ranks: dict) -> None:
+    layouts = [r["event_layout"] for r in ranks[world]]
+    assert layouts == [{(r, world, s["shard"].start)} for r, s in enumerate(ranks[world])]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_per_household_arrays_of_all_columns_are_cut_to_each_rank(world: int, ranks: dict) -> None:
+    expected = torch.as_tensor(np.linspace(1.0, 2.0, N), dtype=torch.float32)
+    torch.testing.assert_close(_concat(ranks[world], "init_weights"), expected, rtol=0, atol=0)
+
+
+def test_single_process_checkpoint_into_a_two_rank_shard_asks_for_shard_state_dict(
+    ranks: dict,
+) -> None:
+    assert "shard_state_dict(state, model.shard)" in ranks[2][1]["plain_checkpoint_error"]
+
+
+def test_sharded_fit_rejects_polishing_by_name(ranks: dict) -> None:
+    assert "polish=True" in ranks[2][0]["polish_error"]
+
+
+def test_shard_checkpoint_needs_a_rank_field_with_several_ranks(ranks: dict) -> None:
+    assert "{rank}" in ranks[2][1]["checkpoint_error"]
+
+
+def test_loading_another_ranks_checkpoint_names_both_column_ranges(ranks: dict) -> None:
+    msg = ranks[2][0]["wrong_rank_error"]
+    assert "[151, 301)" in msg and "[0, 151)" in msg
+
+
+def test_torchrun_launch_gives_the_single_process_weights(files: dict, single: dict) -> None:
+    result = run_distributed(
+        files["npz"], Y, nproc=2, model_options=MODEL, fit_options=COUNT_FIT, timeout=300
+    )
+    assert result.world_size == 2
+    np.testing.assert_allclose(result.weights, single["count_weights"].numpy(), **TOL)
+
+
+# ------------------------------------------------------------- one process
+def test_world_size_one_fit_is_bit_identical_to_the_plain_model() -> None:
+    plain = _fit_single(**COUNT_FIT)
+    sharded = ShardedCalibrationWeights(N, **MODEL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InfeasibleTargetWarning)
+        sharded.fit(M_FULL, Y, **COUNT_FIT)
+    assert torch.equal(sharded.log_alpha, plain.log_alpha)
+    assert torch.equal(sharded.log_weight, plain.log_weight)
+
+
+def test_world_size_one_checkpoint_loads_into_the_plain_model() -> None:
+    sharded = ShardedCalibrationWeights(N, **MODEL)
+    plain = SparseCalibrationWeights(N, seed=99, dtype=torch.float64)
+    plain.load_state_dict(sharded.state_dict())
+    assert torch.equal(plain.log_alpha, sharded.log_alpha)
+    assert plain._generator.get_state().equal(sharded._generator.get_state())
+
+
+def test_plain_checkpoint_loads_into_a_one_rank_shard() -> None:
+    plain = SparseCalibrationWeights(N, **MODEL)
+    sharded = ShardedCalibrationWeights(N, **dict(MODEL, seed=5))
+    sharded.load_state_dict(plain.state_dict())
+    assert torch.equal(sharded.log_weight, plain.log_weight)
+
+
+def test_cutting_a_partial_checkpoint_again_is_refused() -> None:
+    part = shard_state_dict(
+        SparseCalibrationWeights(N, **MODEL).state_dict(), ColumnShard(N, 0, 100, 0, 3)
+    )
+    with pytest.raises(ValueError, match="consolidate_state_dicts first"):
+        shard_state_dict(part, ColumnShard(N, 0, 100, 0, 3))
+
+
+def test_command_line_worker_runs_alone_outside_a_process_group(files: dict, single: dict) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InfeasibleTargetWarning)
+        result = run_job(files["job"])
+    assert result.world_size == 1
+    np.testing.assert_allclose(result.weights, single["count_weights"].numpy(), **TOL)
+
+
+def test_init_distributed_outside_torchrun_describes_one_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    ctx = init_distributed()
+    assert (ctx.rank, ctx.world_size, ctx.backend, ctx.device) == (
+        0,
+        1,
+        "none",
+        torch.device("cpu"),
+    )
+
+
+def test_per_household_argument_of_the_wrong_length_names_both_lengths() -> None:
+    with pytest.raises(
+        ValueError, match=f"init_weights must hold one value per household: {N} values"
+    ):
+        ShardedCalibrationWeights(N, init_weights=np.ones(N - 1), seed=0)
+
+
+def test_even_shards_tile_the_columns_in_rank_order() -> None:
+    shards = [ColumnShard.even(10, rank=r, world_size=4) for r in range(4)]
+    assert [(s.start, s.stop) for s in shards] == [(0, 3), (3, 6), (6, 8), (8, 10)]
+
+
+def test_more_ranks_than_columns_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot be split over 4 ranks"):
+        ColumnShard.even(3, rank=0, world_size=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sortable_keys_order_floats_like_a_sort(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat(
+        [
+            torch.randn(500, generator=gen, dtype=dtype) * 1e3,
+            torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-40, -1e-40], dtype=dtype),
+        ]
+    )
+    keys = sortable_keys(x)
+    order = torch.argsort(x, stable=True)
+    assert bool((keys[order][1:] >= keys[order][:-1]).all())
+    assert bool(((keys[order][1:] == keys[order][:-1]) == (x[order][1:] == x[order][:-1])).all())
+
+
+def test_all_reduce_sum_outside_a_group_returns_its_input() -> None:
+    x = torch.ones(3, requires_grad=True)
+    assert all_reduce_sum(x) is x
+
+
+def test_reducer_built_for_another_rank_is_refused() -> None:
+    with pytest.raises(ValueError, match="shard is for rank 2 of 4"):
+        ProcessGroupReducer(ColumnShard.even(8, rank=2, world_size=4))
+
+
+def test_consolidation_with_a_missing_rank_is_refused() -> None:
+    part = shard_state_dict(
+        SparseCalibrationWeights(N, **MODEL).state_dict(), ColumnShard(N, 0, 100, 0, 2)
+    )
+    with pytest.raises(ValueError, match="a rank's file is missing"):
+        consolidate_state_dicts([part])
+
+
+# ---------------------------------------------------------------- loaders
+@pytest.mark.parametrize("fmt", ["csc", "csr", "coo"])
+@pytest.mark.parametrize("compressed", [True, False])
+def test_npz_loader_reads_exactly_the_rank_columns(
+    tmp_path, fmt: str, compressed: bool, monkeypatch
+) -> None:
+    import l0_calibrate.distributed_io as dio
+
+    monkeypatch.setattr(dio, "CHUNK", 97)  # several chunks when streaming
+    path = str(tmp_path / "m.npz")
+    sp.save_npz(path, M_FULL.asformat(fmt), compressed=compressed)
+    part = load_npz_columns(path, 120, 250)
+    np.testing.assert_array_equal(part.toarray(), M_FULL.toarray()[:, 120:250])
+
+
+def test_npz_loader_reads_coo_coordinates(tmp_path) -> None:
+    coo = M_FULL.tocoo()
+    path = str(tmp_path / "m.npz")
+    np.savez(
+        path, coords=np.vstack([coo.row, coo.col]), data=coo.data, shape=coo.shape, format=b"coo"
+    )
+    np.testing.assert_array_equal(
+        load_npz_columns(path, 5, 77).toarray(), M_FULL.toarray()[:, 5:77]
+    )
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("compressed", [True, False])
+def test_npz_loader_cuts_a_dense_array(tmp_path, order: str, compressed: bool) -> None:
+    dense = np.asarray(M_FULL.toarray(), order=order)
+    path = str(tmp_path / "m.npz")
+    (np.savez_compressed if compressed else np.savez)(path, M=dense)
+    np.testing.assert_array_equal(load_npz_columns(path, 30, 31), dense[:, 30:31])
+
+
+def test_parquet_loader_reads_the_rank_rows_with_their_labels(tmp_path) -> None:
+    frame = pd.DataFrame(M_FULL.toarray().T, columns=[f"t{i}" for i in range(N_TARGETS)])
+    path = str(tmp_path / "m.parquet")
+    frame.to_parquet(path, row_group_size=64)
+    shard = ColumnShard.even(N, rank=1, world_size=3)
+    part = load_columns(path, shard)
+    pd.testing.assert_frame_equal(part, frame.iloc[shard.columns])
+
+
+def test_csv_loader_reads_the_rank_rows(tmp_path) -> None:
+    frame = pd.DataFrame(M_FULL.toarray().T, columns=[f"t{i}" for i in range(N_TARGETS)])
+    path = str(tmp_path / "m.csv")
+    frame.to_csv(path)  # first column: the household labels, as the command line writes it
+    shard = ColumnShard.even(N, rank=2, world_size=3)
+    np.testing.assert_allclose(
+        load_columns(path, shard).to_numpy(), frame.to_numpy()[shard.columns]
+    )
+
+
+def test_csv_shape_leaves_out_the_label_column(tmp_path) -> None:
+    frame = pd.DataFrame(M_FULL.toarray().T, columns=[f"t{i}" for i in range(N_TARGETS)])
+    path = str(tmp_path / "m.csv")
+    frame.to_csv(path)
+    assert matrix_shape(path) == (N_TARGETS, N)
+
+
+def test_parquet_household_labels_come_from_its_stored_index(tmp_path) -> None:
+    labels = pd.Index([f"h{i}" for i in range(N)], name="household")
+    frame = pd.DataFrame(
+        M_FULL.toarray().T, index=labels, columns=[f"t{i}" for i in range(N_TARGETS)]
+    )
+    path = str(tmp_path / "m.parquet")
+    frame.to_parquet(path)
+    pd.testing.assert_index_equal(household_labels(path), labels)
+
+
+def test_loader_refuses_a_shard_laid_out_for_another_size(tmp_path) -> None:
+    path = str(tmp_path / "m.npy")
+    np.save(path, M_FULL.toarray())
+    with pytest.raises(ValueError, match=f"has {N} households but the shard is laid out for 10"):
+        load_columns(path, ColumnShard.even(10, rank=0, world_size=2))
