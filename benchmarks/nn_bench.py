@@ -9,21 +9,23 @@ MLP 64-300-100-10:
   hidden layers), trained ``--epochs`` epochs towards three target fractions of
   weights kept, with l0-core's :class:`~l0_core.TargetSparsityController` on the
   differentiable expected parameter count of the exported model (target warmed
-  up linearly over the first half; weights lr 1e-3, gates lr 0.05); then
-  exported with :func:`l0_nn.export_pruned` and fine-tuned ``--finetune`` epochs.
+  up linearly over the first half, multiplier reset once below the target;
+  weights lr 1e-3, gates lr 0.05); then exported with
+  :func:`l0_nn.export_pruned` and fine-tuned ``--finetune`` epochs.
 * magnitude pruning (``torch.nn.utils.prune``) of the trained dense model at
   the sparsity L0 reached (same seed), each fine-tuned ``--finetune`` epochs:
   unstructured (per-layer L1, the same number of weights per layer as the
   exported L0 model) and structured (L2 norm of whole units: the same number of
   input features, hidden-1 and hidden-2 units as L0 kept; a removed unit also
-  loses its bias).
-* inference: median CPU time of one batch of 4096 through the dense model and
-  through the exported model (unstructured masks give no speed-up: the matrices
-  stay dense).
+  loses its bias and its outgoing weights).
+* inference: best-of-N CPU time of one batch of 4096 through the dense model
+  and through the exported model, measured interleaved (unstructured masks give
+  no speed-up: the matrices stay dense).
 
 Conv net (LeNet-style on the 8x8 images): conv3x3(16) - pool - conv3x3(32) - pool -
 fc(128->64) - fc(64->10); dense vs L0 with channel gates on both convolutions
-and input gates on both linear layers, exported and fine-tuned the same way.
+and input gates on both linear layers (target: keep 40 % of the parameters),
+exported and fine-tuned the same way.
 
 Training runs on one thread (these steps are too small to gain from two);
 inference is timed with all of torch's threads.
@@ -43,12 +45,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from l0_core import TargetSparsityController
+from l0_nn import L0Conv2d, L0Linear, SparseMLP, export_pruned, param_groups
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.nn.utils import prune
-
-from l0_nn import L0Conv2d, L0Linear, SparseMLP, export_pruned, param_groups
 
 HIDDEN = [300, 100]
 KEEP_TARGETS = [0.30, 0.20, 0.10]  # fraction of MLP weights kept (70 / 80 / 90 % removed)
@@ -95,11 +96,15 @@ def train_l0(model, expected_params, n_total, keep, data, epochs, seed, image=Fa
 
     The controller's target falls linearly from all parameters to the final
     target over the first half of training (a sparsity warm-up), then stays.
+    Anti-windup: once the expected count is below the target, a positive
+    multiplier is reset to 0 (Adam closes gates at a fixed rate, so a
+    multiplier accumulated while the count lagged behind the moving target
+    would otherwise overshoot it).
     """
     xtr, ytr, _, _ = data
     xtr = xtr.view(-1, 1, 8, 8) if image else xtr
     opt = torch.optim.Adam(param_groups(model, lr=1e-3, gate_lr=0.05), foreach=True)
-    ctl = TargetSparsityController(keep, n_total=n_total, lr=0.05)
+    ctl = TargetSparsityController(keep, n_total=n_total, lr=0.2)
     gen = torch.Generator().manual_seed(seed + 2000)
     warm = max(1, epochs // 2)
     for epoch in range(epochs):
@@ -109,37 +114,42 @@ def train_l0(model, expected_params, n_total, keep, data, epochs, seed, image=Fa
         model.train()
         for idx in batches(len(xtr), batch, gen):
             opt.zero_grad()
-            loss = F.cross_entropy(model(xtr[idx]), ytr[idx]) + ctl.penalty(expected_params())
+            expected = expected_params()
+            loss = F.cross_entropy(model(xtr[idx]), ytr[idx]) + ctl.penalty(expected)
             loss.backward()
             opt.step()
             ctl.step()
+            if expected.item() < ctl.target_count:
+                ctl.lambda1.clamp_(max=0.0)
     return model
 
 
 INFER_THREADS = torch.get_num_threads()
 
 
-def infer_ms(model, x, reps=30):
-    """Median wall time of one forward pass, with all CPU threads (training uses one)."""
-    model.eval()
+def best_ms(models, x, reps):
+    """Best-of-`reps` wall time (ms) of one forward pass of each model, measured interleaved.
+
+    Interleaving and taking the minimum keep a busy machine from favouring
+    whichever model happens to be timed in a quiet moment. Inference uses all
+    of torch's threads (training uses one).
+    """
     train_threads = torch.get_num_threads()
     torch.set_num_threads(INFER_THREADS)
+    best = [float("inf")] * len(models)
     try:
-        return _median_ms(model, x, reps)
+        with torch.inference_mode():
+            for m in models:
+                m.eval()
+                m(x)
+            for _ in range(reps):
+                for i, m in enumerate(models):
+                    t0 = time.perf_counter()
+                    m(x)
+                    best[i] = min(best[i], time.perf_counter() - t0)
     finally:
         torch.set_num_threads(train_threads)
-
-
-def _median_ms(model, x, reps):
-    with torch.inference_mode():
-        for _ in range(5):
-            model(x)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return [b * 1e3 for b in best]
 
 
 # ------------------------------------------------------------------------ MLP
@@ -165,55 +175,62 @@ def magnitude_prune(dense, small, kind):
     linears = [m for m in model if isinstance(m, nn.Linear)]
     small_lin = [m for m in small if isinstance(m, nn.Linear)]
     if kind == "unstructured":
-        for lin, s in zip(linears, small_lin):
+        for lin, s in zip(linears, small_lin, strict=True):
             prune.l1_unstructured(lin, "weight", amount=lin.weight.numel() - s.weight.numel())
         return model
     units = [small_lin[0].in_features] + [s.out_features for s in small_lin[:-1]]
     prune.ln_structured(linears[0], "weight", amount=64 - units[0], n=2, dim=1)
-    for lin, keep in zip(linears[:-1], units[1:]):
+    for lin, nxt, keep in zip(linears[:-1], linears[1:], units[1:], strict=True):
+        # Remove whole units: incoming row, bias, and the outgoing column of the next layer.
         prune.ln_structured(lin, "weight", amount=lin.out_features - keep, n=2, dim=0)
-        row_mask = (lin.weight_mask.abs().sum(1) > 0).float()
-        prune.custom_from_mask(lin, "bias", row_mask)
+        alive = (lin.weight_mask.sum(1) > 0).float()
+        prune.custom_from_mask(lin, "bias", alive)
+        prune.custom_from_mask(nxt, "weight", alive.expand_as(nxt.weight))
     return model
 
 
-def run_mlp(data, seeds, epochs, finetune):
-    xte = data[2]
-    rows = {}
-    big_x = torch.rand(4096, 64)
-    t_dense, t_small = [], {k: [] for k in KEEP_TARGETS}
+def nonzero_cost(model):
+    lins = [m for m in model if isinstance(m, nn.Linear)]
+    weights = sum(int((m.weight != 0).sum()) for m in lins)
+    return weights + sum(int((m.bias != 0).sum()) for m in lins), 2 * weights
 
-    def add(key, acc, params, flops):
-        rows.setdefault(key, {"acc": [], "params": [], "flops": []})
-        rows[key]["acc"].append(acc)
-        rows[key]["params"].append(params)
-        rows[key]["flops"].append(flops)
+
+def run_mlp(data, seeds, epochs, finetune):
+    xte, yte = data[2], data[3]
+    rows, timed = {}, {}
+
+    def add(key, model, params, flops):
+        row = rows.setdefault(key, {"acc": [], "params": [], "flops": []})
+        row["acc"].append(accuracy(model, xte, yte))
+        row["params"].append(params)
+        row["flops"].append(flops)
 
     for seed in seeds:
         dense = train_plain(dense_mlp(seed), data, epochs, seed)
-        p_dense, f_dense = mlp_cost(64, HIDDEN)
-        add(("dense", "-"), accuracy(dense, xte, data[3]), p_dense, f_dense)
-        t_dense.append(infer_ms(dense, big_x))
+        add(("dense", "-"), dense, *mlp_cost(64, HIDDEN))
+        timed.setdefault(("dense", "-"), []).append(dense)
         for keep in KEEP_TARGETS:
-            gen = torch.Generator().manual_seed(seed)
+            tag = f"keep {keep:.0%}"
             torch.manual_seed(seed)
+            gen = torch.Generator().manual_seed(seed)
             model = SparseMLP(64, HIDDEN, 10, init_sparsity=0.05, generator=gen)
             train_l0(model, model.expected_parameter_count, model.parameter_count(), keep, data,
                      epochs, seed)  # fmt: skip
-            small = export_pruned(model)
-            small = train_plain(small, data, finetune, seed + 7)
+            small = train_plain(export_pruned(model), data, finetune, seed + 7)
             rep = small.export_report
-            tag = f"keep {keep:.0%}"
-            add(("L0 (neuron gates) + export", tag), accuracy(small, xte, data[3]),
-                rep.params_after, rep.flops_after)  # fmt: skip
-            t_small[keep].append(infer_ms(small, big_x))
+            add(("L0 neuron gates + export", tag), small, rep.params_after, rep.flops_after)
+            timed.setdefault(("L0 neuron gates + export", tag), []).append(small)
             for kind in ("unstructured", "structured"):
                 pruned = train_plain(magnitude_prune(dense, small, kind), data, finetune, seed + 7)
-                lins = [m for m in pruned if isinstance(m, nn.Linear)]
-                params = sum(int((m.weight != 0).sum()) + int((m.bias != 0).sum()) for m in lins)
-                flops = 2 * sum(int((m.weight != 0).sum()) for m in lins)
-                add((f"magnitude {kind}", tag), accuracy(pruned, xte, data[3]), params, flops)
-    return rows, t_dense, t_small
+                add((f"torch prune {kind}", tag), pruned, *nonzero_cost(pruned))
+    keys = list(timed)
+    flat = [m for k in keys for m in timed[k]]
+    times = best_ms(flat, torch.rand(4096, 64), reps=30)
+    per_key, i = {}, 0
+    for k in keys:
+        per_key[k] = times[i : i + len(timed[k])]
+        i += len(timed[k])
+    return rows, per_key
 
 
 # ----------------------------------------------------------------------- conv
@@ -248,38 +265,39 @@ def conv_expected_params(model):
     )  # fmt: skip
 
 
-def run_conv(data, seeds, epochs, finetune, keep=0.25):
-    xte = data[2].view(-1, 1, 8, 8)
+def run_conv(data, seeds, epochs, finetune, keep=0.4):
+    xte, yte = data[2].view(-1, 1, 8, 8), data[3]
     big_x = torch.rand(4096, 1, 8, 8)
-    out = {"dense": {"acc": [], "params": 0, "flops": 0, "ms": []},
-           "L0": {"acc": [], "params": [], "flops": [], "ms": [], "channels": []}}  # fmt: skip
+    out = {name: {"acc": [], "params": [], "flops": [], "channels": [], "models": []}
+           for name in ("dense", "L0")}  # fmt: skip
     for seed in seeds:
         dense = train_plain(conv_net(False, seed), data, epochs, seed, image=True)
-        out["dense"]["acc"].append(accuracy(dense, xte, data[3]))
-        out["dense"]["ms"].append(infer_ms(dense, big_x))
-        rep0 = export_pruned(dense, example_input=big_x[:1]).export_report
-        out["dense"]["params"], out["dense"]["flops"] = rep0.params_after, rep0.flops_after
         model = conv_net(True, seed)
         n_total = sum(m.parameter_count() for m in model if isinstance(m, (L0Conv2d, L0Linear)))
-        train_l0(model, lambda: conv_expected_params(model), n_total, keep, data, epochs, seed,
-                 image=True)  # fmt: skip
+        train_l0(model, lambda m=model: conv_expected_params(m), n_total, keep, data, epochs,
+                 seed, image=True)  # fmt: skip
         small = export_pruned(model, example_input=big_x[:1])
         small = train_plain(small, data, finetune, seed + 7, image=True)
-        rep = small.export_report
-        convs = [m for m in small if isinstance(m, nn.Conv2d)]
-        out["L0"]["acc"].append(accuracy(small, xte, data[3]))
-        out["L0"]["params"].append(rep.params_after)
-        out["L0"]["flops"].append(rep.flops_after)
-        out["L0"]["ms"].append(infer_ms(small, big_x))
-        out["L0"]["channels"].append(tuple(c.out_channels for c in convs))
+        for name, m in (("dense", dense), ("L0", small)):
+            rep = export_pruned(m, example_input=big_x[:1]).export_report
+            out[name]["acc"].append(accuracy(m, xte, yte))
+            out[name]["params"].append(rep.params_after)
+            out[name]["flops"].append(rep.flops_after)
+            out[name]["channels"].append(
+                "/".join(str(c.out_channels) for c in m if isinstance(c, nn.Conv2d))
+            )
+            out[name]["models"].append(m)
+    n = len(seeds)
+    times = best_ms(out["dense"]["models"] + out["L0"]["models"], big_x, reps=5)
+    out["dense"]["ms"], out["L0"]["ms"] = times[:n], times[n:]
     return out
 
 
 # ---------------------------------------------------------------------- table
-def ms(values):
+def pm(values, digits=2):
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} +- {statistics.stdev(values):.{digits}f}"
 
 
 def main():
@@ -287,48 +305,48 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--finetune", type=int, default=15)
-    ap.add_argument("--quick", action="store_true", help="1 seed, 5 epochs, 2 fine-tune epochs")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 6 epochs, 2 fine-tune epochs")
     args = ap.parse_args()
     if args.quick:
-        args.seeds, args.epochs, args.finetune = 1, 5, 2
+        args.seeds, args.epochs, args.finetune = 1, 6, 2
     seeds = list(range(args.seeds))
     # Training steps here are small: one thread is faster than two contending ones.
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     data = load_data()
-    rows, t_dense, t_small = run_mlp(data, seeds, args.epochs, args.finetune)
+    rows, times = run_mlp(data, seeds, args.epochs, args.finetune)
     conv = run_conv(data, seeds, args.epochs, args.finetune)
     elapsed = time.perf_counter() - t_start
 
     p_dense = rows[("dense", "-")]["params"][0]
-    print(f"## MLP 64-300-100-10 on digits ({len(seeds)} seeds, {args.epochs} epochs, "
-          f"+{args.finetune} fine-tune epochs for every pruned model)\n")  # fmt: skip
-    print("| method | target | test acc % | params | weights+biases removed | FLOPs/sample "
-          "| CPU ms, batch 4096 |")  # fmt: skip
+    t_dense = statistics.mean(times[("dense", "-")])
+    print(f"## MLP 64-300-100-10 on digits ({len(seeds)} seeds; {args.epochs} epochs; every "
+          f"pruned model then fine-tuned {args.finetune} epochs)\n")  # fmt: skip
+    print("| method | target | test acc % | params | removed | FLOPs/sample | CPU ms, batch 4096 |")
     print("|---|---|---|---|---|---|---|")
     for (method, tag), r in rows.items():
         params = statistics.mean(r["params"])
-        if method == "dense":
-            timing = ms(t_dense)
-        elif method.startswith("L0"):
-            keep = float(tag.split()[1].rstrip("%")) / 100
-            timing = f"{ms(t_small[keep])} ({statistics.mean(t_dense) / statistics.mean(t_small[keep]):.1f}x faster)"
+        if (method, tag) in times:
+            t = times[(method, tag)]
+            speed = "" if method == "dense" else f" ({t_dense / statistics.mean(t):.1f}x faster)"
+            timing = pm(t) + speed
         elif method.endswith("unstructured"):
-            timing = "= dense (masks)"
+            timing = "as dense (masked dense matrices)"
         else:
-            timing = "same shapes as the L0 export"
-        print(f"| {method} | {tag} | {ms(r['acc'])} | {params:.0f} | {1 - params / p_dense:.1%} "
+            timing = "as the L0 export (same shapes)"
+        print(f"| {method} | {tag} | {pm(r['acc'])} | {params:.0f} | {1 - params / p_dense:.1%} "
               f"| {statistics.mean(r['flops']):.0f} | {timing} |")  # fmt: skip
-    d, g = conv["dense"], conv["L0"]
-    print(f"\n## LeNet-style conv net on 8x8 digits ({len(seeds)} seeds)\n")
-    print("| model | test acc % | params | FLOPs/sample | conv channels kept | CPU ms, batch 4096 |")
+    print(f"\n## LeNet-style conv net on 8x8 digits ({len(seeds)} seeds; L0 target: keep 40%)\n")
+    print(
+        "| model | test acc % | params | FLOPs/sample | conv channels (per seed) | CPU ms, batch 4096 |"
+    )
     print("|---|---|---|---|---|---|")
-    print(f"| dense | {ms(d['acc'])} | {d['params']} | {d['flops']} | 16, 32 | {ms(d['ms'])} |")
-    chans = ", ".join("/".join(str(c) for c in ch) for ch in g["channels"])
-    print(f"| L0 channel gates + export | {ms(g['acc'])} | {statistics.mean(g['params']):.0f} "
-          f"| {statistics.mean(g['flops']):.0f} | {chans} (per seed) | {ms(g['ms'])} |")  # fmt: skip
-    print(f"\ntorch {torch.__version__}; training on 1 thread, inference timed on "
-          f"{INFER_THREADS} threads; total {elapsed:.0f} s wall")  # fmt: skip
+    for name, label in (("dense", "dense"), ("L0", "L0 channel gates + export")):
+        r = conv[name]
+        print(f"| {label} | {pm(r['acc'])} | {statistics.mean(r['params']):.0f} "
+              f"| {statistics.mean(r['flops']):.0f} | {', '.join(r['channels'])} | {pm(r['ms'])} |")  # fmt: skip
+    print(f"\ntorch {torch.__version__}; training on 1 thread, inference timed (best of 30 MLP / 5 conv, "
+          f"interleaved) on {INFER_THREADS} threads; total {elapsed:.0f} s wall")  # fmt: skip
 
 
 if __name__ == "__main__":

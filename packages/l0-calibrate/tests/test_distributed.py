@@ -243,6 +243,7 @@ def single() -> dict:
         "count_weights": count_model.get_weights(deterministic=True).detach(),
         "infeasible": list(count_model.infeasible_targets_),
         "estimates": count_model.predict(M_FULL),
+        "history": count_model.history_,
         "straight": straight.state_dict(),
         "grad": (grad_model.log_weight.grad, grad_model.log_alpha.grad),
     }
@@ -365,6 +366,26 @@ def test_command_line_worker_returns_the_single_process_estimates(
     world: int, ranks: dict, single: dict
 ) -> None:
     np.testing.assert_allclose(ranks[world][0]["job"].estimates, single["estimates"].numpy(), **TOL)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_logged_history_matches_the_single_process_fit(
+    world: int, ranks: dict, single: dict
+) -> None:
+    keys = (
+        "epoch",
+        "phase",
+        "n_active",
+        "loss",
+        "data_loss",
+        "l0_loss",
+        "penalty_loss",
+        "mean_rel_error",
+    )
+    sharded = [[h[k] for k in keys] for h in ranks[world][0]["job"].history]
+    expected = [[h[k] for k in keys] for h in single["history"]]
+    assert [row[:3] for row in sharded] == [row[:3] for row in expected]
+    np.testing.assert_allclose([row[3:] for row in sharded], [row[3:] for row in expected], **TOL)
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -9,9 +9,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 from calib_helpers import make_problem
-
-from l0_calibrate import Checkpoint, EarlyStopping, InfeasibleTargetWarning, SparseCalibrationWeights
+from l0_calibrate import (
+    Checkpoint,
+    EarlyStopping,
+    InfeasibleTargetWarning,
+    SparseCalibrationWeights,
+)
 from l0_core import hookimpl, register_plugin, unregister_plugin
+
 
 def _with_nan(dense):
     dense[2, 3] = np.nan
@@ -107,7 +112,7 @@ def test_target_count_out_of_range_is_rejected_before_any_work(bad, message):
 
 def test_unknown_loss_name_is_an_error_not_a_silent_mse():
     M, y = make_problem()
-    with pytest.raises(ValueError, match=r"unknown losse? 'relativ' for loss_type; available: .*'relative'"):
+    with pytest.raises(ValueError, match=r"unknown loss 'relativ' for loss_type; available: .*'relative'"):
         SparseCalibrationWeights(M.shape[1]).fit(M, y, loss_type="relativ")
 
 

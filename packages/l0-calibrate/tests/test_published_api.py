@@ -7,7 +7,6 @@ import pytest
 import scipy.sparse as sp
 import torch
 from calib_helpers import dense_reference_fit, make_problem
-
 from l0_calibrate import SparseCalibrationWeights
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from l0_nn import L0Layer
 
 

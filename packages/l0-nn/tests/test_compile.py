@@ -1,5 +1,4 @@
 import torch
-
 from l0_nn import L0Linear
 
 

@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from l0_nn import L0Conv2d, L0DepthwiseConv2d
 
 

@@ -1,7 +1,5 @@
 import pytest
 import torch
-from torch import nn
-
 from l0_nn import (
     IndexSelect,
     L0Conv2d,
@@ -10,6 +8,7 @@ from l0_nn import (
     SparseMLP,
     export_pruned,
 )
+from torch import nn
 
 from .conftest import randomise_gates
 

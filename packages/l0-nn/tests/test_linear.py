@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from l0_nn import L0Linear
 
 from .conftest import hard_concrete_prob_active
@@ -146,7 +145,9 @@ def test_unknown_gate_name_raises_a_value_error_listing_available_gates():
 
 
 def test_bad_granularity_raises_a_value_error_naming_the_choices():
-    with pytest.raises(ValueError, match=r"granularity must be one of \['input', 'output', 'weight'\]"):
+    with pytest.raises(
+        ValueError, match=r"granularity must be one of \['input', 'output', 'weight'\]"
+    ):
         L0Linear(3, 2, granularity="channel")
 
 

@@ -3,15 +3,16 @@ import math
 import torch
 import torch.nn.functional as F
 from l0_core import hookimpl, register_plugin, unregister_plugin
-from torch import nn
-
 from l0_nn import L0Linear, export_pruned, layer_sparsity_stats
+from torch import nn
 
 
 class SigmoidGate(nn.Module):
     """A minimal third-party gate: P(active) = sigmoid(logit); hard 0/1 in eval."""
 
-    def __init__(self, *shape, temperature=1.0, init_mean=0.5, device=None, dtype=None, generator=None):
+    def __init__(
+        self, *shape, temperature=1.0, init_mean=0.5, device=None, dtype=None, generator=None
+    ):
         super().__init__()
         self.shape = torch.Size(shape)
         self.temperature = temperature

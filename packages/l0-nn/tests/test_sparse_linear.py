@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-
 from l0_nn import SparseL0Linear
 
 TRUE_COEF = np.array([1.0, 0.0, -2.0, 0.0])
@@ -10,13 +9,17 @@ TRUE_COEF = np.array([1.0, 0.0, -2.0, 0.0])
 
 def _data(n=300, seed=0):
     rng = np.random.default_rng(seed)
-    X = sp.random(n, 4, density=0.5, format="csr", random_state=seed + 1, data_rvs=rng.standard_normal)
+    X = sp.random(
+        n, 4, density=0.5, format="csr", random_state=seed + 1, data_rvs=rng.standard_normal
+    )
     y = X @ TRUE_COEF + 0.5 + 0.01 * rng.standard_normal(n)
     return X, y
 
 
 def _fit(X, y, **kw):
-    return SparseL0Linear(4, seed=0).fit(X, y, lambda_reg=0.02, lr=0.05, epochs=200, gate_lr=0.1, **kw)
+    return SparseL0Linear(4, seed=0).fit(
+        X, y, lambda_reg=0.02, lr=0.05, epochs=200, gate_lr=0.1, **kw
+    )
 
 
 def test_true_coefficients_one_zero_minus_two_zero_are_recovered_with_exact_zeros(single_thread):
@@ -36,7 +39,11 @@ def test_a_new_matrix_of_the_same_shape_gets_its_own_prediction(single_thread):
     X2, _ = _data(seed=7)
     assert X2.shape == X.shape and X2.nnz != 0
     expected = X2.toarray() @ model.get_coefficients().double().numpy() + model.intercept
-    assert np.allclose(model.predict(X).numpy(), X.toarray() @ model.get_coefficients().double().numpy() + model.intercept, atol=1e-4)
+    assert np.allclose(
+        model.predict(X).numpy(),
+        X.toarray() @ model.get_coefficients().double().numpy() + model.intercept,
+        atol=1e-4,
+    )
     assert np.allclose(model.predict(X2).numpy(), expected, atol=1e-4)
 
 

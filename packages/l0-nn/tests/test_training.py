@@ -8,8 +8,6 @@ from l0_core import (
     get_active_parameter_count,
     update_temperatures,
 )
-from torch import nn
-
 from l0_nn import (
     L0Conv2d,
     L0Linear,
@@ -19,6 +17,7 @@ from l0_nn import (
     param_groups,
     weight_parameters,
 )
+from torch import nn
 
 
 def test_param_groups_give_gates_their_own_learning_rate_and_cover_every_parameter_once():
@@ -34,7 +33,8 @@ def test_param_groups_give_gates_their_own_learning_rate_and_cover_every_paramet
 def test_gate_and_weight_parameters_split_a_conv_model():
     model = nn.Sequential(L0Conv2d(1, 2, 3), L0Linear(2, 2))
     assert {id(p) for p in gate_parameters(model)} == {
-        id(model[0].gates.log_alpha), id(model[1].gates.log_alpha)
+        id(model[0].gates.log_alpha),
+        id(model[1].gates.log_alpha),
     }
     assert len(weight_parameters(model)) == 4
 
@@ -89,7 +89,9 @@ def test_expected_parameter_count_matches_a_monte_carlo_count_of_exported_weight
     assert expected == pytest.approx(sum(counts) / len(counts), rel=0.05)
 
 
-def test_target_sparsity_controller_penalty_pushes_the_expected_weights_down_towards_the_target():
+def test_target_sparsity_controller_penalty_pushes_the_expected_weights_down_towards_the_target(
+    single_thread,
+):
     torch.manual_seed(0)
     model = SparseMLP(8, [16], 2, generator=torch.Generator().manual_seed(0))
     total = model.parameter_count()

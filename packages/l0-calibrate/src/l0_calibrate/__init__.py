@@ -12,6 +12,11 @@ Examples
 from l0_core.plugins import add_builtin_plugin as _add_builtin_plugin
 
 from .callbacks import Checkpoint, EarlyStopping
+from .distributed import ShardedCalibrationWeights, gather_weights, init_distributed
+from .distributed_io import load_columns
+from .distributed_launch import run_distributed
+from .distributed_reducer import ColumnShard, all_reduce_sum
+from .distributed_state import ShardCheckpoint, consolidate_state_dicts, shard_state_dict
 from .fitting import InfeasibleTargetWarning
 from .frontend import CalibrationResult, calibrate
 from .losses import (
@@ -32,14 +37,24 @@ __all__ = [
     "BUILTIN_LOSSES",
     "CalibrationResult",
     "Checkpoint",
+    "ColumnShard",
     "EarlyStopping",
     "InfeasibleTargetWarning",
+    "ShardCheckpoint",
+    "ShardedCalibrationWeights",
     "SparseCalibrationWeights",
     "__version__",
+    "all_reduce_sum",
     "calibrate",
     "capped_relative_loss",
+    "consolidate_state_dicts",
+    "gather_weights",
     "get_loss",
+    "init_distributed",
+    "load_columns",
     "microcalibrate_loss",
     "mse_loss",
     "relative_loss",
+    "run_distributed",
+    "shard_state_dict",
 ]

@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["Callback", "Checkpoint", "EarlyStopping", "dispatch_event"]
 

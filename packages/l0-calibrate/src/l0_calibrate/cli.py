@@ -167,7 +167,11 @@ def _run(args: argparse.Namespace) -> int:
             args.matrix,
             targets,
             nproc=args.nproc,
-            model_options={"seed": args.seed, "dtype": torch.float64 if args.float64 else torch.float32},
+            model_options={
+                "seed": args.seed,
+                "dtype": torch.float64 if args.float64 else torch.float32,
+                "init_weights": None if design is None else np.asarray(design, dtype=np.float64),
+            },
             fit_options={
                 "epochs": args.epochs,
                 "lr": args.lr,
@@ -176,8 +180,8 @@ def _run(args: argparse.Namespace) -> int:
                 "lambda_l0": 0.0 if args.count is not None else 0.01,
             },
         )
-        weights = pd.Series(res.weights, name="weight")
-        weights.index.name = "household"
+        weights = pd.Series(res.weights, index=res.household_index, name="weight")
+        weights.index.name = weights.index.name or "household"
         _write_table(weights.to_frame(), args.out)
         print(f"wrote {len(weights):,} weights ({res.n_active:,} non-zero) to {args.out}")
         return 0

@@ -17,7 +17,8 @@ Relative error is ``(estimate - target) / |target|``; a zero target gives
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from torch import Tensor
@@ -84,7 +85,9 @@ def weight_diagnostics(weights: Any, design_weights: Any = None) -> dict[str, fl
     }
     if k == 0:
         nan = float("nan")
-        out.update(mean_weight=nan, min_weight=nan, max_weight=nan, cv=nan, design_effect=nan, kish_ess=0.0)
+        out.update(
+            mean_weight=nan, min_weight=nan, max_weight=nan, cv=nan, design_effect=nan, kish_ess=0.0
+        )
     else:
         x = w[nz]
         mean = x.mean()
@@ -203,7 +206,13 @@ def error_summary(report: Any, *, within: float = 0.1) -> dict[str, float]:
         err = np.abs(np.asarray(report, dtype=np.float64).reshape(-1))
     if err.size == 0:
         nan = float("nan")
-        return {"n": 0, "mean_abs_rel_error": nan, "median_abs_rel_error": nan, "max_abs_rel_error": nan, "share_within": nan}
+        return {
+            "n": 0,
+            "mean_abs_rel_error": nan,
+            "median_abs_rel_error": nan,
+            "max_abs_rel_error": nan,
+            "share_within": nan,
+        }
     return {
         "n": int(err.size),
         "mean_abs_rel_error": float(err.mean()),

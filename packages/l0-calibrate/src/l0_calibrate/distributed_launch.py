@@ -3,7 +3,7 @@
 :func:`run_distributed` is what ``l0-calibrate run --nproc N`` calls: it
 writes the job to a temporary folder, starts ``python -m
 torch.distributed.run --standalone --nproc-per-node N -m
-l0_calibrate.distributed_launch JOB`` and returns the gathered weights.
+l0_calibrate.distributed_worker JOB`` and returns the gathered weights.
 Each worker joins the process group, reads only its own household columns
 of the matrix file, fits a :class:`~l0_calibrate.ShardedCalibrationWeights`
 and sends its weights to rank 0, which writes the result.
@@ -185,7 +185,7 @@ def run_distributed(
             fit_options=fit_options,
             backend=backend,
         )
-        code = torchrun(["-m", "l0_calibrate.distributed_launch", job], nproc, timeout=timeout)
+        code = torchrun(["-m", "l0_calibrate.distributed_worker", job], nproc, timeout=timeout)
         out = os.path.join(work, _RESULT)
         if code != 0 or not os.path.exists(out):
             raise RuntimeError(
@@ -286,7 +286,7 @@ def run_job(job_path: str | os.PathLike) -> DistributedResult | None:
             household_index=household_labels(job["matrix"]),
         )
         tmp = os.path.join(job["out"], _RESULT + ".tmp")
-        with open(tmp, "wb") as f:  # a plain dict: the worker runs as __main__
+        with open(tmp, "wb") as f:  # a plain dict: readable whatever module runs the worker
             pickle.dump(dataclasses.asdict(result), f)
         os.replace(tmp, os.path.join(job["out"], _RESULT))
         return result
@@ -295,17 +295,3 @@ def run_job(job_path: str | os.PathLike) -> DistributedResult | None:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m l0_calibrate.distributed_launch JOB``: run one worker of a job."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m l0_calibrate.distributed_launch JOB.pkl", file=sys.stderr)
-        return 2
-    run_job(args[0])
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -62,6 +62,13 @@ def group_initialized() -> bool:
     return bool(dist.is_available() and dist.is_initialized())
 
 
+def _collective_device(group: Any = None) -> torch.device:
+    """Where small tensors for collectives live: the current CUDA device under NCCL, else CPU."""
+    if group_initialized() and _dist().get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _rank_and_size(group: Any = None) -> tuple[int, int]:
     if not group_initialized():
         return 0, 1
@@ -181,7 +188,7 @@ class ColumnShard:
         rank, size = _rank_and_size(group)
         if size == 1:
             return cls(int(n_local), 0, int(n_local), 0, 1)
-        counts = torch.zeros(size, dtype=torch.int64, device=device)
+        counts = torch.zeros(size, dtype=torch.int64, device=device or _collective_device(group))
         counts[rank] = int(n_local)
         _dist().all_reduce(counts, group=group)
         counts_l = counts.tolist()
@@ -401,7 +408,12 @@ class ProcessGroupReducer(LocalReducer):
         super().__init__(shard.n_total)
         self.shard = shard
         self.group = group
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = torch.device(device) if device is not None else _collective_device(group)
+        if size > 1 and _dist().get_backend(group) == "nccl" and self.device.type != "cuda":
+            raise ValueError(
+                f"the process group uses NCCL, which reduces CUDA tensors only, but device={self.device}; "
+                "pass the rank's GPU, e.g. device=init_distributed().device"
+            )
         self.noise = noise
         self.is_main = shard.rank == 0
         self.bytes_reduced = 0

@@ -27,8 +27,9 @@ detached copy of ``w`` and added to ``dL/dw``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor

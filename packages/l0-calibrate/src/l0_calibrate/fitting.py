@@ -14,11 +14,10 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from l0_core import TargetSparsityController, get_schedule
 from torch import Tensor
@@ -479,9 +478,11 @@ class _Fit:
         n_active = int(red.all_reduce_sum((w > 0).sum().reshape(1)).item())
         event: dict[str, Any] = {"epoch": epoch, "phase": phase}
         if parts is not None:
-            local = torch.stack([p.detach().reshape(()).to("cpu", torch.float64) for p in parts[1:]])
-            l0, l2, extra = red.all_reduce_sum(local.to(estimate.device)).tolist()
-            data = float(parts[0])
+            # l0/l2 sum this rank's households; the extra term (the controller's, from all-reduced
+            # counts; weight penalties run on one rank only) is already the same on every rank
+            local = torch.stack([p.detach().reshape(()).to("cpu", torch.float64) for p in parts[1:3]])
+            l0, l2 = red.all_reduce_sum(local.to(estimate.device)).tolist()
+            data, extra = float(parts[0]), float(parts[3])
             total = data + self.args["lambda_l0"] * l0 + self.args["lambda_l2"] * l2 + extra
             event.update(loss=total, data_loss=data, l0_loss=l0, l2_loss=l2, penalty_loss=extra)
         with torch.no_grad():
@@ -616,19 +617,20 @@ def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> S
     --------
     >>> from l0_calibrate import SparseCalibrationWeights
     >>> model = SparseCalibrationWeights(2, seed=0)
-    >>> run_fit(model, np.eye(2), [1.0, 1.0], epochs=5) is model
+    >>> run_fit(model, torch.eye(2), [1.0, 1.0], epochs=5) is model
     True
     """
     names = {f.name for f in FitOptions.__dataclass_fields__.values()}
     published = {
-        "lambda_l0", "lambda_l2", "lr", "epochs", "loss_type", "verbose", "verbose_freq",
-        "target_groups", "normalize_groups", "group_multipliers",
+        "lambda_l0": 0.01, "lambda_l2": 0.0, "lr": 0.01, "epochs": 1000, "loss_type": "mse",
+        "verbose": False, "verbose_freq": 100, "target_groups": None, "normalize_groups": True,
+        "group_multipliers": None,
     }  # fmt: skip
-    unknown = sorted(set(kwargs) - names - published)
+    unknown = sorted(set(kwargs) - names - set(published))
     if unknown:
         raise TypeError(f"fit() got unexpected keyword argument(s) {unknown}; options are {sorted(names)}")
     opts = FitOptions(**{k: v for k, v in kwargs.items() if k in names})
-    args = {k: kwargs[k] for k in published}
+    args = {k: kwargs.get(k, default) for k, default in published.items()}
     args.update(M=M, y=y)
     problem, loss_fn, target_count, refit_epochs = _validate(model, args, opts)
     if opts.polish:

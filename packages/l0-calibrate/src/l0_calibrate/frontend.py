@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,8 +95,8 @@ class CalibrationResult:
         Examples
         --------
         >>> res = calibrate(np.array([[1.0, 1.0], [1.0, 3.0]]), [2.0, 4.0], epochs=300, seed=0)
-        >>> sorted(res.summary())[:3]
-        ['design_effect', 'max_abs_rel_error', 'mean_abs_rel_error']
+        >>> res.summary()["n_active"], res.summary()["share_within_10pct"]
+        (2.0, 1.0)
         """
         ok = ~self.report["infeasible"].to_numpy()
         err = self.report["abs_rel_error"].to_numpy()[ok]
@@ -136,16 +136,18 @@ class CalibrationResult:
             raise ImportError("plot() needs matplotlib: pip install 'l0-calibrate[plot]'") from exc
         fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(11, 4))
         h = self.history
-        if len(h):
-            ax1.semilogy(h["epoch"], h["mean_rel_error"].clip(lower=1e-12), label="mean |rel. error|")
-            ax1.semilogy(h["epoch"], h["max_rel_error"].clip(lower=1e-12), label="max |rel. error|")
+        curves = [c for c in ("mean_rel_error", "max_rel_error", "fit_loss") if c in h.columns]
+        for c in curves if len(h) else []:
+            ax1.semilogy(h["epoch"], h[c].clip(lower=1e-12), label=c.replace("_", " "))
+        if curves and len(h):
             ax1.legend(loc="upper left")
         ax1.set_xlabel("epoch")
-        ax1.set_ylabel("relative error (|est - t| / (|t| + 1))")
+        ax1.set_ylabel("relative error (|est - t| / (|t| + 1))" if "mean_rel_error" in curves else "loss")
         ax1.set_title("convergence")
         ax2 = ax1.twinx()
-        if len(h):
-            ax2.plot(h["epoch"], h["n_active"], color="grey", linestyle="--", label="active households")
+        count = "n_active" if "n_active" in h.columns else "expected_active"
+        if len(h) and count in h.columns:
+            ax2.plot(h["epoch"], h[count], color="grey", linestyle="--", label=count.replace("_", " "))
         ax2.set_ylabel("active households")
         ok = ~self.report["infeasible"].to_numpy()
         err = self.report["abs_rel_error"].to_numpy()[ok]
@@ -177,6 +179,19 @@ def _auto_init_weight(M: Any, targets: np.ndarray, names_hint: Any = None) -> fl
     return float(np.exp(np.median(np.log(problem.targets[ok] / row_sums[ok]))))
 
 
+def _exact_estimates(estimate_matrix: Any, problem: Any, w: np.ndarray) -> np.ndarray:
+    """``M @ w`` in float64 from the caller's matrix (not its float32 copy), for the report."""
+    from l0_core import SparseOperator
+
+    if problem.op.dtype == torch.float64:
+        op = problem.op
+    elif is_dataframe(estimate_matrix):
+        return estimate_matrix.to_numpy(dtype=np.float64).T @ w
+    else:
+        op = SparseOperator.from_any(estimate_matrix, dtype=torch.float64, transpose_copy=False)
+    return op.matvec(torch.as_tensor(w, device=op.device)).cpu().numpy()
+
+
 def calibrate(
     estimate_matrix: Any,
     targets: Any,
@@ -193,12 +208,13 @@ def calibrate(
     lr: float = 0.05,
     lambda_l0: float | None = None,
     lambda_l2: float = 0.0,
-    init_keep_prob: float = 0.5,
+    init_keep_prob: float | None = None,
     polish: bool | None = None,
     distance: str = "raking",
     lambda_distance: float = 0.0,
-    lambda_dispersion: float = 0.0,
+    lambda_dispersion: float | None = None,
     max_weight_ratio: Any = None,
+    method: str | None = None,
     beta_schedule: str | Callable | None = None,
     final_beta: float | None = None,
     holdout_matrix: Any = None,
@@ -243,8 +259,10 @@ def calibrate(
     lambda_l0 : float, optional
         L0 strength; default 0 with ``target_count`` (the controller sets
         it) and 0.01 without.
-    lambda_l2, init_keep_prob : float
+    lambda_l2 : float
         As in :class:`SparseCalibrationWeights`.
+    init_keep_prob : float, optional
+        Initial gate location (default: the method's own; 0.5 for ``"gates"``).
     polish : bool, optional
         Re-solve the kept households' weights exactly on the targets
         (default: on when ``target_count`` is given).
@@ -254,7 +272,17 @@ def calibrate(
         polished result has exactly ``target_count`` households; chi2 may set
         some to 0.
     lambda_distance, lambda_dispersion, max_weight_ratio
-        Weight regularisation (see ``SparseCalibrationWeights.fit``).
+        Weight regularisation (see ``SparseCalibrationWeights.fit``). None
+        means the method's default (``"gates"``: none; ``"select"``: the
+        defaults of :func:`l0_calibrate.selection.select_and_polish`).
+    method : {"select", "gates"}, optional
+        ``"select"`` (default when ``target_count`` is given and
+        :mod:`l0_calibrate.selection` is installed): gate selection with a
+        dispersion penalty, exact top-``target_count`` and bounded polishing
+        (:func:`l0_calibrate.selection.select_and_polish`), the
+        low-design-effect pipeline. ``"gates"``: the fast, resumable
+        :class:`SparseCalibrationWeights` engine (callbacks, progress bar,
+        ``model`` in the result), then polishing.
     beta_schedule, final_beta : optional
         Temperature schedule.
     holdout_matrix, holdout_totals, holdout_names : optional
@@ -282,7 +310,6 @@ def calibrate(
     >>> bool(res.report["abs_rel_error"].max() < 1e-3)
     True
     """
-    import pandas as pd
 
     n_households = int(estimate_matrix.shape[0] if is_dataframe(estimate_matrix) else estimate_matrix.shape[1])
     if design_weights is not None:
@@ -291,13 +318,35 @@ def calibrate(
             raise ValueError("design_weights must be positive; drop zero-weight households first")
     else:
         init = None
+    if method is None:
+        method = "gates"
+        if target_count is not None:
+            try:
+                from . import selection  # noqa: F401
+
+                method = "select"
+            except ImportError:  # pragma: no cover - selection ships with the package
+                pass
+    if method not in ("select", "gates"):
+        raise ValueError(f"method must be 'select' or 'gates', got {method!r}")
     if lambda_l0 is None:
         lambda_l0 = 0.0 if target_count is not None else 0.01
     if polish is None:
         polish = target_count is not None
+    if method == "select":
+        return _calibrate_select(
+            estimate_matrix, targets, target_count=target_count, target_names=target_names,
+            target_groups=target_groups, normalize_groups=normalize_groups,
+            group_multipliers=group_multipliers, design_weights=init, household_index=household_index,
+            epochs=epochs, lr=lr, init_keep_prob=init_keep_prob, polish=polish, distance=distance,
+            lambda_distance=lambda_distance, lambda_dispersion=lambda_dispersion,
+            max_weight_ratio=max_weight_ratio, holdout=(holdout_matrix, holdout_totals, holdout_names),
+            callbacks=callbacks, seed=seed, device=device, dtype=dtype, log_freq=log_freq,
+            n_households=n_households,
+        )
     model = SparseCalibrationWeights(
         n_households,
-        init_keep_prob=init_keep_prob,
+        init_keep_prob=0.5 if init_keep_prob is None else init_keep_prob,
         init_weights=init if init is not None else 1.0,
         seed=seed,
         device=device,
@@ -346,13 +395,31 @@ def calibrate(
         design_weights=None if init is None else init,
         lambda_distance=lambda_distance,
         distance=distance,
-        lambda_dispersion=lambda_dispersion,
+        lambda_dispersion=0.0 if lambda_dispersion is None else lambda_dispersion,
         max_weight_ratio=max_weight_ratio,
         polish=polish,
     )
     w = model._deterministic_weights().detach().to("cpu", torch.float64).numpy()
-    estimates = problem.op.to(dtype=torch.float64).matvec(torch.as_tensor(w, device=problem.op.device).double())
-    estimates = estimates.cpu().numpy()
+    return _result(
+        estimate_matrix, problem, w, init, household_index, n_households,
+        (holdout_matrix, holdout_totals, holdout_names), model.history_, model,
+    )
+
+
+def _result(
+    estimate_matrix: Any,
+    problem: Any,
+    w: np.ndarray,
+    init: np.ndarray | None,
+    household_index: Any,
+    n_households: int,
+    holdout_args: tuple,
+    history: list,
+    model: SparseCalibrationWeights | None,
+) -> CalibrationResult:
+    import pandas as pd
+
+    estimates = _exact_estimates(estimate_matrix, problem, w)
     report = _report(estimates, problem.targets, problem.names, problem.groups)
     report["infeasible"] = problem.infeasible
     index = household_index if household_index is not None else problem.household_index
@@ -367,6 +434,7 @@ def calibrate(
     except ImportError:  # pragma: no cover
         pass
     holdout = None
+    holdout_matrix, holdout_totals, holdout_names = holdout_args
     if holdout_matrix is not None:
         hold = prepare_problem(
             holdout_matrix,
@@ -380,7 +448,66 @@ def calibrate(
         )
         est = hold.op.matvec(torch.as_tensor(w)).numpy()
         holdout = _report(est, hold.targets, hold.names, None)
-    history = pd.DataFrame(model.history_)
     return CalibrationResult(
-        weights=weights, report=report, history=history, diagnostics=diagnostics, holdout=holdout, model=model
+        weights=weights,
+        report=report,
+        history=pd.DataFrame([{k: v for k, v in h.items() if k not in ("weights", "model")} for h in history]),
+        diagnostics=diagnostics,
+        holdout=holdout,
+        model=model,
+    )
+
+
+def _calibrate_select(estimate_matrix: Any, targets: Any, **kw: Any) -> CalibrationResult:
+    """``method="select"``: :func:`l0_calibrate.selection.select_and_polish`, reported like the rest."""
+    import warnings
+
+    from .fitting import InfeasibleTargetWarning
+    from .selection import select_and_polish
+
+    if kw["callbacks"]:
+        raise ValueError("callbacks need method='gates' (the select pipeline has no callback hook)")
+    hold_m, hold_t, _ = kw["holdout"]
+    if (hold_m is None) != (hold_t is None):
+        raise ValueError("pass both holdout_matrix and holdout_totals, or neither")
+    problem = prepare_problem(
+        estimate_matrix, targets, n_features=kw["n_households"], dtype=kw["dtype"], device=kw["device"],
+        target_groups=kw["target_groups"], normalize_groups=kw["normalize_groups"],
+        group_multipliers=kw["group_multipliers"], target_names=kw["target_names"],
+        matrix_argument="estimate_matrix", targets_argument="targets",
+    )
+    if problem.infeasible.any():
+        warnings.warn(
+            f"{int(problem.infeasible.sum())} target(s) have a non-zero value but no household contributes "
+            f"to them: {', '.join(problem.infeasible_names[:10])}. They are left out and reported as infeasible.",
+            InfeasibleTargetWarning,
+            stacklevel=3,
+        )
+    options: dict[str, Any] = {}
+    if kw["lambda_dispersion"] is not None:
+        options["dispersion_weight"] = kw["lambda_dispersion"]
+    if kw["max_weight_ratio"] is not None:
+        options["max_weight_ratio"] = kw["max_weight_ratio"]
+    if kw["init_keep_prob"] is not None:
+        options["init_keep_prob"] = kw["init_keep_prob"]
+    res = select_and_polish(
+        problem.op,
+        problem.targets,
+        kw["target_count"],
+        design_weights=kw["design_weights"],
+        target_weights=problem.loss_weights,
+        distance=kw["distance"],
+        distance_weight=kw["lambda_distance"],
+        epochs=kw["epochs"],
+        lr=kw["lr"],
+        polish=kw["polish"],
+        seed=kw["seed"],
+        dtype=kw["dtype"],
+        device=kw["device"],
+        log_every=kw["log_freq"],
+        **options,
+    )
+    return _result(
+        estimate_matrix, problem, np.asarray(res.weights, dtype=np.float64), kw["design_weights"],
+        kw["household_index"], kw["n_households"], kw["holdout"], res.history, None,
     )

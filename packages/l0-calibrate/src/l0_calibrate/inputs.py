@@ -161,7 +161,7 @@ def as_matrix(
     ((2, 2), None, None)
     """
     if is_dataframe(M):
-        non_numeric = [c for c, dt in M.dtypes.items() if not np.issubdtype(dt, np.number) and dt != bool]
+        non_numeric = [c for c, dt in M.dtypes.items() if not (np.issubdtype(dt, np.number) or np.issubdtype(dt, np.bool_))]
         if non_numeric:
             raise TypeError(
                 f"{argument} (a DataFrame of households x targets) has non-numeric column(s) "
@@ -323,7 +323,7 @@ def prepare_problem(
                 f"{targets_argument} has no value for target(s) {missing[:5]}"
                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             )
-        lookup = dict(zip(index, y.to_numpy()))
+        lookup = dict(zip(index, y.to_numpy(), strict=False))
         y = [lookup[name] for name in names]
     targets = as_vector(
         y, targets_argument, n_targets, what=f"one per row of {matrix_argument}, its targets"

@@ -21,7 +21,8 @@ keeps its meaning). Built-ins are registered through the same plugin hook
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 import torch
 from torch import Tensor
@@ -106,6 +107,12 @@ def get_loss(loss_type: Union[str, LossFn], argument: str = "loss_type") -> Loss
     """
     if callable(loss_type):
         return loss_type
-    from l0_core import lookup
+    from l0_core import available, lookup
 
+    if not isinstance(loss_type, str) or loss_type not in available("losses"):
+        raise ValueError(
+            f"unknown loss {loss_type!r} for {argument}; available: {available('losses')}. "
+            "Pass one of them, a function (estimate, target) -> per-target loss, or register "
+            "one through the l0_register_losses plugin hook."
+        )
     return lookup("losses", loss_type, argument=argument)

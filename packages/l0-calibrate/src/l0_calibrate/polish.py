@@ -106,9 +106,13 @@ def as_scipy_csr(matrix: Any, argument: str = "M") -> Any:
             raise ValueError(f"{argument} must be 2-D, got shape {matrix.shape}")
         out = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
         if out.nnz and not np.isfinite(out.data).all():
-            raise ValueError(f"{argument} contains NaN or infinite values; replace them (e.g. with 0)")
+            raise ValueError(
+                f"{argument} contains NaN or infinite values; replace them (e.g. with 0)"
+            )
         return out
-    op = SparseOperator.from_any(matrix, dtype=torch.float64, transpose_copy=False, argument=argument)
+    op = SparseOperator.from_any(
+        matrix, dtype=torch.float64, transpose_copy=False, argument=argument
+    )
     return _operator_to_csr(op)
 
 
@@ -264,7 +268,7 @@ def polish_weights(
     --------
     >>> M = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
     >>> res = polish_weights(M, [10.0, 27.0], [0, 2, 3])
-    >>> res.converged, res.weights[1]
+    >>> res.converged, float(res.weights[1])
     (True, 0.0)
     >>> np.allclose(M @ res.weights, [10.0, 27.0])
     True
@@ -319,7 +323,9 @@ def polish_weights(
         ok = bool(np.max(np.abs(Xs @ (q * r) - ts), initial=0.0) <= infeasible_tol)
     method = "newton"
     if not ok:
-        logger.info("polish: exact calibration not reached in %d iterations; penalised fallback", n_iter)
+        logger.info(
+            "polish: exact calibration not reached in %d iterations; penalised fallback", n_iter
+        )
         lam, r, extra = _penalised(Xs, ts, q, v[active], kind, lo, hi, ridge, max_iter, tol)
         n_iter += extra
         method = "penalised"
@@ -371,7 +377,11 @@ def _newton(
         with np.errstate(over="ignore", invalid="ignore"):
             u = XsT @ lam_
             r_, dr_ = _ratio(u, kind, lo, hi)
-            phi = float(np.dot(q, _conjugate(u, r_, kind)) - np.dot(lam_, ts) + 0.5 * np.dot(pen, lam_ * lam_))
+            phi = float(
+                np.dot(q, _conjugate(u, r_, kind))
+                - np.dot(lam_, ts)
+                + 0.5 * np.dot(pen, lam_ * lam_)
+            )
         return (phi if math.isfinite(phi) else math.inf), r_, dr_
 
     phi, r, dr = evaluate(lam)
@@ -460,7 +470,9 @@ def _solve_psd(H: np.ndarray, rhs: np.ndarray, shift: float) -> np.ndarray:
         return np.linalg.lstsq(A, rhs, rcond=None)[0]
 
 
-def _cg_step(Xs: Any, XsT: Any, D: np.ndarray, pen: np.ndarray, g: np.ndarray, mu: float) -> np.ndarray:
+def _cg_step(
+    Xs: Any, XsT: Any, D: np.ndarray, pen: np.ndarray, g: np.ndarray, mu: float
+) -> np.ndarray:
     from scipy.sparse.linalg import LinearOperator, cg
 
     m = Xs.shape[0]

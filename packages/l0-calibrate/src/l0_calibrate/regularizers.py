@@ -39,7 +39,8 @@ without dropping (all kept) the reference is ``d`` itself.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -196,7 +197,9 @@ def dispersion_penalty(w: Tensor, *, reference: Tensor | None = None) -> Tensor:
     return n * (x * x).sum() / (s1 * s1) - 1.0
 
 
-def ratio_bounds(max_weight_ratio: RatioBound, *, argument: str = "max_weight_ratio") -> tuple[float, float]:
+def ratio_bounds(
+    max_weight_ratio: RatioBound, *, argument: str = "max_weight_ratio"
+) -> tuple[float, float]:
     """Interval ``(lo, hi)`` allowed for ``w / reference`` by a ``max_weight_ratio`` setting.
 
     Parameters

@@ -259,7 +259,7 @@ class SparseOperator:
         wanted = torch.arange(_CHUNK_NNZ, nnz, _CHUNK_NNZ, device=crow.device, dtype=crow.dtype)
         cuts = sorted({0, n_cols, *torch.searchsorted(crow, wanted).tolist()})
         starts = crow[torch.tensor(cuts, device=crow.device)].tolist()  # one host sync
-        for h0, h1, a, b in zip(cuts[:-1], cuts[1:], starts[:-1], starts[1:]):
+        for h0, h1, a, b in zip(cuts[:-1], cuts[1:], starts[:-1], starts[1:], strict=False):
             if b > a:
                 yield h0, h1, a, b
 

@@ -79,3 +79,51 @@ def reconstruction_error(x: Tensor, columns: Tensor) -> float:
     q = q[:, keep]
     resid = x - q @ (q.t() @ x)
     return max(0.0, float(resid.square().sum()) / total)
+
+
+def redundancy_guarded_top_k(x: Tensor, order: Tensor, k: int, tol: float = 1e-2) -> Tensor:
+    """Walk columns in ``order`` and keep the first ``k`` that add a new direction.
+
+    A candidate is skipped while the columns already kept reconstruct all but
+    a fraction ``tol`` of its energy (a near-duplicate of a kept column);
+    skipped candidates fill the remaining places, in order, if fewer than
+    ``k`` columns pass. The result is sorted.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(n, p)`` data (centred as for the reconstruction).
+    order : Tensor
+        All ``p`` column indices, best first.
+    k : int
+        Number of columns to keep.
+    tol : float, default 1e-2
+        Unexplained energy fraction below which a candidate is redundant.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    >>> redundancy_guarded_top_k(x, torch.tensor([0, 1, 2]), 2).tolist()
+    [0, 2]
+    """
+    x = x.to(torch.float64)
+    norms = x.square().sum(0)
+    basis = torch.zeros(x.shape[0], 0, dtype=x.dtype, device=x.device)
+    kept: list[int] = []
+    skipped: list[int] = []
+    for j in order.tolist():
+        if len(kept) == k:
+            break
+        col = x[:, j]
+        if float(norms[j]) == 0.0:
+            skipped.append(j)
+            continue
+        resid = col - basis @ (basis.t() @ col)
+        if len(kept) >= x.shape[0] or float(resid.square().sum()) <= tol * float(norms[j]):
+            skipped.append(j)
+            continue
+        resid = resid - basis @ (basis.t() @ resid)  # re-orthogonalise
+        basis = torch.cat([basis, (resid / resid.norm())[:, None]], dim=1)
+        kept.append(j)
+    kept += skipped[: k - len(kept)]
+    return torch.as_tensor(sorted(kept), dtype=torch.long, device=order.device)

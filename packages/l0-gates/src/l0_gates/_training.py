@@ -20,7 +20,7 @@ import torch
 from l0_core import TargetSparsityController, gate_temperature, make_gate, set_gate_temperature
 from torch import Tensor, nn
 
-__all__ = ["TrainConfig", "build_gate", "exact_top_k", "gate_generator", "train_gate"]
+__all__ = ["Adam", "TrainConfig", "build_gate", "exact_top_k", "gate_generator", "gate_ranking", "train_gate"]
 
 logger = logging.getLogger("l0_gates")
 
@@ -74,12 +74,36 @@ def build_gate(
 
 
 @torch.no_grad()
-def exact_top_k(gate: nn.Module, k: int) -> Tensor:
-    """Sorted indices of the ``k`` gates most likely to be active.
+def gate_ranking(gate: nn.Module) -> Tensor:
+    """All gate indices, most likely to be active first.
 
     Ties in ``prob_active`` (e.g. several gates saturated at 1 in float32)
     are broken by ``log_alpha`` when the gate has one, then by index, so the
-    result is deterministic.
+    order is deterministic.
+
+    Examples
+    --------
+    >>> from l0_core import HardConcrete
+    >>> g = HardConcrete(4, init_std=0.0)
+    >>> _ = g.log_alpha.data.copy_(torch.tensor([0.0, 3.0, -1.0, 2.0]))
+    >>> gate_ranking(g).tolist()
+    [1, 3, 0, 2]
+    """
+    prob = gate.prob_active().detach().reshape(-1)
+    device = prob.device
+    prob = prob.double().cpu().numpy()
+    la = getattr(gate, "log_alpha", None)
+    second = (
+        la.detach().reshape(-1).double().cpu().numpy()
+        if isinstance(la, Tensor) and la.numel() == prob.size
+        else np.zeros_like(prob)
+    )
+    order = np.lexsort((np.arange(prob.size), -second, -prob))
+    return torch.as_tensor(order, dtype=torch.long, device=device)
+
+
+def exact_top_k(gate: nn.Module, k: int) -> Tensor:
+    """Sorted indices of the ``k`` gates most likely to be active (see :func:`gate_ranking`).
 
     Examples
     --------
@@ -89,16 +113,54 @@ def exact_top_k(gate: nn.Module, k: int) -> Tensor:
     >>> exact_top_k(g, 2).tolist()
     [1, 4]
     """
-    prob = gate.prob_active().detach().reshape(-1).double().cpu().numpy()
-    la = getattr(gate, "log_alpha", None)
-    second = (
-        la.detach().reshape(-1).double().cpu().numpy()
-        if isinstance(la, Tensor) and la.numel() == prob.size
-        else np.zeros_like(prob)
-    )
-    order = np.lexsort((np.arange(prob.size), -second, -prob))[:k]
-    device = gate.prob_active().device
-    return torch.as_tensor(np.sort(order), dtype=torch.long, device=device)
+    return gate_ranking(gate)[:k].sort().values
+
+
+class Adam:
+    """Minimal Adam (Kingma & Ba 2015) over parameter groups.
+
+    ``torch.optim.Adam`` imports ``torch._dynamo`` on first use, which costs
+    seconds; the gates only need the plain algorithm. Each group is a dict
+    with ``params``, ``lr`` and optionally ``weight_decay`` (L2 added to the
+    gradient).
+
+    Examples
+    --------
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = Adam([{"params": [w], "lr": 0.1}])
+    >>> w.grad = torch.tensor([2.0]); opt.step(); round(w.item(), 4)
+    0.9
+    """
+
+    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.param_groups = [dict(g, params=list(g["params"])) for g in groups]
+        self.betas = betas
+        self.eps = eps
+        self.t = 0
+        self.state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for g in self.param_groups for p in g["params"]}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1 = 1 - b1**self.t
+        c2 = 1 - b2**self.t
+        for g in self.param_groups:
+            wd = g.get("weight_decay", 0.0)
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad if not wd else p.grad + wd * p
+                m, v = self.state[id(p)]
+                m.mul_(b1).add_(grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                denom = (v / c2).sqrt_().add_(self.eps)
+                p.addcdiv_(m, denom, value=-g["lr"] / c1)
 
 
 @dataclass
@@ -195,7 +257,7 @@ def train_gate(
                 "weight_decay": config.weight_decay,
             }
         )
-    opt = torch.optim.Adam(groups)
+    opt = Adam(groups)
     base_lrs = [g["lr"] for g in opt.param_groups]
     with torch.no_grad():
         start = float(gate.l0_penalty().item())

@@ -104,7 +104,7 @@ class L0Gate(nn.Module):
 
         Examples
         --------
-        >>> g = L0Gate(3, seed=0); g.set_temperature(0.2); g.temperature
+        >>> g = L0Gate(3, seed=0); g.set_temperature(0.2); round(g.temperature, 6)
         0.2
         """
         set_gate_temperature(self.gates, check_temperature(temperature))

@@ -18,8 +18,8 @@ from ._data import (
     take_columns,
     to_float_tensor,
 )
-from ._sketch import column_sketch, reconstruction_error
-from ._training import TrainConfig, exact_top_k, train_gate
+from ._sketch import column_sketch, reconstruction_error, redundancy_guarded_top_k
+from ._training import Adam, TrainConfig, gate_ranking, train_gate
 from .base import L0Gate
 
 __all__ = ["FeatureGate"]
@@ -66,11 +66,15 @@ class FeatureGate(L0Gate):
 
     Unsupervised (:meth:`select_features`, or :meth:`fit` without ``y``): the
     columns from which *all* columns are best reconstructed by least squares
-    (column subset selection). The relaxed reconstruction error of the gated
-    columns is minimised on a rank-``r`` sketch of the data while l0-core's
+    (column subset selection). The ridge-relaxed reconstruction error of the
+    gated columns (for a gate sample, plus the same error at the gates'
+    probabilities so that no gate is starved of gradient) is minimised on a
+    rank-``r`` sketch of the data while l0-core's
     :class:`~l0_core.TargetSparsityController` brings the expected number of
-    open gates down to ``max_features``; an exact top-k of the trained gate
-    probabilities is the selection.
+    open gates down to ``max_features``. The selection is then exactly
+    ``max_features`` columns taken in order of trained gate probability,
+    where a column that the columns already taken reconstruct to within 1%
+    of its energy (a near-duplicate) gives its place to the next one.
 
     Supervised (:meth:`fit` with ``y``): the columns that best predict ``y``
     (regression or classification) through an L0-gated linear model or small
@@ -109,11 +113,12 @@ class FeatureGate(L0Gate):
     >>> import torch
     >>> g = torch.Generator().manual_seed(0)
     >>> base = torch.randn(200, 5, generator=g)
-    >>> data = torch.cat([base, base[:, :1] + 0.01 * torch.randn(200, 15, generator=g)], 1)
-    >>> gate = FeatureGate(n_features=20, max_features=5, seed=0)
+    >>> copies = base[:, :2].repeat(1, 5) + 0.01 * torch.randn(200, 10, generator=g)
+    >>> data = torch.cat([copies, base], 1)  # columns 10..14 are the informative ones
+    >>> gate = FeatureGate(n_features=15, max_features=5, seed=0)
     >>> selected, idx = gate.select_features(data)
-    >>> idx.tolist()
-    [0, 1, 2, 3, 4]
+    >>> selected.shape, gate.reconstruction_error_ < 1e-3
+    (torch.Size([200, 5]), True)
     """
 
     def __init__(
@@ -293,7 +298,9 @@ class FeatureGate(L0Gate):
                 epochs=epochs, lr=lr, controller_lr=controller_lr, schedule_fraction=0.7
             )
             self.history_ = train_gate(self.gates, loss_fn, k, config)
-            idx = exact_top_k(self.gates, k)
+            # Exact top-k in gate order; a near-duplicate of a column already
+            # kept gives its place to the next gate (see redundancy_guarded_top_k).
+            idx = redundancy_guarded_top_k(x, gate_ranking(self.gates), k)
         else:
             self.history_ = []
             idx = torch.arange(self.n_features, device=x.device)
@@ -377,7 +384,7 @@ class FeatureGate(L0Gate):
             self.history_ = []
             idx = torch.arange(self.n_features, device=x.device)
         refit = self._make_model(k, n_out, model, hidden, dtype, x.device)
-        opt = torch.optim.Adam(refit.parameters(), lr=lr / 5)
+        opt = Adam([{"params": refit.parameters(), "lr": lr / 5}])
         inputs = xs[:, idx]
         for _ in range(epochs):
             opt.zero_grad(set_to_none=True)
@@ -386,7 +393,7 @@ class FeatureGate(L0Gate):
             opt.step()
         self.model_ = refit.eval()
         self._set_selection(idx, task)
-        logger.info("FeatureGate: kept %d of %d columns (%s), final loss %.4g", k, self.n_features, task, float(loss))
+        logger.info("FeatureGate: kept %d of %d columns (%s), final loss %.4g", k, self.n_features, task, float(loss.detach()))
 
     def _set_selection(self, idx: Tensor, task: str) -> None:
         self.feature_indices_ = idx

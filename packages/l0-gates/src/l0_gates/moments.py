@@ -82,7 +82,7 @@ def moment_matrix(table: Table, base_weights: Tensor, moments: Moments = "auto")
     >>> import numpy as np
     >>> t = as_table(np.array([[1.0], [2.0], [3.0]]))
     >>> m = moment_matrix(t, torch.ones(3))
-    >>> m.names, m.totals.tolist()
+    >>> m.names, [round(v, 6) for v in m.totals.tolist()]
     (['count', 'total[0]', 'moment2[0,0]'], [3.0, 6.0, 3.0])
     """
     _check_moments(moments)

@@ -123,7 +123,7 @@ class SampleGate(L0Gate):
         *,
         epochs: int = 600,
         lr: float = 0.1,
-        controller_lr: float = 1.0,
+        controller_lr: float = 3.0,
         categorical: list | tuple | None = None,
         moments: Moments = "auto",
     ) -> SampleGate:
@@ -142,7 +142,7 @@ class SampleGate(L0Gate):
             Training steps.
         lr : float, default 0.1
             Adam step size of the gate parameters.
-        controller_lr : float, default 1.0
+        controller_lr : float, default 3.0
             Step size of the target-sparsity controller.
         categorical : list, optional
             Further columns (positions for arrays, labels for DataFrames) to
@@ -167,7 +167,7 @@ class SampleGate(L0Gate):
         """
         check_positive_int(epochs, "epochs", "epochs=600")
         check_positive_float(lr, "lr", "lr=0.1")
-        check_positive_float(controller_lr, "controller_lr", "controller_lr=1.0")
+        check_positive_float(controller_lr, "controller_lr", "controller_lr=3.0")
         _check_moments(moments)
         device = self._fit_device(data)
         table = as_table(data, "data", categorical=categorical, device=device)
@@ -193,8 +193,14 @@ class SampleGate(L0Gate):
                 resid = scaled.t() @ expanded - goal
                 return resid.square().mean()
 
+            def loss_fn(z: Tensor) -> Tensor:
+                # Imbalance of the sampled subset (drives gates to 0/1) plus that of
+                # the fractional design at prob_active, which gives every gate a
+                # low-noise gradient, also while its samples are exactly 0.
+                return imbalance(z) + imbalance(self.gates.prob_active())
+
             config = TrainConfig(epochs=epochs, lr=lr, controller_lr=controller_lr)
-            self.history_ = train_gate(self.gates, imbalance, k, config)
+            self.history_ = train_gate(self.gates, loss_fn, k, config)
             indices = exact_top_k(self.gates, k)
         else:
             self.history_ = []

@@ -6,7 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from l0_core import HardConcrete, deterministic_gates, get_gate_class, make_gate, set_gate_temperature
+from l0_core import (
+    HardConcrete,
+    deterministic_gates,
+    get_gate_class,
+    make_gate,
+    set_gate_temperature,
+)
 from torch import Tensor, nn
 
 from ._checks import check_factory, check_gate_kwargs, check_positive_float, check_probability
@@ -248,6 +254,19 @@ class L0Layer(nn.Module):
             if bias is not None:
                 self.bias.copy_(bias)  # type: ignore[attr-defined]
         return int(removed.sum().item())
+
+    def export(self, example_input: Tensor | None = None) -> nn.Sequential:
+        """Shorthand for :func:`l0_nn.export_pruned(self, example_input) <l0_nn.export_pruned>`.
+
+        Examples
+        --------
+        >>> from l0_nn import L0Linear
+        >>> type(L0Linear(3, 2, init_sparsity=0.01).export().layer).__name__
+        'Linear'
+        """
+        from .export import export_pruned
+
+        return export_pruned(self, example_input)
 
     def removed_groups(self, threshold: float | None = None) -> Tensor:
         """Boolean mask (gate shape) of the groups the gates remove.

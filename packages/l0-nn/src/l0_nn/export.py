@@ -24,7 +24,6 @@ import copy
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from l0_core import is_gate, is_gated_layer
@@ -227,7 +226,11 @@ def _kind(module: nn.Module, shape_in: torch.Size, shape_out: torch.Size) -> str
         return "channelwise" if module.num_parameters == 1 else "barrier"
     if isinstance(module, _ELEMENTWISE) or (isinstance(module, _POOLS) and nd_in == 4):
         return "channelwise"
-    if isinstance(module, _NORMS) and module.track_running_stats and module.running_mean is not None:
+    if (
+        isinstance(module, _NORMS)
+        and module.track_running_stats
+        and module.running_mean is not None
+    ):
         return "norm"
     return "barrier"
 
@@ -237,7 +240,7 @@ def _channels(shape: torch.Size) -> int | None:
 
 
 def _default_example(chain: list[tuple[str, nn.Module]], ref: Tensor) -> Tensor:
-    for name, module in chain:
+    for _name, module in chain:
         if isinstance(module, (L0Linear, nn.Linear)):
             return ref.new_zeros((1, module.in_features))
         if not isinstance(module, (nn.Flatten, *_ELEMENTWISE, *_NORMS)):
@@ -268,7 +271,9 @@ def _propagate_constants(module: nn.Module, const: Tensor, is_const: Tensor, sha
         x = c.view(1, -1)
     y = module(x)
     flat = y.reshape(1, y.shape[1], -1)
-    uniform = (flat.amax(-1) == flat.amin(-1)).reshape(-1) & torch.isfinite(flat[..., 0]).reshape(-1)
+    uniform = (flat.amax(-1) == flat.amin(-1)).reshape(-1) & torch.isfinite(flat[..., 0]).reshape(
+        -1
+    )
     return flat[0, :, 0].clone(), is_const & uniform
 
 
@@ -362,7 +367,9 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
     kinds = [_kind(m, shapes[i], shapes[i + 1]) for i, (_, m) in enumerate(chain)]
     chans = [_channels(s) for s in shapes]
     weights: dict[int, tuple[Tensor, Tensor | None]] = {
-        i: _weights(m) for i, (_, m) in enumerate(chain) if kinds[i] in ("linear", "conv", "depthwise")
+        i: _weights(m)
+        for i, (_, m) in enumerate(chain)
+        if kinds[i] in ("linear", "conv", "depthwise")
     }
     dev = example.device
     dtype = next((w.dtype for w, _ in weights.values()), example.dtype)
@@ -373,7 +380,9 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
 
     # 2. forward: constants
     is_const: list[Tensor | None] = [full(0, False)]
-    const: list[Tensor | None] = [None if chans[0] is None else torch.zeros(chans[0], dtype=dtype, device=dev)]
+    const: list[Tensor | None] = [
+        None if chans[0] is None else torch.zeros(chans[0], dtype=dtype, device=dev)
+    ]
     for i, (_, module) in enumerate(chain):
         kind, cin, cout = kinds[i], is_const[i], const[i]
         if kind in ("linear", "conv", "depthwise"):
@@ -403,7 +412,9 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
             const.append(cout.repeat_interleave(s))
         else:
             is_const.append(full(i + 1, False))
-            const.append(None if chans[i + 1] is None else torch.zeros(chans[i + 1], dtype=dtype, device=dev))
+            const.append(
+                None if chans[i + 1] is None else torch.zeros(chans[i + 1], dtype=dtype, device=dev)
+            )
 
     # 3. backward: requirements
     req: list[Tensor | None] = [None] * (n + 1)
@@ -443,7 +454,9 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
             layers[f"select_{key}"] = IndexSelect(req[i][act].nonzero().flatten())
             act = req[i].clone()
         if kind in ("linear", "conv", "depthwise"):
-            new, act_out = _rebuild(module, kind, weights[i], act, req[i + 1], is_const[i], const[i])
+            new, act_out = _rebuild(
+                module, kind, weights[i], act, req[i + 1], is_const[i], const[i]
+            )
             costs.append(_cost(name, module, new, shapes[i + 1]))
         elif kind == "norm":
             new, act_out = _slice_norm(module, act), act
@@ -462,7 +475,10 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
     exported.export_report = report  # type: ignore[attr-defined]
     logger.info(
         "export_pruned: %d -> %d parameters, %d -> %d FLOPs per sample",
-        report.params_before, report.params_after, report.flops_before, report.flops_after,
+        report.params_before,
+        report.params_after,
+        report.flops_before,
+        report.flops_after,
     )
     return exported
 
@@ -529,7 +545,9 @@ def _as_plain(module: nn.Module) -> nn.Module:
     """A module kept whole: gated layers become their plain equivalents."""
     if isinstance(module, L0Linear):
         w, b = module.effective_weight_and_bias()
-        new = nn.Linear(module.in_features, module.out_features, b is not None, device=w.device, dtype=w.dtype)
+        new = nn.Linear(
+            module.in_features, module.out_features, b is not None, device=w.device, dtype=w.dtype
+        )
     elif isinstance(module, L0Conv2d):
         w, b = module.effective_weight_and_bias()
         new = nn.Conv2d(

@@ -227,7 +227,10 @@ class SparseL0Linear(nn.Module):
         op = self._operator(X)
         target = self._target(y, op.shape[0])
         self._reset(target)
-        groups = [{"params": [self.weight], "lr": lr}, {"params": self.gates.parameters(), "lr": gate_lr}]
+        groups = [
+            {"params": [self.weight], "lr": lr},
+            {"params": self.gates.parameters(), "lr": gate_lr},
+        ]
         if self.bias is not None:
             groups[0]["params"].append(self.bias)
         optimizer = torch.optim.Adam(groups)

@@ -1,0 +1,464 @@
+"""Select ``target_count`` households with L0 gates, then polish their weights to the targets.
+
+:func:`select_and_polish` is the quality pipeline of l0-calibrate:
+
+1. **Gate selection.** Every household ``k`` has a Hard Concrete gate
+   ``z_k`` and a log-adjustment ``theta_k``; its weight is
+
+       w_k = d_k * exp(theta_k) * z_k * c,    c = sum(d) / sum(d * z)  (no gradient)
+
+   so the kept households always carry the population total (a ratio
+   estimator) whatever the current sparsity. The loss is the weighted mean
+   squared *relative* target error, plus ``dispersion_weight`` times the
+   ``CV^2`` of the non-zero weights (their design effect minus 1), plus
+   ``distance_weight`` times the calibration distance of the kept weights
+   from ``d * c``. After every optimiser step all gate logits are shifted by
+   one constant so that the expected number of open gates is exactly
+   ``target_count`` (a projection; the ranking of the gates is what is
+   learned). The
+   dispersion term makes the gates prefer a set of households that matches
+   the targets *with near-equal weights*, i.e. a balanced sample.
+2. **Exact count.** The ``target_count`` households with the largest gate
+   logits are kept.
+3. **Polish.** :func:`l0_calibrate.polish.polish_weights` re-solves their
+   weights by bounded calibration so the targets hold exactly where that is
+   feasible, and as closely as possible (weighted least squares on the
+   relative errors) where not.
+
+Optional hierarchical consistency (:mod:`l0_calibrate.hierarchy`): targets
+are reconciled top-down before fitting, so that lower-level targets add up
+to their parents and an exact solution can exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from l0_core import HardConcrete, SparseOperator, TargetSparsityController, sparse_matvec
+
+from .diagnostics import weight_diagnostics
+from .hierarchy import Hierarchy, reconcile_targets
+from .polish import PolishResult, _as_vector, polish_weights
+from .regularizers import (
+    RatioBound,
+    _check_distance,
+    calibration_distance,
+    dispersion_penalty,
+    ratio_bounds,
+)
+
+__all__ = ["SelectionResult", "select_and_polish"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SelectionResult:
+    """Outcome of :func:`select_and_polish`.
+
+    Attributes
+    ----------
+    weights : numpy.ndarray
+        Final weights, length ``n_cols`` (exactly ``target_count`` non-zero
+        unless polishing sets some to 0 at a lower bound of 0).
+    support : numpy.ndarray
+        Indices of the selected households (sorted).
+    polish : PolishResult or None
+        The polishing outcome (None when ``polish=False``).
+    fit_weights : numpy.ndarray
+        Weights on the support at the end of gate training, before polishing.
+    targets : numpy.ndarray
+        The targets actually fitted (after reconciliation when a hierarchy is given).
+    history : list of dict
+        Per logging step: epoch, fit loss, dispersion, expected active count.
+    diagnostics : dict
+        :func:`l0_calibrate.diagnostics.weight_diagnostics` of ``weights``.
+    """
+
+    weights: np.ndarray
+    support: np.ndarray
+    polish: PolishResult | None
+    fit_weights: np.ndarray
+    targets: np.ndarray
+    history: list[dict[str, float]] = field(default_factory=list)
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def _project_count(gate: HardConcrete, count: int) -> None:
+    """Shift all gate logits by one constant so the expected number of open gates is ``count``.
+
+    Solves ``sum_k sigmoid(log_alpha_k + delta - shift) = count`` for
+    ``delta`` by safeguarded Newton steps (the sum is increasing in
+    ``delta``); the relative order of the gates, which is what the fit
+    learns, is unchanged.
+    """
+    la = gate.log_alpha
+    lo, hi = -60.0, 60.0
+    delta = 0.0
+    shift = float(gate.temperature.item()) * math.log(-gate.gamma / gate.zeta)
+    for _ in range(60):
+        p = torch.sigmoid(la + (delta - shift))
+        gap = float(p.sum().item()) - count
+        if abs(gap) < 1e-3 * max(count, 1):
+            break
+        if gap > 0:
+            hi = delta
+        else:
+            lo = delta
+        slope = float((p * (1 - p)).sum().item())
+        step = delta - gap / slope if slope > 0 else (lo + hi) / 2
+        delta = step if lo < step < hi else (lo + hi) / 2
+    la.add_(delta)
+
+
+_WHITEN_MAX_ENTRIES = 50_000_000
+
+
+def _whiten(X: Any, ts: np.ndarray, d: np.ndarray) -> tuple[Any, np.ndarray]:
+    """Rotate the constraint rows so Euclidean imbalance is the Mahalanobis one.
+
+    With ``G = X diag(d) X' / sum(d)`` (the population second moments of
+    the scaled rows) and ``W`` its inverse square root (on its range), the
+    squared norm of ``W (X w - t)`` is, to first order, the ``CV^2`` of the
+    adjustments a chi-square calibration must make to fix the imbalance
+    (``lambda' T lambda`` with ``lambda = T^-1 (t - X w)``): minimising it
+    minimises the design effect after polishing. Returns dense rows.
+    """
+    import scipy.sparse as sp
+
+    G = np.asarray((X.multiply(d) @ X.T).todense()) / d.sum()
+    ev, V = np.linalg.eigh(G)
+    keep = ev > ev.max(initial=0.0) * 1e-10
+    W = (V[:, keep] / np.sqrt(ev[keep])).T
+    return sp.csr_matrix(np.asarray(X.T @ W.T).T), W @ ts
+
+
+def _swap_refine(
+    X: Any,
+    ts: np.ndarray,
+    d: np.ndarray,
+    support: np.ndarray,
+    max_swaps: int,
+    n_candidates: int = 16,
+) -> tuple[np.ndarray, int]:
+    """Exchange kept and dropped households while the equal-adjustment fit improves.
+
+    Minimises ``|| X (c d 1_S) - ts ||^2`` over supports ``S`` of fixed size
+    (``X`` already carries the row scaling and target weights; ``c`` is the
+    ratio that makes the kept design weights carry the population total),
+    which is the gate-training loss at deterministic gates. Each step scores
+    every single removal and addition with one ``X.T @ r`` product, then
+    evaluates the ``n_candidates^2`` best pairs exactly and applies the best
+    improving swap; a cell no kept household covers has error -1, so such
+    swaps also fill empty cells.
+    """
+    Xc = X.tocsc()
+    n = X.shape[1]
+    col_sq = np.asarray(Xc.multiply(Xc).sum(axis=0)).ravel()
+    mask = np.zeros(n, dtype=bool)
+    mask[support] = True
+    c = d.sum() / d[mask].sum()
+    r = np.asarray(X @ np.where(mask, c * d, 0.0)).ravel() - ts
+    swaps = 0
+    for _ in range(max_swaps):
+        g = np.asarray(Xc.T @ r).ravel()
+        cd = c * d
+        out = -2.0 * cd * g + cd * cd * col_sq
+        inn = 2.0 * cd * g + cd * cd * col_sq
+        kept = np.flatnonzero(mask)
+        free = np.flatnonzero(~mask)
+        if kept.size == 0 or free.size == 0:
+            break
+        k_best = kept[np.argsort(out[kept])[:n_candidates]]
+        j_best = free[np.argsort(inn[free])[:n_candidates]]
+        cross = (Xc[:, k_best].T @ Xc[:, j_best]).toarray()
+        pair = (
+            out[k_best][:, None]
+            + inn[j_best][None, :]
+            - 2.0 * np.outer(cd[k_best], cd[j_best]) * cross
+        )
+        a, b = np.unravel_index(np.argmin(pair), pair.shape)
+        if pair[a, b] >= -1e-12 * max(float(r @ r), 1e-300):
+            break
+        k, j = k_best[a], j_best[b]
+        mask[k], mask[j] = False, True
+        r += np.asarray(Xc[:, [j]] @ [cd[j]]).ravel() - np.asarray(Xc[:, [k]] @ [cd[k]]).ravel()
+        swaps += 1
+    return np.flatnonzero(mask), swaps
+
+
+def _check_positive(name: str, value: float, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def select_and_polish(
+    M: Any,
+    targets: Any,
+    target_count: int | float,
+    *,
+    design_weights: Any = None,
+    target_weights: Any = None,
+    distance: str = "raking",
+    max_weight_ratio: RatioBound = 10.0,
+    dispersion_weight: float = 0.1,
+    distance_weight: float = 0.0,
+    epochs: int = 1000,
+    lr: float = 0.2,
+    temperature: float = 2.0 / 3.0,
+    final_temperature: float | None = 0.05,
+    learn_adjustments: bool = False,
+    init_keep_prob: float | None = None,
+    hierarchy: Hierarchy | None = None,
+    polish: bool = True,
+    seed: int | None = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    refine_swaps: int | None = None,
+    balance_metric: str = "auto",
+    log_every: int = 100,
+) -> SelectionResult:
+    """Choose ``target_count`` households by L0 gate training, then polish their weights.
+
+    Parameters
+    ----------
+    M : matrix
+        Estimate matrix ``(n_targets, n_cols)`` (scipy.sparse, numpy, torch
+        or :class:`l0_core.SparseOperator`); ``M @ w`` are the estimates.
+    targets : array-like
+        Target totals, length ``n_targets``.
+    target_count : int or float
+        Households to keep: a count ``>= 1`` or a fraction in ``(0, 1]``.
+    design_weights : array-like, optional
+        Positive design weights (default 1).
+    target_weights : array-like, optional
+        Non-negative importance of each target in the fit (default 1).
+    distance : {"raking", "chi2"}, default "raking"
+        Calibration distance used when polishing (and by ``distance_weight``).
+    max_weight_ratio : float, (lo, hi) or None, default 10
+        Bounds on each kept weight relative to its inflated design weight
+        (see :mod:`l0_calibrate.regularizers`), enforced by the polish.
+    dispersion_weight : float, default 0.1
+        Weight of the ``CV^2`` (design effect - 1) of the kept weights.
+    distance_weight : float, default 0
+        Weight of the calibration distance of the kept weights from their
+        inflated design weights during selection.
+    epochs : int, default 600
+        Gate-training steps.
+    lr : float, default 0.05
+        Adam learning rate.
+    temperature : float, default 0.5
+        Hard Concrete temperature.
+    init_keep_prob : float, optional
+        Initial probability that a gate is open (default: twice the target
+        fraction, at most 0.5).
+    hierarchy : Hierarchy, optional
+        Reconcile the targets top-down first (see :mod:`l0_calibrate.hierarchy`).
+    polish : bool, default True
+        Run :func:`l0_calibrate.polish.polish_weights` on the selected households.
+    seed : int or None, default 0
+        Seed of the gate noise; a seed makes CPU results bit-identical.
+    dtype, device : optional
+        Precision and device of the gate training.
+    refine_swaps : int, optional
+        Most exchanges of the discrete refinement (default ``2 * target_count``;
+        0 turns it off).
+    balance_metric : {"auto", "whitened", "relative"}, default "auto"
+        Imbalance the refinement minimises. ``"relative"``: the weighted sum
+        of squared relative target errors (the gate-training loss).
+        ``"whitened"``: the Mahalanobis imbalance, which is what a
+        chi-square polish has to correct, so it minimises the design effect
+        after polishing (ignores ``target_weights``). ``"auto"`` picks
+        ``"whitened"`` when ``target_count >= 10 * n_targets`` (an exact
+        polish is then usually feasible) and the dense rotated matrix is
+        small enough, else ``"relative"`` (which keeps small cells covered).
+    log_every : int, default 100
+        Epochs between ``logging`` records and history rows.
+
+    Returns
+    -------
+    SelectionResult
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = (rng.random((5, 400)) < 0.4).astype(float)
+    >>> res = select_and_polish(X, X.sum(axis=1), 40, epochs=150)
+    >>> int((res.weights > 0).sum()), res.polish.converged
+    (40, True)
+    >>> bool(np.allclose(X @ res.weights, X.sum(axis=1)))
+    True
+    """
+    kind = _check_distance(distance, "distance")
+    ratio_bounds(max_weight_ratio)
+    op = SparseOperator.from_any(M, dtype=dtype, device=device, argument="M")
+    n_targets, n_cols = op.shape
+    t_np = _as_vector(targets, "targets", n_targets)
+    count = TargetSparsityController.resolve_target(target_count, n_cols, argument="target_count")
+    d_np = (
+        np.ones(n_cols)
+        if design_weights is None
+        else _as_vector(design_weights, "design_weights", n_cols)
+    )
+    if (d_np <= 0).any():
+        raise ValueError("design_weights must be positive; drop zero-weight households first")
+    v_np = (
+        np.ones(n_targets)
+        if target_weights is None
+        else _as_vector(target_weights, "target_weights", n_targets)
+    )
+    if (v_np < 0).any() or v_np.sum() <= 0:
+        raise ValueError("target_weights must be non-negative with a positive sum")
+    for name, value, zero_ok in (
+        ("dispersion_weight", dispersion_weight, True),
+        ("distance_weight", distance_weight, True),
+        ("lr", lr, False),
+        ("temperature", temperature, False),
+    ):
+        _check_positive(name, value, zero_ok)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
+    if balance_metric not in ("auto", "whitened", "relative"):
+        raise ValueError(
+            f"balance_metric must be 'auto', 'whitened' or 'relative', got {balance_metric!r}"
+        )
+    if refine_swaps is None:
+        refine_swaps = 2 * count
+    if isinstance(refine_swaps, bool) or not isinstance(refine_swaps, int) or refine_swaps < 0:
+        raise ValueError(f"refine_swaps must be a non-negative integer, got {refine_swaps!r}")
+    if init_keep_prob is None:
+        init_keep_prob = min(0.5, 2.0 * count / n_cols)
+    if not 0.0 < init_keep_prob < 1.0:
+        raise ValueError(
+            f"init_keep_prob must lie strictly between 0 and 1, got {init_keep_prob!r}"
+        )
+    if hierarchy is not None:
+        t_np = reconcile_targets(t_np, hierarchy)
+
+    dev = op.device
+    generator = torch.Generator(device=dev)
+    if seed is not None:
+        generator.manual_seed(int(seed))
+    else:
+        generator.seed()
+    t = torch.as_tensor(t_np, dtype=dtype, device=dev)
+    row_size = op.matvec(torch.as_tensor(d_np, dtype=dtype, device=dev)).abs()
+    scale = torch.where(
+        t.abs() > 0, t.abs(), torch.where(row_size > 0, row_size, torch.ones_like(t))
+    )
+    v = torch.as_tensor(v_np / v_np.sum(), dtype=dtype, device=dev)
+    d = torch.as_tensor(d_np, dtype=dtype, device=dev)
+    total_d = d.sum()
+
+    gate = HardConcrete(
+        n_cols,
+        temperature=temperature,
+        init_mean=init_keep_prob,
+        device=dev,
+        dtype=dtype,
+        generator=generator,
+    )
+    theta = torch.nn.Parameter(torch.zeros(n_cols, device=dev, dtype=dtype))
+    _project_count(gate, count)
+    opt = torch.optim.Adam(
+        [gate.log_alpha, theta] if learn_adjustments else [gate.log_alpha], lr=lr
+    )
+    history: list[dict[str, float]] = []
+    gate.train()
+    for epoch in range(epochs):
+        if final_temperature is not None and epochs > 1:
+            frac = epoch / (epochs - 1)
+            gate.set_temperature(temperature * (final_temperature / temperature) ** frac)
+        opt.zero_grad(set_to_none=True)
+        z = gate()
+        base = d * z
+        c = (total_d / base.sum().clamp_min(torch.finfo(dtype).tiny)).detach()
+        w = base * torch.exp(theta) * c
+        est = sparse_matvec(op, w)
+        rel = (est - t) / scale
+        fit = (v * rel * rel).sum()
+        loss = fit
+        disp = dispersion_penalty(w) if dispersion_weight > 0 else fit.new_zeros(())
+        if dispersion_weight > 0:
+            loss = loss + dispersion_weight * disp
+        if distance_weight > 0:
+            loss = loss + distance_weight * calibration_distance(w, d * c, kind, active_only=True)
+        loss.backward()
+        opt.step()
+        _project_count(gate, count)
+        if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
+            row = {
+                "epoch": float(epoch + 1),
+                "fit_loss": float(fit.item()),
+                "dispersion": float(disp.item()),
+                "expected_active": float(gate.l0_penalty().item()),
+            }
+            history.append(row)
+            logger.info(
+                "select epoch %d: fit %.3e dispersion %.3f expected active %.0f",
+                epoch + 1,
+                row["fit_loss"],
+                row["dispersion"],
+                row["expected_active"],
+            )
+
+    with torch.no_grad():
+        order = torch.argsort(gate.log_alpha.detach(), descending=True, stable=True)
+        support = np.sort(order[:count].cpu().numpy())
+    n_swaps = 0
+    if refine_swaps > 0:
+        from .polish import as_scipy_csr
+
+        X_np = as_scipy_csr(M if not isinstance(M, torch.Tensor) else op, "M")
+        sc = scale.double().cpu().numpy()
+        row_w = np.sqrt(v_np / v_np.sum()) / sc
+        X_scaled = (X_np.T.multiply(row_w)).T.tocsr()
+        t_scaled = row_w * t_np
+        metric = balance_metric
+        if metric == "auto":
+            small = n_targets * n_cols <= _WHITEN_MAX_ENTRIES
+            metric = "whitened" if small and count >= 10 * n_targets else "relative"
+        if metric == "whitened":
+            X_scaled, t_scaled = _whiten(X_scaled, t_scaled, d_np)
+        support, n_swaps = _swap_refine(X_scaled, t_scaled, d_np, support, refine_swaps)
+        logger.info("select: %d swaps refined the support (%s metric)", n_swaps, metric)
+    with torch.no_grad():
+        sup_t = torch.as_tensor(support, device=dev)
+        d_sup = d[sup_t]
+        fit_w = (d_sup * torch.exp(theta.detach()[sup_t])).double().cpu().numpy()
+        fit_w *= d_np.sum() / fit_w.sum()
+    init = np.zeros(n_cols)
+    init[support] = fit_w
+    result: PolishResult | None = None
+    weights = init.copy()
+    if polish:
+        result = polish_weights(
+            M if not isinstance(M, torch.Tensor) else op,
+            t_np,
+            support,
+            design_weights=d_np,
+            distance=kind,
+            max_weight_ratio=max_weight_ratio,
+            target_weights=v_np,
+        )
+        weights = result.weights
+    return SelectionResult(
+        weights=weights,
+        support=support,
+        polish=result,
+        fit_weights=fit_w,
+        targets=t_np,
+        history=history,
+        diagnostics=weight_diagnostics(weights, d_np),
+    )

@@ -1,0 +1,131 @@
+"""calibrate() and CalibrationResult."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from calib_helpers import make_problem
+from l0_calibrate import CalibrationResult, calibrate
+
+
+def frame_problem(seed=0):
+    M, y = make_problem(n_targets=10, n_households=150, per_col=4, seed=seed)
+    names = [f"var{i}" for i in range(M.shape[0])]
+    index = pd.Index([f"hh{j}" for j in range(M.shape[1])], name="household")
+    return pd.DataFrame(M.toarray().T, columns=names, index=index), pd.Series(y, index=names)
+
+
+def test_calibrate_returns_weights_indexed_like_the_households_and_a_report_per_target():
+    frame, targets = frame_problem()
+    res = calibrate(frame, targets, target_count=40, epochs=200, method="gates")
+    assert isinstance(res, CalibrationResult)
+    assert res.weights.index.equals(frame.index)
+    assert res.n_active == 40
+    assert list(res.report["name"]) == list(frame.columns)
+    est = frame.to_numpy().T @ res.weights.to_numpy()
+    np.testing.assert_allclose(res.report["estimate"], est, rtol=1e-10)
+    np.testing.assert_allclose(res.report["rel_error"], (est - targets.to_numpy()) / targets.to_numpy(), rtol=1e-6, atol=1e-12)
+
+
+def test_calibrate_with_a_count_is_exact_on_feasible_targets_by_default():
+    frame, targets = frame_problem(seed=1)
+    res = calibrate(frame, targets, target_count=40, epochs=100)  # default method: select + polish
+    assert res.n_active == 40
+    assert res.summary()["max_abs_rel_error"] < 1e-5
+    assert res.summary()["share_within_10pct"] == 1.0
+
+
+def test_history_has_one_row_per_logging_step():
+    frame, targets = frame_problem()
+    res = calibrate(frame, targets, target_count=30, epochs=200, log_freq=50, polish=False, method="gates")
+    train = res.history[res.history["phase"] == "train"]
+    assert train["epoch"].tolist() == [50, 100, 150, 200]
+    assert {"mean_rel_error", "max_rel_error", "n_active", "loss"} <= set(res.history.columns)
+
+
+def test_infeasible_targets_are_flagged_in_the_report_by_name():
+    frame, targets = frame_problem()
+    frame = frame.assign(ghost=0.0)
+    targets = pd.concat([targets, pd.Series({"ghost": 10.0})])
+    with pytest.warns(UserWarning, match="ghost"):
+        res = calibrate(frame, targets, target_count=40, epochs=150, method="gates")
+    assert res.infeasible_targets == ["ghost"]
+    ok = res.report[~res.report["infeasible"]]
+    assert ok["abs_rel_error"].max() < 1e-5
+
+
+def test_holdout_errors_are_reported_for_variables_that_were_not_targets():
+    frame, targets = frame_problem()
+    holdout = frame[["var0"]].rename(columns={"var0": "copy"}) * 2
+    res = calibrate(frame, targets, target_count=40, epochs=150, method="gates", holdout_matrix=holdout,
+                    holdout_totals=pd.Series({"copy": 2 * targets["var0"]}))
+    assert res.holdout["name"].tolist() == ["copy"]
+    assert abs(res.holdout["rel_error"].iloc[0]) < 1e-5
+
+
+def test_design_weights_start_the_fit_and_diagnostics_report_their_ratios():
+    frame, targets = frame_problem()
+    d = np.full(len(frame), 3.0)
+    res = calibrate(frame, targets, target_count=50, epochs=100, design_weights=d, method="gates")
+    diag = res.diagnostics
+    w = res.weights.to_numpy()
+    nz = w[w > 0]
+    assert diag["n_nonzero"] == 50
+    assert diag["design_effect"] == pytest.approx(len(nz) * (nz**2).sum() / nz.sum() ** 2)
+    assert diag["max_ratio"] == pytest.approx(nz.max() / 3.0)
+
+
+def test_calibrate_does_not_modify_its_inputs():
+    frame, targets = frame_problem()
+    f0, t0 = frame.copy(), targets.copy()
+    calibrate(frame, targets, target_count=20, epochs=20, method="gates")
+    pd.testing.assert_frame_equal(frame, f0)
+    pd.testing.assert_series_equal(targets, t0)
+
+
+def test_calibrate_is_repeatable_with_a_seed():
+    frame, targets = frame_problem()
+    a = calibrate(frame, targets, target_count=20, epochs=50, seed=3, method="gates")
+    b = calibrate(frame, targets, target_count=20, epochs=50, seed=3, method="gates")
+    pd.testing.assert_series_equal(a.weights, b.weights)
+
+
+def test_calibrate_accepts_a_scipy_matrix_with_names_and_float64():
+    M, y = make_problem(seed=4)
+    res = calibrate(M, y, target_count=0.5, target_names=[f"t{i}" for i in range(12)], epochs=100,
+                    dtype=torch.float64, method="gates")
+    assert res.report["name"].iloc[0] == "t0" and res.n_active == 30
+    assert res.weights.index.equals(pd.RangeIndex(60))
+
+
+def test_the_gates_method_with_polish_is_exact_on_feasible_targets_too():
+    frame, targets = frame_problem(seed=2)
+    res = calibrate(frame, targets, target_count=40, epochs=150, method="gates")
+    assert res.model is not None and res.n_active == 40
+    assert res.summary()["max_abs_rel_error"] < 1e-5
+
+
+def test_bad_inputs_of_calibrate_name_the_argument():
+    frame, targets = frame_problem()
+    with pytest.raises(ValueError, match="design_weights must be positive"):
+        calibrate(frame, targets, design_weights=np.zeros(len(frame)))
+    with pytest.raises(ValueError, match="target_count must be between 1 and 150"):
+        calibrate(frame, targets, target_count=1000)
+    with pytest.raises(ValueError, match="estimate_matrix contains 1 NaN"):
+        bad = frame.copy()
+        bad.iloc[0, 0] = np.nan
+        calibrate(bad, targets)
+    with pytest.raises(ValueError, match="unknown loss 'l3'"):
+        calibrate(frame, targets, loss="l3")
+    with pytest.raises(ValueError, match="method must be 'select' or 'gates'"):
+        calibrate(frame, targets, method="magic")
+
+
+def test_plot_draws_convergence_and_error_histogram():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    frame, targets = frame_problem()
+    fig = calibrate(frame, targets, target_count=30, epochs=100, method="gates").plot()
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == "convergence" and "30 households" in titles[1]

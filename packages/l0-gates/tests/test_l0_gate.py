@@ -1,0 +1,119 @@
+"""L0Gate: the generic gate vector, its protocol and its errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from l0_core import HardConcrete, compute_l0_penalty, is_gate, update_temperatures
+from l0_gates import L0Gate
+
+
+def test_l0_gate_implements_the_core_gate_protocol_so_core_penalties_find_it():
+    gate = L0Gate(50, init_mean=0.3, seed=0)
+    model = torch.nn.ModuleDict({"selector": gate, "head": torch.nn.Linear(3, 1)})
+    assert is_gate(gate)
+    assert torch.allclose(compute_l0_penalty(model), gate.prob_active().sum())
+
+
+def test_penalty_is_the_sum_of_prob_active_computed_from_log_alpha():
+    gate = L0Gate(40, temperature=0.3, init_mean=0.7, seed=1)
+    hc = gate.gates
+    expected = torch.sigmoid(hc.log_alpha - 0.3 * torch.log(torch.tensor(0.1 / 1.1))).sum()
+    assert torch.allclose(gate.get_penalty(), expected)
+
+
+def test_training_mode_gates_are_random_samples_and_eval_gates_are_deterministic():
+    gate = L0Gate(200, init_mean=0.5, seed=0)
+    a, b = gate.get_gates(), gate.get_gates()
+    assert not torch.equal(a, b)
+    gate.eval()
+    assert torch.equal(gate.get_gates(), gate.get_gates())
+
+
+def test_apply_gates_multiplies_along_the_requested_dimension():
+    gate = L0Gate(4, init_mean=0.5, seed=3).eval()
+    x = torch.arange(12.0).reshape(3, 4)
+    gates = gate.get_gates()
+    assert torch.equal(gate.apply_gates(x, dim=1), x * gates[None, :])
+    assert torch.equal(gate.apply_gates(x.t(), dim=0), x.t() * gates[:, None])
+
+
+def test_apply_with_a_tensor_gates_it_and_with_a_function_keeps_module_apply():
+    gate = L0Gate(3, init_mean=0.5, seed=0).eval()
+    x = torch.ones(3, 2)
+    assert torch.equal(gate.apply(x, dim=0), gate.apply_gates(x, dim=0))
+    seen = []
+    assert gate.apply(lambda m: seen.append(type(m).__name__)) is gate
+    assert seen == ["HardConcrete", "L0Gate"]
+
+
+def test_active_indices_are_the_items_whose_deterministic_gate_exceeds_the_threshold():
+    gate = L0Gate(6, init_mean=0.5, seed=0)
+    with torch.no_grad():
+        gate.gates.log_alpha.copy_(torch.tensor([5.0, -5.0, 0.5, -0.2, 3.0, -9.0]))
+    det = gate.gates.deterministic()
+    assert gate.get_active_indices().tolist() == (det > 0).nonzero().reshape(-1).tolist()
+    assert gate.get_active_indices(threshold=0.9).tolist() == (det > 0.9).nonzero().reshape(-1).tolist()
+
+
+def test_temperature_is_read_and_set_through_the_underlying_gate_and_core_schedules():
+    gate = L0Gate(5, temperature=0.3, seed=0)
+    assert gate.temperature == pytest.approx(0.3)
+    update_temperatures(torch.nn.Sequential(gate), 0.05)
+    assert gate.gates.temperature.item() == pytest.approx(0.05)
+
+
+def test_equal_seeds_give_identical_gates_and_samples():
+    a, b = L0Gate(100, seed=7), L0Gate(100, seed=7)
+    assert torch.equal(a.gates.log_alpha, b.gates.log_alpha)
+    assert torch.equal(a.get_gates(), b.get_gates())
+
+
+def test_gates_are_built_by_registered_name_including_plugin_gates(logistic_gate_name):
+    gate = L0Gate(10, gate=logistic_gate_name, init_mean=0.2, seed=0)
+    assert type(gate.gates).__name__ == "LogisticGate"
+    assert gate.get_penalty().item() == pytest.approx(2.0, rel=1e-5)
+    assert isinstance(L0Gate(3, seed=0).gates, HardConcrete)
+
+
+def test_an_unknown_gate_name_lists_the_available_ones():
+    with pytest.raises(ValueError, match="unknown gate 'nope'.*hard_concrete"):
+        L0Gate(3, gate="nope")
+
+
+@pytest.mark.parametrize("size", [0, -3])
+def test_a_non_positive_size_is_rejected(size):
+    with pytest.raises(ValueError, match="size must be a positive integer"):
+        L0Gate(size)
+
+
+def test_a_non_integer_size_is_rejected():
+    with pytest.raises(TypeError, match="size must be an int"):
+        L0Gate(2.5)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
+def test_a_non_positive_temperature_is_rejected(temperature):
+    with pytest.raises(ValueError, match="temperature must be a positive finite number"):
+        L0Gate(3, temperature=temperature)
+
+
+@pytest.mark.parametrize("init_mean", [0.0, 1.0, 1.5])
+def test_init_mean_outside_the_open_unit_interval_is_rejected(init_mean):
+    with pytest.raises(ValueError, match="init_mean must be a probability strictly between 0 and 1"):
+        L0Gate(3, init_mean=init_mean)
+
+
+def test_a_negative_seed_is_rejected():
+    with pytest.raises(ValueError, match="seed must be None or a non-negative int"):
+        L0Gate(3, seed=-1)
+
+
+def test_apply_gates_rejects_a_tensor_of_the_wrong_size():
+    with pytest.raises(ValueError, match="x has size 5 along dim 0, but the gate has 4 items"):
+        L0Gate(4, seed=0).apply_gates(torch.ones(5, 4), dim=0)
+
+
+def test_apply_gates_rejects_a_non_tensor():
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        L0Gate(4, seed=0).apply_gates([1, 2, 3, 4])
