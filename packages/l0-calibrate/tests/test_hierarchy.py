@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from l0_calibrate.hierarchy import (
     build_hierarchy,
     consistency_report,
@@ -64,7 +63,9 @@ def test_reconciled_targets_have_no_gaps():
 
 def test_penalty_is_the_mean_squared_relative_gap_and_pushes_children_toward_the_parent():
     h = build_hierarchy(PARENT)
-    est = torch.tensor([100.0, 40.0, 50.0, 20.0, 20.0, 25.0, 25.0], dtype=torch.float64, requires_grad=True)
+    est = torch.tensor(
+        [100.0, 40.0, 50.0, 20.0, 20.0, 25.0, 25.0], dtype=torch.float64, requires_grad=True
+    )
     value = hierarchy_penalty(est, h.A, h.parent_index)
     gaps = np.array([(90 - 100) / 100, (40 - 40) / 40, (50 - 50) / 50])
     assert value.item() == pytest.approx(np.mean(gaps**2), rel=1e-12)
@@ -89,10 +90,14 @@ def test_hierarchical_option_makes_polished_lower_levels_add_up_to_the_higher_on
     n = 600
     district = rng.integers(0, 4, n)  # districts 0,1 in state A; 2,3 in state B
     state = district // 2
-    rows = [np.ones(n), (state == 0) * 1.0, (state == 1) * 1.0] + [(district == k) * 1.0 for k in range(4)]
+    rows = [np.ones(n), (state == 0) * 1.0, (state == 1) * 1.0] + [
+        (district == k) * 1.0 for k in range(4)
+    ]
     M = np.vstack(rows)
     truth = M.sum(axis=1)
-    inconsistent = truth * np.array([1.0, 1.0, 1.0, 1.1, 0.9, 1.05, 1.0])  # districts off by up to 10%
+    inconsistent = truth * np.array(
+        [1.0, 1.0, 1.0, 1.1, 0.9, 1.05, 1.0]
+    )  # districts off by up to 10%
     h = build_hierarchy([-1, 0, 0, 1, 1, 2, 2])
     res = select_and_polish(M, inconsistent, 120, hierarchy=h, epochs=50, seed=0)
     est = M @ res.weights

@@ -2,10 +2,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from l0_calibrate.polish import polish_weights
 from l0_core import SparseOperator
 from scipy.optimize import linprog
-
-from l0_calibrate.polish import polish_weights
 
 
 def feasible_problem(seed=0, n=300, m=8, lift=1.05):
@@ -58,7 +57,12 @@ def test_bounds_on_the_ratio_to_the_inflated_design_weight_are_respected(distanc
     X, t = feasible_problem(seed=3, lift=1.15)
     support = np.arange(0, 300, 2)
     q = 300 / support.size
-    lp = linprog(np.zeros(support.size), A_eq=X[:, support] * q, b_eq=t, bounds=[(1 / 1.3, 1.3)] * support.size)
+    lp = linprog(
+        np.zeros(support.size),
+        A_eq=X[:, support] * q,
+        b_eq=t,
+        bounds=[(1 / 1.3, 1.3)] * support.size,
+    )
     assert lp.status == 0  # an independent check that the bounded problem is feasible
     res = polish_weights(X, t, support, distance=distance, max_weight_ratio=1.3)
     ratio = res.weights[support] / q
@@ -71,7 +75,12 @@ def test_infeasible_bounds_fall_back_to_the_closest_bounded_fit_and_flag_targets
     X, t = feasible_problem(seed=4, lift=1.5)
     support = np.arange(0, 300, 2)
     q = 300 / support.size
-    lp = linprog(np.zeros(support.size), A_eq=X[:, support] * q, b_eq=t, bounds=[(1 / 1.2, 1.2)] * support.size)
+    lp = linprog(
+        np.zeros(support.size),
+        A_eq=X[:, support] * q,
+        b_eq=t,
+        bounds=[(1 / 1.2, 1.2)] * support.size,
+    )
     assert lp.status == 2  # infeasible, independently
     res = polish_weights(X, t, support, distance="chi2", max_weight_ratio=1.2)
     assert not res.converged and res.method == "penalised"

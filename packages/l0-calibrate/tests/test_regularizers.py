@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from l0_calibrate.regularizers import (
     calibration_distance,
     clip_weight_ratio,
@@ -20,7 +19,9 @@ D = torch.tensor([1.0, 1.0, 2.0, 2.0], dtype=torch.float64)
 def test_chi2_distance_is_the_design_weighted_half_squared_ratio_gap():
     r = (W / D).numpy()
     expected = float((D.numpy() * (r - 1) ** 2 / 2).sum())
-    assert calibration_distance(W, D, "chi2", normalize=False).item() == pytest.approx(expected, rel=1e-12)
+    assert calibration_distance(W, D, "chi2", normalize=False).item() == pytest.approx(
+        expected, rel=1e-12
+    )
 
 
 def test_normalised_distance_is_the_raw_sum_divided_by_the_design_total():
@@ -31,7 +32,9 @@ def test_normalised_distance_is_the_raw_sum_divided_by_the_design_total():
 def test_raking_distance_matches_w_log_w_over_d_minus_w_plus_d():
     w, d = W.numpy(), D.numpy()
     expected = float((w * np.log(w / d) - w + d).sum())
-    assert calibration_distance(W, D, "raking", normalize=False).item() == pytest.approx(expected, rel=1e-12)
+    assert calibration_distance(W, D, "raking", normalize=False).item() == pytest.approx(
+        expected, rel=1e-12
+    )
 
 
 def test_raking_distance_of_a_zero_weight_is_its_design_weight_with_finite_gradient():
@@ -54,7 +57,9 @@ def test_active_only_ignores_dropped_households():
     w = torch.tensor([0.0, 2.0, 1.0], dtype=torch.float64)
     d = torch.tensor([5.0, 1.0, 1.0], dtype=torch.float64)
     kept = calibration_distance(w[1:], d[1:], "chi2")
-    assert calibration_distance(w, d, "chi2", active_only=True).item() == pytest.approx(kept.item(), rel=1e-12)
+    assert calibration_distance(w, d, "chi2", active_only=True).item() == pytest.approx(
+        kept.item(), rel=1e-12
+    )
 
 
 def test_unknown_distance_is_rejected_by_name():

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from l0_calibrate.diagnostics import weight_diagnostics
 from l0_calibrate.polish import polish_weights
 from l0_calibrate.selection import select_and_polish
@@ -11,7 +10,9 @@ def problem(seed=0, n=800):
     age = rng.integers(0, 5, n)
     region = rng.integers(0, 3, n)
     income = rng.lognormal(3, 0.6, n)
-    M = np.vstack([np.ones(n), np.eye(5)[age].T, np.eye(3)[region].T, income, income * (region == 0)])
+    M = np.vstack(
+        [np.ones(n), np.eye(5)[age].T, np.eye(3)[region].T, income, income * (region == 0)]
+    )
     return M, M.sum(axis=1)
 
 

@@ -97,7 +97,7 @@ def test_the_learned_subset_needs_less_dispersed_weights_than_calibrated_random_
     targets = moment_matrix(as_table(data, categorical=[4]), torch.ones(N, dtype=torch.float64))
     start = torch.full((K,), N / K, dtype=torch.float64)
     cvs = []
-    for s in random_subsets():
+    for s in random_subsets(draws=10):
         w = calibrate(targets.matrix[s], targets.totals, start, targets.scale).numpy()
         cvs.append(w.std() / w.mean())
     learned = gate.weights_.numpy()
@@ -132,7 +132,7 @@ def test_a_dataframe_gives_a_dataframe_and_weights_as_a_series_with_category_sha
 
 def test_tensors_give_tensors_and_long_indices():
     data = torch.rand(300, 3, generator=torch.Generator().manual_seed(0))
-    selected, idx = SampleGate(300, 30, seed=0).select_samples(data)
+    selected, idx = SampleGate(300, 30, seed=0).fit(data, epochs=150).select_samples(data)
     assert isinstance(selected, torch.Tensor) and idx.dtype == torch.long
     assert torch.equal(selected, data[idx])
 
@@ -141,16 +141,17 @@ def test_design_weights_are_reproduced_by_the_subset():
     rng = np.random.default_rng(4)
     x = rng.lognormal(size=(400, 2))
     design = rng.uniform(0.5, 3.0, 400)
-    _, w, idx = SampleGate(400, 40, seed=0).select_weighted_samples(x, design)
+    gate = SampleGate(400, 40, seed=0).fit(x, design, epochs=150)
+    _, w, idx = gate.select_weighted_samples(x, design)
     assert np.allclose(w @ x[idx], design @ x, rtol=1e-6)
     assert np.isclose(w.sum(), design.sum(), rtol=1e-6)
 
 
 def test_equal_seeds_give_bit_identical_selections_and_weights():
-    x = np.random.default_rng(5).lognormal(size=(500, 3))
-    a = SampleGate(500, 50, seed=11).fit(x)
-    b = SampleGate(500, 50, seed=11).fit(x)
-    c = SampleGate(500, 50, seed=12).fit(x)
+    x = np.random.default_rng(5).lognormal(size=(300, 3))
+    a = SampleGate(300, 30, seed=11).fit(x, epochs=150)
+    b = SampleGate(300, 30, seed=11).fit(x, epochs=150)
+    c = SampleGate(300, 30, seed=12).fit(x, epochs=150)
     assert torch.equal(a.indices_, b.indices_) and torch.equal(a.weights_, b.weights_)
     assert not torch.equal(a.indices_, c.indices_)
 
@@ -166,13 +167,13 @@ def test_a_fractional_target_selects_that_share_of_rows():
     x = np.random.default_rng(7).lognormal(size=(400, 2))
     gate = SampleGate(400, 0.05, seed=0)
     assert gate.target_samples == 20
-    assert gate.select_samples(x)[1].shape == (20,)
+    assert gate.fit(x, epochs=150).select_samples(x)[1].shape == (20,)
 
 
 def test_a_plugin_gate_type_selects_by_name(logistic_gate_name):
     x = np.random.default_rng(8).lognormal(size=(300, 2))
     gate = SampleGate(300, 30, gate=logistic_gate_name, seed=0)
-    _, idx = gate.select_samples(x)
+    _, idx = gate.fit(x, epochs=150).select_samples(x)
     assert type(gate.gates).__name__ == "LogisticGate" and len(np.unique(idx)) == 30
 
 

@@ -2,27 +2,32 @@
 
 :func:`select_and_polish` is the quality pipeline of l0-calibrate:
 
-1. **Gate selection.** Every household ``k`` has a Hard Concrete gate
-   ``z_k`` and a log-adjustment ``theta_k``; its weight is
+1. **Gate training.** Every household ``k`` has a Hard Concrete gate
+   ``z_k`` (and, with ``learn_adjustments=True``, a log-adjustment
+   ``theta_k``, else 0); its weight is
 
        w_k = d_k * exp(theta_k) * z_k * c,    c = sum(d) / sum(d * z)  (no gradient)
 
-   so the kept households always carry the population total (a ratio
-   estimator) whatever the current sparsity. The loss is the weighted mean
-   squared *relative* target error, plus ``dispersion_weight`` times the
-   ``CV^2`` of the non-zero weights (their design effect minus 1), plus
+   so the open gates always carry the population total (a ratio estimator)
+   whatever the current sparsity. The loss is the weighted mean squared
+   *relative* target error, plus ``dispersion_weight`` times the ``CV^2``
+   of the non-zero weights (design effect minus 1), plus
    ``distance_weight`` times the calibration distance of the kept weights
-   from ``d * c``. After every optimiser step all gate logits are shifted by
-   one constant so that the expected number of open gates is exactly
-   ``target_count`` (a projection; the ranking of the gates is what is
-   learned). The
-   dispersion term makes the gates prefer a set of households that matches
-   the targets *with near-equal weights*, i.e. a balanced sample.
+   from ``d * c``. With equal adjustments (the default) the loss is the
+   imbalance of the kept set at near-equal weights: the gates look for a
+   balanced sample. After every optimiser step all gate logits are shifted
+   by one constant so that the expected number of open gates is exactly
+   ``target_count`` (a projection; what is learned is the ranking). The
+   temperature is annealed geometrically to ``final_temperature``.
 2. **Exact count.** The ``target_count`` households with the largest gate
    logits are kept.
-3. **Polish.** :func:`l0_calibrate.polish.polish_weights` re-solves their
+3. **Discrete refinement.** Exchanges of a kept and a dropped household
+   while the imbalance at deterministic gates shrinks (the gate-training
+   loss, or its Mahalanobis form, which is what the polish must correct:
+   see ``balance_metric``).
+4. **Polish.** :func:`l0_calibrate.polish.polish_weights` re-solves their
    weights by bounded calibration so the targets hold exactly where that is
-   feasible, and as closely as possible (weighted least squares on the
+   feasible, and as closely as possible (penalised least squares on the
    relative errors) where not.
 
 Optional hierarchical consistency (:mod:`l0_calibrate.hierarchy`): targets

@@ -162,7 +162,8 @@ def to_float_tensor(
         arr = np.asarray(values)
         if arr.dtype == object or arr.dtype.kind in "USV":
             raise TypeError(f"{argument} must be numeric, got values of dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr) if arr.flags.writeable else np.array(arr, copy=True)
+        t = torch.from_numpy(arr)
     if t.is_complex():
         raise TypeError(f"{argument} must be real-valued, got dtype {t.dtype}")
     t = t.to(device=device if device is not None else t.device, dtype=dtype, copy=True)

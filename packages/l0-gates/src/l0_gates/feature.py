@@ -19,7 +19,7 @@ from ._data import (
     to_float_tensor,
 )
 from ._sketch import column_sketch, reconstruction_error, redundancy_guarded_top_k
-from ._training import Adam, TrainConfig, gate_ranking, train_gate
+from ._training import Adam, TrainConfig, exact_top_k, gate_ranking, train_gate
 from .base import L0Gate
 
 __all__ = ["FeatureGate"]
@@ -198,7 +198,8 @@ class FeatureGate(L0Gate):
         hidden : int, default 32
             Hidden units of the MLP.
         epochs : int, optional
-            Training steps (default 300 unsupervised, 500 supervised).
+            Training steps (default 300 unsupervised, 500 with the linear
+            model, 1000 with the MLP).
         lr : float, default 0.1
             Adam step size of the gates (the model uses ``lr / 5``).
         controller_lr : float, optional
@@ -248,7 +249,8 @@ class FeatureGate(L0Gate):
             self._fit_unsupervised(x, epochs or 300, lr, ctl, center, standardize, rank)
         else:
             ctl = 1.0 if controller_lr is None else controller_lr
-            self._fit_supervised(x, y, task, model, hidden, epochs or 500, lr, ctl)
+            default_epochs = 500 if model == "linear" else 1000
+            self._fit_supervised(x, y, task, model, hidden, epochs or default_epochs, lr, ctl)
         self.eval()
         return self
 
