@@ -127,13 +127,23 @@ def copy_rate(device: str = "cpu", nbytes: int = 1 << 30) -> float:
 
 # ------------------------------------------------------------------ child
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    """Peak resident memory of this process (VmHWM: its own, not inherited across exec like ru_maxrss)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # KiB -> GiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    out: dict = {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out: dict = {"threads": torch.get_num_threads()}
     m, n, k = SIZES[args.size]
     if args.size == "large":
         t = time.perf_counter()
@@ -168,13 +178,14 @@ def child(args: argparse.Namespace) -> None:
         elif device != "cpu":
             M = M.to(device)
         model = SparseCalibrationWeights(n, seed=0, device=device)
-        model.fit(M, y, epochs=1, **SETTINGS)
+        model.fit(M, y, epochs=1, num_threads=torch.get_num_threads(), **SETTINGS)
         sync()
         out["setup_s"] = out.get("setup_s", 0.0) + time.perf_counter() - t
         out["matrix_bytes_one_copy"] = M.nbytes // 2
+    extra = {} if args.which == "ref" else {"num_threads": torch.get_num_threads()}
     if args.epochs > 0:
         t = time.perf_counter()
-        model.fit(M, y, epochs=args.epochs, **SETTINGS)
+        model.fit(M, y, epochs=args.epochs, **extra, **SETTINGS)
         sync()
         out["epoch_s"] = (time.perf_counter() - t) / args.epochs
     if args.target_epochs > 0:
@@ -187,6 +198,8 @@ def child(args: argparse.Namespace) -> None:
 
 def time_to_target(args, cls, M, y, n, device) -> dict:
     """Seconds (and epochs) until the mean relative error first reaches 1%, checked every 10 epochs."""
+    import torch
+
     model = cls(n, seed=1, device=device)
     if args.which == "ref":
         import builtins
@@ -212,7 +225,8 @@ def time_to_target(args, cls, M, y, n, device) -> dict:
 
         stop = EarlyStopping(threshold=0.01)
         start = time.perf_counter()
-        model.fit(M, y, epochs=args.target_epochs, log_freq=10, callbacks=[stop], **SETTINGS)
+        model.fit(M, y, epochs=args.target_epochs, log_freq=10, callbacks=[stop],
+                  num_threads=torch.get_num_threads(), **SETTINGS)
         found = {}
         if stop.stopped_epoch is not None:
             found.update(s=time.perf_counter() - start, epochs=stop.stopped_epoch)
@@ -220,12 +234,15 @@ def time_to_target(args, cls, M, y, n, device) -> dict:
 
 
 # ----------------------------------------------------------------- parent
-def run_child(which: str, size: str, data: str, args: argparse.Namespace, epochs: int, target_epochs: int) -> dict:
+def run_child(
+    which: str, size: str, data: str, args: argparse.Namespace, epochs: int, target_epochs: int, threads: int = 0
+) -> dict:
     python = str(REF_PYTHON) if which == "ref" else sys.executable
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
     cmd = [python, str(Path(__file__).resolve()), "--child", which, "--size", size, "--data", data,
-           "--epochs", str(epochs), "--target-epochs", str(target_epochs), "--json", out, "--device", args.device]
+           "--epochs", str(epochs), "--target-epochs", str(target_epochs), "--json", out, "--device", args.device,
+           "--threads", str(threads)]
     env = dict(os.environ)
     if which == "ref":
         env.pop("PYTHONPATH", None)
@@ -253,6 +270,8 @@ def main() -> None:
                    help="max epochs for the time-to-1%% run (default: 2000 on small, 0 elsewhere)")
     p.add_argument("--no-ref", action="store_true", help="skip the reference")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in every child (0: torch's default)")
+    p.add_argument("--ours-threads", default="", help="extra runs of ours with these thread counts, e.g. 1")
     p.add_argument("--child", choices=["ours", "ref"], help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     p.add_argument("--data", default="", help=argparse.SUPPRESS)
@@ -278,19 +297,24 @@ def main() -> None:
             if size != "large":
                 for name, arr in zip(("indptr", "indices", "data", "y"), generate_numpy(m, n, k), strict=False):
                     np.save(os.path.join(data, f"{name}.npy"), arr)
-            ours = run_child("ours", size, data, args, ours_epochs, target)
+            ours = run_child("ours", size, data, args, ours_epochs, target, args.threads)
             ref = None
             if not args.no_ref and size != "large" and ref_epochs > 0:
-                ref = run_child("ref", size, data, args, ref_epochs, target)
-        floor = 2 * ours["matrix_bytes_one_copy"] / rate
-        row = dict(size=size, shape=f"{m:,} x {n:,}", nnz=n * k, ours=ours, ref=ref, floor=floor,
-                   ours_epochs=ours_epochs, ref_epochs=ref_epochs)
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items()}, default=str), flush=True)
+                ref = run_child("ref", size, data, args, ref_epochs, target, args.threads)
+            extra = [
+                run_child("ours", size, data, args, ours_epochs, 0, int(t))
+                for t in args.ours_threads.split(",") if t.strip()
+            ]
+        for o in [ours, *extra]:
+            floor = 2 * o["matrix_bytes_one_copy"] / rate
+            row = dict(size=size, shape=f"{m:,} x {n:,}", nnz=n * k, ours=o, ref=ref, floor=floor,
+                       ours_epochs=ours_epochs, ref_epochs=ref_epochs)
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items()}, default=str), flush=True)
     print()
-    print("| problem | nnz | ours s/epoch | l0-python 0.6.2 s/epoch | speed-up | ours peak RSS GiB | ref peak RSS GiB "
+    print("| problem | nnz | threads ours/ref | ours s/epoch | l0-python 0.6.2 s/epoch | speed-up | ours peak RSS GiB | ref peak RSS GiB "
           "| memory ratio | floor s/epoch | ours / floor | 1,000 epochs (ours) | time to 1% MRE ours / ref |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         o, f = r["ours"], r["ref"]
         speed = f["epoch_s"] / o["epoch_s"] if f else None
@@ -301,7 +325,7 @@ def main() -> None:
         if f:
             tt += f" / {fmt(f.get('target_s'), '.1f')} s ({fmt(f.get('target_epochs'), 'd')} ep)"
         print(
-            f"| {r['shape']} | {r['nnz'] / 1e6:.1f}M | {o['epoch_s']:.3f} | "
+            f"| {r['shape']} | {r['nnz'] / 1e6:.1f}M | {o['threads']}/{f['threads'] if f else '-'} | {o['epoch_s']:.3f} | "
             f"{fmt(f['epoch_s'] if f else None, '.2f')} ({r['ref_epochs']} ep) | {fmt(speed, '.0f')}x | "
             f"{o['peak_rss_gib']:.2f} | {fmt(f['peak_rss_gib'] if f else None, '.2f')} | {fmt(mem, '.2f')} | "
             f"{r['floor']:.3f} | {o['epoch_s'] / r['floor']:.2f} | {label} | {tt if r['ours'].get('target_s') is not None or f else '-'} |"

@@ -60,7 +60,7 @@ def test_demo_problem_targets_are_the_column_totals_of_the_indicator_table():
 
 def test_demo_calibrates_the_real_cps_extract(capsys):
     assert len(load_cps1988()) == 28155
-    assert main(["demo", "--count", "1000", "--epochs", "200"]) == 0
+    assert main(["demo", "--count", "500", "--epochs", "60"]) == 0
     out = capsys.readouterr().out
-    assert "kept respondents        1,000 of 28,155" in out
+    assert "kept respondents        500 of 28,155" in out
     assert "CPS1988" in out and "public domain" in out

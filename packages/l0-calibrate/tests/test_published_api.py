@@ -10,12 +10,6 @@ from calib_helpers import dense_reference_fit, make_problem
 from l0_calibrate import SparseCalibrationWeights
 
 
-def test_facade_import_path_used_by_policyengine_works():
-    from l0.calibration import SparseCalibrationWeights as Facade
-
-    assert Facade is SparseCalibrationWeights
-
-
 def test_fit_matches_an_independent_dense_autograd_run_of_the_published_loop():
     M, y = make_problem(seed=1)
     model = SparseCalibrationWeights(M.shape[1], seed=7, dtype=torch.float64)

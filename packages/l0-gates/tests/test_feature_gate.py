@@ -175,5 +175,7 @@ def test_feature_names_of_the_wrong_length_are_rejected():
 
 
 def test_predict_without_a_supervised_fit_is_an_error():
-    with pytest.raises(RuntimeError, match=r"predict needs a supervised fit: call fit\(X, y\) first"):
+    with pytest.raises(
+        RuntimeError, match=r"predict needs a supervised fit: call fit\(X, y\) first"
+    ):
         FeatureGate(3, 1).predict(np.ones((5, 3)))

@@ -20,7 +20,9 @@ def fitted():
 
 def test_exact_counts_of_learned_and_random_items_without_duplicates(fitted):
     x, hybrid, (selected, idx, types) = fitted
-    assert (types == "l0").sum() == round(TARGET * 0.3) and (types == "random").sum() == round(TARGET * 0.7)
+    assert (types == "l0").sum() == round(TARGET * 0.3) and (types == "random").sum() == round(
+        TARGET * 0.7
+    )
     assert np.all(np.diff(idx) > 0) and len(idx) == TARGET
     np.testing.assert_array_equal(selected, x[idx])
 
@@ -37,7 +39,9 @@ def test_the_learned_part_is_the_sample_gate_selection_with_the_same_seed(fitted
     assert torch.equal(hybrid.l0_indices, reference.indices_)
 
 
-def test_design_weights_are_one_for_learned_items_and_the_inverse_sampling_rate_for_random_ones(fitted):
+def test_design_weights_are_one_for_learned_items_and_the_inverse_sampling_rate_for_random_ones(
+    fitted,
+):
     _, hybrid, (_, _, types) = fitted
     w = hybrid.design_weights.numpy()
     assert np.all(w[types == "l0"] == 1.0)
@@ -104,5 +108,7 @@ def test_data_with_the_wrong_number_of_rows_is_rejected():
 
 
 def test_estimate_total_before_select_is_an_error():
-    with pytest.raises(RuntimeError, match=r"estimate_total needs a selection: call select\(data\) first"):
+    with pytest.raises(
+        RuntimeError, match=r"estimate_total needs a selection: call select\(data\) first"
+    ):
         HybridGate(100, target_items=10).estimate_total(np.ones(100))

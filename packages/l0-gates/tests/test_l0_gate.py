@@ -53,7 +53,10 @@ def test_active_indices_are_the_items_whose_deterministic_gate_exceeds_the_thres
         gate.gates.log_alpha.copy_(torch.tensor([5.0, -5.0, 0.5, -0.2, 3.0, -9.0]))
     det = gate.gates.deterministic()
     assert gate.get_active_indices().tolist() == (det > 0).nonzero().reshape(-1).tolist()
-    assert gate.get_active_indices(threshold=0.9).tolist() == (det > 0.9).nonzero().reshape(-1).tolist()
+    assert (
+        gate.get_active_indices(threshold=0.9).tolist()
+        == (det > 0.9).nonzero().reshape(-1).tolist()
+    )
 
 
 def test_temperature_is_read_and_set_through_the_underlying_gate_and_core_schedules():
@@ -100,7 +103,9 @@ def test_a_non_positive_temperature_is_rejected(temperature):
 
 @pytest.mark.parametrize("init_mean", [0.0, 1.0, 1.5])
 def test_init_mean_outside_the_open_unit_interval_is_rejected(init_mean):
-    with pytest.raises(ValueError, match="init_mean must be a probability strictly between 0 and 1"):
+    with pytest.raises(
+        ValueError, match="init_mean must be a probability strictly between 0 and 1"
+    ):
         L0Gate(3, init_mean=init_mean)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from l0_gates import SampleGate, calibrate, moment_matrix
+from l0_gates import SampleGate, moment_matrix, rake_weights
 from l0_gates._data import as_table
 
 N, K = 2000, 200
@@ -31,7 +31,8 @@ def weighted_errors(x, cat, idx, w):
     mean = w @ x[idx] / w.sum()
     var = np.abs((w @ (x[idx] - mean) ** 2) / w.sum() / x.var(0) - 1)
     share = np.abs(
-        np.bincount(cat[idx], weights=w, minlength=5) / w.sum() - np.bincount(cat, minlength=5) / len(cat)
+        np.bincount(cat[idx], weights=w, minlength=5) / w.sum()
+        - np.bincount(cat, minlength=5) / len(cat)
     )
     return tot.max(), var.max(), share.max()
 
@@ -45,7 +46,9 @@ def stratified_subset(cat, rng):
     sizes = np.bincount(cat, minlength=5)
     alloc = np.maximum(1, np.round(K * sizes / N)).astype(int)
     alloc[0] += K - alloc.sum()
-    idx = np.concatenate([rng.choice(np.flatnonzero(cat == h), alloc[h], replace=False) for h in range(5)])
+    idx = np.concatenate(
+        [rng.choice(np.flatnonzero(cat == h), alloc[h], replace=False) for h in range(5)]
+    )
     w = np.concatenate([np.full(alloc[h], sizes[h] / alloc[h]) for h in range(5)])
     return idx, w
 
@@ -70,9 +73,13 @@ def test_subset_error_is_ten_times_below_uniform_random_and_below_stratified(sur
     x, cat, data, gate = survey
     idx, w = gate.indices_.numpy(), gate.weights_.numpy()
     learned = max(weighted_errors(x, cat, idx, w)[:2])
-    uniform = np.median([max(weighted_errors(x, cat, s, np.full(K, N / K))[:2]) for s in random_subsets()])
+    uniform = np.median(
+        [max(weighted_errors(x, cat, s, np.full(K, N / K))[:2]) for s in random_subsets()]
+    )
     rng = np.random.default_rng(2)
-    strat = np.median([max(weighted_errors(x, cat, *stratified_subset(cat, rng))[:2]) for _ in range(20)])
+    strat = np.median(
+        [max(weighted_errors(x, cat, *stratified_subset(cat, rng))[:2]) for _ in range(20)]
+    )
     assert learned * 10 < uniform
     assert learned < strat
 
@@ -98,7 +105,7 @@ def test_the_learned_subset_needs_less_dispersed_weights_than_calibrated_random_
     start = torch.full((K,), N / K, dtype=torch.float64)
     cvs = []
     for s in random_subsets(draws=10):
-        w = calibrate(targets.matrix[s], targets.totals, start, targets.scale).numpy()
+        w = rake_weights(targets.matrix[s], targets.totals, start, targets.scale).numpy()
         cvs.append(w.std() / w.mean())
     learned = gate.weights_.numpy()
     assert learned.std() / learned.mean() < 0.5 * np.median(cvs)
@@ -115,7 +122,9 @@ def test_a_dataframe_gives_a_dataframe_and_weights_as_a_series_with_category_sha
         {
             "income": rng.lognormal(10, 1, 600),
             "size": rng.integers(1, 6, 600),
-            "region": pd.Categorical(rng.choice(["north", "south", "east"], 600, p=[0.7, 0.25, 0.05])),
+            "region": pd.Categorical(
+                rng.choice(["north", "south", "east"], 600, p=[0.7, 0.25, 0.05])
+            ),
         }
     )
     original = frame.copy()
@@ -186,7 +195,9 @@ def test_the_seed_example_runs_as_written():
 
 
 def test_data_with_a_different_number_of_rows_is_rejected():
-    with pytest.raises(ValueError, match="data has 99 rows but the gate was built for n_samples=100"):
+    with pytest.raises(
+        ValueError, match="data has 99 rows but the gate was built for n_samples=100"
+    ):
         SampleGate(100, 10).select_samples(np.ones((99, 2)))
 
 
@@ -194,7 +205,9 @@ def test_nan_in_the_data_is_rejected_before_fitting():
     x = np.ones((100, 2))
     x[5, 1] = np.nan
     gate = SampleGate(100, 10)
-    with pytest.raises(ValueError, match=r"data contains 1 NaN or infinite value\(s\) \(first at index \(5, 1\)\)"):
+    with pytest.raises(
+        ValueError, match=r"data contains 1 NaN or infinite value\(s\) \(first at index \(5, 1\)\)"
+    ):
         gate.fit(x)
     assert not gate.is_fitted
 

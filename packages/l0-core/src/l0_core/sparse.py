@@ -158,8 +158,9 @@ class SparseOperator:
             return op
         if not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating point dtype, got {dtype}")
+        csr = None
         if _is_scipy_sparse(matrix):
-            csr_t = cls._from_scipy(matrix, dtype, argument)
+            csr_t, csr = cls._from_scipy(matrix, dtype, argument, transpose_copy)
         elif isinstance(matrix, Tensor):
             csr_t = cls._from_torch(matrix, dtype, argument)
         elif isinstance(matrix, np.ndarray) or hasattr(matrix, "__array__"):
@@ -175,38 +176,63 @@ class SparseOperator:
         target = torch.device(device) if device is not None else csr_t.device
         if csr_t.device != target:
             csr_t = csr_t.to(target)
-        op = cls(csr_t)
-        if transpose_copy:
+            csr = None if csr is None else csr.to(target)
+        op = cls(csr_t, csr)
+        if transpose_copy and op.csr is None:
             op.csr = op._transpose_csr()
         return op
 
     @staticmethod
-    def _from_scipy(matrix: Any, dtype: torch.dtype, argument: str) -> Tensor:
+    def _from_scipy(
+        matrix: Any, dtype: torch.dtype, argument: str, transpose_copy: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """CSR(M.T) and, with ``transpose_copy``, CSR(M), from scipy's own O(nnz) conversions.
+
+        Arrays scipy creates here are owned by the operator and wrapped without a
+        copy; arrays of the caller's matrix are always copied.
+        """
         if matrix.ndim != 2:
             raise ValueError(f"{argument} must be 2-D, got shape {matrix.shape}")
+        data_dtype = np.dtype(matrix.dtype)
+        if not (np.issubdtype(data_dtype, np.number) or np.issubdtype(data_dtype, np.bool_)):
+            raise TypeError(f"{argument} must be numeric, got dtype {data_dtype}")
+        if np.issubdtype(data_dtype, np.complexfloating):
+            raise TypeError(f"{argument} must be real, got dtype {data_dtype}")
+
+        def callers(arr: np.ndarray) -> bool:
+            return any(
+                isinstance(a, np.ndarray) and a.size and np.shares_memory(arr, a)
+                for a in (getattr(matrix, name, None) for name in ("data", "indices", "indptr", "row", "col"))
+            )
+
         # CSR of M.T is CSC of M. tocsc() returns the caller's object when it is
         # already CSC; it is copied before any in-place canonicalisation.
         csc = matrix.tocsc()
         if not csc.has_canonical_format:
-            if csc is matrix or np.shares_memory(csc.data, getattr(matrix, "data", np.empty(0))):
+            if csc is matrix or callers(csc.data):
                 csc = csc.copy()
             csc.sum_duplicates()  # also sorts the indices
         n_rows, n_cols = csc.shape
-        data = csc.data
-        if data.dtype == object or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
-            raise TypeError(f"{argument} must be numeric, got dtype {data.dtype}")
-        if np.issubdtype(data.dtype, np.complexfloating):
-            raise TypeError(f"{argument} must be real, got dtype {data.dtype}")
-        # Every array is copied into tensors this operator owns (never a view of the caller's).
-        values = torch.from_numpy(np.ascontiguousarray(data)).to(dtype=dtype, copy=True)
-        _check_finite(values, argument)
-        idx_dtype = _index_dtype(values.numel(), n_rows, n_cols)
-        return _csr_tensor(
-            torch.from_numpy(np.ascontiguousarray(csc.indptr)).to(idx_dtype, copy=True),
-            torch.from_numpy(np.ascontiguousarray(csc.indices)).to(idx_dtype, copy=True),
-            values,
-            (n_cols, n_rows),
-        )
+        idx_dtype = _index_dtype(csc.nnz, n_rows, n_cols)
+
+        def tensor(arr: np.ndarray, dt: torch.dtype) -> Tensor:
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+            if t.dtype == dt and not callers(arr):
+                return t  # a fresh scipy array: owned, no copy needed
+            return t.to(dtype=dt, copy=True)
+
+        def build(m: Any, shape: tuple[int, int]) -> Tensor:
+            values = tensor(m.data, dtype)
+            _check_finite(values, argument)
+            return _csr_tensor(tensor(m.indptr, idx_dtype), tensor(m.indices, idx_dtype), values, shape)
+
+        csr_t = build(csc, (n_cols, n_rows))
+        csr = None
+        if transpose_copy:
+            as_csr = csc.tocsr()  # O(nnz) transposition in scipy; indices come out sorted
+            csr = build(as_csr, (n_rows, n_cols))
+            del as_csr
+        return csr_t, csr
 
     @staticmethod
     def _from_torch(matrix: Tensor, dtype: torch.dtype, argument: str) -> Tensor:

@@ -13,7 +13,7 @@ torch.Size([40, 3])
 from .base import L0Gate
 from .feature import FeatureGate
 from .hybrid import HybridGate
-from .moments import MomentTargets, calibrate, moment_errors, moment_matrix
+from .moments import MomentTargets, moment_errors, moment_matrix, rake_weights
 from .sample import SampleGate
 
 __version__ = "0.1.0"
@@ -25,7 +25,7 @@ __all__ = [
     "MomentTargets",
     "SampleGate",
     "__version__",
-    "calibrate",
     "moment_errors",
     "moment_matrix",
+    "rake_weights",
 ]

@@ -70,9 +70,13 @@ def check_positive_int(value: object, argument: str, example: str) -> int:
     3
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{argument} must be an int, got {type(value).__name__}; pass e.g. {example}")
+        raise TypeError(
+            f"{argument} must be an int, got {type(value).__name__}; pass e.g. {example}"
+        )
     if value <= 0:
-        raise ValueError(f"{argument} must be a positive integer, got {value!r}; pass e.g. {example}")
+        raise ValueError(
+            f"{argument} must be a positive integer, got {value!r}; pass e.g. {example}"
+        )
     return int(value)
 
 
@@ -88,7 +92,9 @@ def check_temperature(value: object, argument: str = "temperature") -> float:
         raise TypeError(f"{argument} must be a number, got {type(value).__name__}; pass e.g. 0.25")
     value = float(value)
     if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{argument} must be a positive finite number, got {value!r}; pass e.g. 0.25")
+        raise ValueError(
+            f"{argument} must be a positive finite number, got {value!r}; pass e.g. 0.25"
+        )
     return value
 
 
@@ -101,10 +107,14 @@ def check_positive_float(value: object, argument: str, example: str) -> float:
     0.1
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{argument} must be a number, got {type(value).__name__}; pass e.g. {example}")
+        raise TypeError(
+            f"{argument} must be a number, got {type(value).__name__}; pass e.g. {example}"
+        )
     value = float(value)
     if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{argument} must be a positive finite number, got {value!r}; pass e.g. {example}")
+        raise ValueError(
+            f"{argument} must be a positive finite number, got {value!r}; pass e.g. {example}"
+        )
     return value
 
 
@@ -122,7 +132,9 @@ def check_seed(seed: object, argument: str = "seed") -> int:
     if seed is None:
         return int(torch.randint(0, 2**62, (1,)).item())
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"{argument} must be None or a non-negative int, got {seed!r}; pass e.g. 0")
+        raise ValueError(
+            f"{argument} must be None or a non-negative int, got {seed!r}; pass e.g. 0"
+        )
     return int(seed)
 
 
@@ -139,7 +151,9 @@ def resolve_device(device: torch.device | str | None) -> torch.device | None:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
+        raise ValueError(
+            f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}"
+        ) from exc
 
 
 def to_float_tensor(
@@ -256,7 +270,11 @@ def as_table(
         num_names, cat_names = [], []
         for col in frame.columns:
             dt = frame[col].dtype
-            is_cat = col in cat_cols or not pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt)
+            is_cat = (
+                col in cat_cols
+                or not pd.api.types.is_numeric_dtype(dt)
+                or pd.api.types.is_bool_dtype(dt)
+            )
             (cat_names if is_cat else num_names).append(col)
         if num_names:
             numeric = to_float_tensor(

@@ -10,7 +10,9 @@ from ._training import gate_generator
 __all__ = ["column_sketch", "reconstruction_error"]
 
 
-def column_sketch(x: Tensor, rank: int, *, seed: int, power_iterations: int = 4) -> tuple[Tensor, Tensor]:
+def column_sketch(
+    x: Tensor, rank: int, *, seed: int, power_iterations: int = 4
+) -> tuple[Tensor, Tensor]:
     """Rank-``rank`` sketch ``(S V^T, S)`` of ``x`` with the column geometry of ``x``.
 
     ``x^T x`` is approximated by ``R^T R`` with ``R = S V^T`` (``rank`` rows,

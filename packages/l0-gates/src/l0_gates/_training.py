@@ -20,7 +20,15 @@ import torch
 from l0_core import TargetSparsityController, gate_temperature, make_gate, set_gate_temperature
 from torch import Tensor, nn
 
-__all__ = ["Adam", "TrainConfig", "build_gate", "exact_top_k", "gate_generator", "gate_ranking", "train_gate"]
+__all__ = [
+    "Adam",
+    "TrainConfig",
+    "build_gate",
+    "exact_top_k",
+    "gate_generator",
+    "gate_ranking",
+    "train_gate",
+]
 
 logger = logging.getLogger("l0_gates")
 
@@ -132,12 +140,18 @@ class Adam:
     0.9
     """
 
-    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(
+        self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
         self.param_groups = [dict(g, params=list(g["params"])) for g in groups]
         self.betas = betas
         self.eps = eps
         self.t = 0
-        self.state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for g in self.param_groups for p in g["params"]}
+        self.state = {
+            id(p): (torch.zeros_like(p), torch.zeros_like(p))
+            for g in self.param_groups
+            for p in g["params"]
+        }
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for g in self.param_groups:
@@ -278,12 +292,14 @@ def train_gate(
                 factor = config.final_lr_fraction + (1 - config.final_lr_fraction) * 0.5 * (
                     1 + math.cos(math.pi * frac)
                 )
-                for group, base_lr in zip(opt.param_groups, base_lrs):
+                for group, base_lr in zip(opt.param_groups, base_lrs, strict=True):
                     group["lr"] = base_lr * factor
             progress = min(1.0, epoch / ramp)
             if config.initial_temperature is not None:
                 set_gate_temperature(
-                    gate, config.initial_temperature * (final_temp / config.initial_temperature) ** progress
+                    gate,
+                    config.initial_temperature
+                    * (final_temp / config.initial_temperature) ** progress,
                 )
             scheduled = target + (start - target) * (1.0 - progress) ** 3
             opt.zero_grad(set_to_none=True)

@@ -70,12 +70,18 @@ class L0Gate(nn.Module):
         super().__init__()
         self.size = check_positive_int(size, "size", "L0Gate(size=100)")
         temperature = check_temperature(temperature)
-        if isinstance(init_mean, bool) or not isinstance(init_mean, (int, float)) or not 0 < init_mean < 1:
+        if (
+            isinstance(init_mean, bool)
+            or not isinstance(init_mean, (int, float))
+            or not 0 < init_mean < 1
+        ):
             raise ValueError(
                 f"init_mean must be a probability strictly between 0 and 1, got {init_mean!r}; "
                 "pass e.g. 0.5"
             )
-        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        if dtype is not None and (
+            not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
+        ):
             raise TypeError(f"dtype must be a floating point torch.dtype, got {dtype!r}")
         self.init_mean = float(init_mean)
         self.gate_type = gate
@@ -193,7 +199,9 @@ class L0Gate(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
-            raise ValueError(f"dim must be an int in [{-x.dim()}, {x.dim() - 1}] for x of shape {tuple(x.shape)}, got {dim!r}")
+            raise ValueError(
+                f"dim must be an int in [{-x.dim()}, {x.dim() - 1}] for x of shape {tuple(x.shape)}, got {dim!r}"
+            )
         if x.shape[dim] != self.size:
             raise ValueError(
                 f"x has size {x.shape[dim]} along dim {dim}, but the gate has {self.size} items; "

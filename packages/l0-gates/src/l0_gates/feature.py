@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,51 +14,24 @@ from ._data import (
     as_index_output,
     check_positive_float,
     check_positive_int,
-    data_kind,
     take_columns,
-    to_float_tensor,
 )
 from ._sketch import column_sketch, reconstruction_error, redundancy_guarded_top_k
+from ._supervised import (
+    Model,
+    PreparedTarget,
+    Task,
+    feature_matrix,
+    make_model,
+    prepare_target,
+    task_loss,
+)
 from ._training import Adam, TrainConfig, exact_top_k, gate_ranking, train_gate
 from .base import L0Gate
 
 __all__ = ["FeatureGate"]
 
 logger = logging.getLogger("l0_gates")
-
-Task = Literal["auto", "regression", "classification"]
-Model = Literal["linear", "mlp"]
-
-
-def _feature_matrix(data: Any, n_features: int, argument: str, device: torch.device | None) -> Tensor:
-    kind = data_kind(data, argument)
-    if kind == "pandas":
-        frame = data.to_frame() if type(data).__name__ == "Series" else data
-        import pandas as pd
-
-        bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c].dtype)]
-        if bad:
-            raise TypeError(
-                f"{argument} must have numeric columns only; {bad[:5]} are not numeric. "
-                "Encode categories as numbers (e.g. one-hot) first"
-            )
-        values = frame.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        values = data
-    if values.ndim < 2:
-        raise ValueError(
-            f"{argument} must have shape (n_samples, n_features), got shape {tuple(values.shape)}"
-        )
-    if values.shape[-1] != n_features:
-        raise ValueError(
-            f"{argument} has {values.shape[-1]} features (last dimension) but the gate was built for "
-            f"n_features={n_features}; build a FeatureGate with n_features={values.shape[-1]}"
-        )
-    x = to_float_tensor(values, argument, device=device)
-    x = x.reshape(-1, n_features)
-    if x.shape[0] < 2:
-        raise ValueError(f"{argument} needs at least 2 samples (rows) to select features, got {x.shape[0]}")
-    return x
 
 
 class FeatureGate(L0Gate):
@@ -132,8 +105,12 @@ class FeatureGate(L0Gate):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        p = check_positive_int(n_features, "n_features", "FeatureGate(n_features=1000, max_features=50)")
-        k = check_positive_int(max_features, "max_features", "FeatureGate(n_features=1000, max_features=50)")
+        p = check_positive_int(
+            n_features, "n_features", "FeatureGate(n_features=1000, max_features=50)"
+        )
+        k = check_positive_int(
+            max_features, "max_features", "FeatureGate(n_features=1000, max_features=50)"
+        )
         super().__init__(
             p,
             temperature,
@@ -242,7 +219,8 @@ class FeatureGate(L0Gate):
         if rank is not None:
             check_positive_int(rank, "rank", "rank=100")
         device = self._fit_device(X)
-        x = _feature_matrix(X, self.n_features, "X", device)
+        x = feature_matrix(X, self.n_features, "X", device)
+        prepared = None if y is None else prepare_target(y, x.shape[0], task, x.device)
         self._rebuild(device, init_mean=0.5)
         if y is None:
             ctl = 3.0 if controller_lr is None else controller_lr
@@ -250,7 +228,7 @@ class FeatureGate(L0Gate):
         else:
             ctl = 1.0 if controller_lr is None else controller_lr
             default_epochs = 500 if model == "linear" else 1000
-            self._fit_supervised(x, y, task, model, hidden, epochs or default_epochs, lr, ctl)
+            self._fit_supervised(x, prepared, model, hidden, epochs or default_epochs, lr, ctl)
         self.eval()
         return self
 
@@ -315,87 +293,65 @@ class FeatureGate(L0Gate):
             self.reconstruction_error_,
         )
 
-    def _prepare_target(self, y: Any, n_rows: int, task: Task, device: torch.device) -> tuple[Tensor, str, int]:
-        if isinstance(y, Tensor):
-            arr = y.detach().cpu().numpy()
-        elif _is_pandas(y):
-            arr = y.to_numpy()
-        else:
-            arr = np.asarray(y)
-        if arr.ndim != 1 and not (arr.ndim == 2 and arr.shape[1] == 1):
-            raise ValueError(f"y must be one target per sample, shape ({n_rows},), got shape {arr.shape}")
-        arr = arr.reshape(-1)
-        if arr.shape[0] != n_rows:
-            raise ValueError(f"y has {arr.shape[0]} entries but X has {n_rows} samples; pass one target per sample")
-        if task == "auto":
-            task = "regression" if arr.dtype.kind in "fc" else "classification"
-        if task == "classification":
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise ValueError("y contains NaN or infinite values; drop or impute those samples")
-            classes, codes = np.unique(arr, return_inverse=True)
-            if classes.size < 2:
-                raise ValueError(f"classification needs at least 2 classes in y, got {classes.size}")
-            self._classes = classes
-            return torch.as_tensor(codes.reshape(-1), dtype=torch.long, device=device), task, int(classes.size)
-        target = to_float_tensor(arr, "y", device=device)
-        self._classes = None
-        self._y_mean = float(target.mean())
-        std = float(target.std())
-        self._y_std = std if std > 0 else 1.0
-        return (target - self._y_mean) / self._y_std, task, 1
-
-    def _make_model(self, n_in: int, n_out: int, model: Model, hidden: int, dtype: torch.dtype, device: torch.device) -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            if model == "linear":
-                net: nn.Module = nn.Linear(n_in, n_out, dtype=dtype)
-            else:
-                net = nn.Sequential(nn.Linear(n_in, hidden, dtype=dtype), nn.ReLU(), nn.Linear(hidden, n_out, dtype=dtype))
-        return net.to(device)
-
     def _fit_supervised(
-        self, x: Tensor, y: Any, task: Task, model: Model, hidden: int, epochs: int, lr: float, controller_lr: float
+        self,
+        x: Tensor,
+        prepared: PreparedTarget,
+        model: Model,
+        hidden: int,
+        epochs: int,
+        lr: float,
+        controller_lr: float,
     ) -> None:
         k = self.n_selected
-        target, task, n_out = self._prepare_target(y, x.shape[0], task, x.device)
         dtype = self.gates.prob_active().dtype
+        if prepared.task == "regression":
+            prepared.values = prepared.values.to(dtype)
         mean = x.mean(0)
         std = x.std(0)
         std = torch.where(std > 0, std, torch.ones_like(std))
-        self._x_mean, self._x_std = mean, std
         xs = ((x - mean) / std).to(dtype)
-        if task == "regression":
-            target = target.to(dtype)
-
-        def task_loss(net: nn.Module, inputs: Tensor) -> Tensor:
-            out = net(inputs)
-            if task == "regression":
-                return (out.reshape(-1) - target).square().mean()
-            return nn.functional.cross_entropy(out, target)
-
-        net = self._make_model(self.n_features, n_out, model, hidden, dtype, x.device)
+        net = make_model(self.n_features, prepared.n_out, model, hidden, dtype, x.device, self.seed)
         if k < self.n_features:
             config = TrainConfig(
-                epochs=epochs, lr=lr, extra_lr=lr / 5, controller_lr=controller_lr, schedule_fraction=0.5
+                epochs=epochs,
+                lr=lr,
+                extra_lr=lr / 5,
+                controller_lr=controller_lr,
+                schedule_fraction=0.5,
             )
             self.history_ = train_gate(
-                self.gates, lambda z: task_loss(net, xs * z), k, config, extra_params=net.parameters()
+                self.gates,
+                lambda z: task_loss(net, xs * z, prepared),
+                k,
+                config,
+                extra_params=net.parameters(),
             )
             idx = exact_top_k(self.gates, k)
         else:
             self.history_ = []
             idx = torch.arange(self.n_features, device=x.device)
-        refit = self._make_model(k, n_out, model, hidden, dtype, x.device)
+        # Refit the model on the selected columns only (no gates), for predict().
+        refit = make_model(k, prepared.n_out, model, hidden, dtype, x.device, self.seed)
         opt = Adam([{"params": refit.parameters(), "lr": lr / 5}])
         inputs = xs[:, idx]
         for _ in range(epochs):
             opt.zero_grad(set_to_none=True)
-            loss = task_loss(refit, inputs)
+            loss = task_loss(refit, inputs, prepared)
             loss.backward()
             opt.step()
         self.model_ = refit.eval()
-        self._set_selection(idx, task)
-        logger.info("FeatureGate: kept %d of %d columns (%s), final loss %.4g", k, self.n_features, task, float(loss.detach()))
+        self._x_mean, self._x_std = mean, std
+        self._classes = prepared.classes
+        self._y_mean, self._y_std = prepared.mean, prepared.std
+        self._set_selection(idx, prepared.task)
+        logger.info(
+            "FeatureGate: kept %d of %d columns (%s), final loss %.4g",
+            k,
+            self.n_features,
+            prepared.task,
+            float(loss.detach()),
+        )
 
     def _set_selection(self, idx: Tensor, task: str) -> None:
         self.feature_indices_ = idx
@@ -435,9 +391,13 @@ class FeatureGate(L0Gate):
         else:
             self._check_columns(data)
         assert self.feature_indices_ is not None
-        return take_columns(data, self.feature_indices_), as_index_output(self.feature_indices_, data)
+        return take_columns(data, self.feature_indices_), as_index_output(
+            self.feature_indices_, data
+        )
 
-    def select_features_with_names(self, data: Any, feature_names: Any = None) -> tuple[Any, list[str]]:
+    def select_features_with_names(
+        self, data: Any, feature_names: Any = None
+    ) -> tuple[Any, list[str]]:
         """Return the selected columns and their names.
 
         Parameters
@@ -473,7 +433,9 @@ class FeatureGate(L0Gate):
                 "pass one name per column"
             )
         selected, idx = self.select_features(data)
-        return selected, [names[int(i)] for i in np.asarray(idx.cpu() if isinstance(idx, Tensor) else idx)]
+        return selected, [
+            names[int(i)] for i in np.asarray(idx.cpu() if isinstance(idx, Tensor) else idx)
+        ]
 
     def get_feature_importance(self) -> Tensor:
         """Per-feature probability of being kept (the gates' ``prob_active``).
@@ -510,9 +472,14 @@ class FeatureGate(L0Gate):
         >>> bool((gate.predict(X) - y).abs().max() < 0.1)
         True
         """
-        if self.model_ is None or self._x_mean is None or self._x_std is None or self.feature_indices_ is None:
+        if (
+            self.model_ is None
+            or self._x_mean is None
+            or self._x_std is None
+            or self.feature_indices_ is None
+        ):
             raise RuntimeError("predict needs a supervised fit: call fit(X, y) first")
-        x = _feature_matrix(X, self.n_features, "X", self._x_mean.device)
+        x = feature_matrix(X, self.n_features, "X", self._x_mean.device)
         dtype = next(self.model_.parameters()).dtype
         xs = ((x - self._x_mean) / self._x_std)[:, self.feature_indices_].to(dtype)
         with torch.no_grad():
@@ -534,4 +501,7 @@ class FeatureGate(L0Gate):
             )
 
     def extra_repr(self) -> str:
-        return f"n_features={self.n_features}, max_features={self.max_features}, " + super().extra_repr()
+        return (
+            f"n_features={self.n_features}, max_features={self.max_features}, "
+            + super().extra_repr()
+        )

@@ -199,7 +199,12 @@ class HybridGate(nn.Module):
         indices = torch.cat([l0_idx, rand_idx]).sort()
         order = indices.indices
         all_idx = indices.values
-        is_l0 = torch.cat([torch.ones(l0_idx.numel(), dtype=torch.bool), torch.zeros(rand_idx.numel(), dtype=torch.bool)])[order]
+        is_l0 = torch.cat(
+            [
+                torch.ones(l0_idx.numel(), dtype=torch.bool),
+                torch.zeros(rand_idx.numel(), dtype=torch.bool),
+            ]
+        )[order]
         prob_random = self.n_random / pool.numel() if pool.numel() else 1.0
         probs = torch.where(is_l0, torch.ones(()), torch.full((), prob_random)).to(torch.float64)
         self.inclusion_probabilities = probs
@@ -234,13 +239,18 @@ class HybridGate(nn.Module):
         """
         if self.design_weights is None or self.l0_indices is None or self.random_indices is None:
             raise RuntimeError("estimate_total needs a selection: call select(data) first")
-        v = torch.as_tensor(np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values), dtype=torch.float64)
+        v = torch.as_tensor(
+            np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values),
+            dtype=torch.float64,
+        )
         n_sel = self.design_weights.numel()
         if v.shape[0] == self.n_items:
             idx = torch.cat([self.l0_indices, self.random_indices]).sort().values
             v = v[idx]
         elif v.shape[0] != n_sel:
-            raise ValueError(f"values must have {self.n_items} (all items) or {n_sel} (selected items) rows, got {v.shape[0]}")
+            raise ValueError(
+                f"values must have {self.n_items} (all items) or {n_sel} (selected items) rows, got {v.shape[0]}"
+            )
         return torch.tensordot(self.design_weights, v, dims=1)
 
     def get_penalty(self) -> Tensor:
@@ -256,4 +266,6 @@ class HybridGate(nn.Module):
         return self.l0_gate.get_penalty()
 
     def extra_repr(self) -> str:
-        return f"n_items={self.n_items}, n_l0={self.n_l0}, n_random={self.n_random}, seed={self.seed}"
+        return (
+            f"n_items={self.n_items}, n_l0={self.n_l0}, n_random={self.n_random}, seed={self.seed}"
+        )

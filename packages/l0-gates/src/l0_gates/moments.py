@@ -3,7 +3,7 @@
 :func:`moment_matrix` turns a table into one column per statistic that is
 additive over rows (count, column totals, centred second moments, category
 counts), so that a weighted subset reproduces a statistic exactly when
-``weights @ M[subset] == base_weights @ M``. :func:`calibrate` finds such
+``weights @ M[subset] == base_weights @ M``. :func:`rake_weights` finds such
 weights (entropy raking), and :func:`moment_errors` reports how far a subset
 with weights is from the full data.
 """
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ._data import Table, as_table, data_kind, to_float_tensor
 
-__all__ = ["MomentTargets", "calibrate", "moment_errors", "moment_matrix"]
+__all__ = ["MomentTargets", "moment_errors", "moment_matrix", "rake_weights"]
 
 logger = logging.getLogger("l0_gates")
 
@@ -110,7 +110,7 @@ def moment_matrix(table: Table, base_weights: Tensor, moments: Moments = "auto")
             else:
                 cols.append(z.square())
                 names += [f"moment2[{c},{c}]" for c in kn]
-    for codes, cname in zip(table.categories, table.category_names):
+    for codes, cname in zip(table.categories, table.category_names, strict=True):
         levels = int(codes.max().item()) + 1
         onehot = torch.nn.functional.one_hot(codes.to(x.device), levels).to(torch.float64)
         present = (w @ onehot) > 0
@@ -121,12 +121,12 @@ def moment_matrix(table: Table, base_weights: Tensor, moments: Moments = "auto")
     nonzero = scale > 0
     if not bool(nonzero.all()):
         matrix = matrix[:, nonzero]
-        names = [nm for nm, keep in zip(names, nonzero.tolist()) if keep]
+        names = [nm for nm, keep in zip(names, nonzero.tolist(), strict=True) if keep]
         scale = scale[nonzero]
     return MomentTargets(matrix, w @ matrix, scale, names)
 
 
-def calibrate(
+def rake_weights(
     matrix: Tensor,
     totals: Tensor,
     start: Tensor,
@@ -167,7 +167,7 @@ def calibrate(
     Examples
     --------
     >>> m = torch.tensor([[1.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
-    >>> w = calibrate(m, torch.tensor([4.0, 8.0], dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    >>> w = rake_weights(m, torch.tensor([4.0, 8.0], dtype=torch.float64), torch.ones(2, dtype=torch.float64))
     >>> [round(v, 6) for v in w.tolist()]
     [2.0, 2.0]
     """
@@ -208,7 +208,10 @@ def calibrate(
                 break
         if a < 1e-12:
             break
+        stalled = float(f) - float(fc) <= 1e-13 * max(1.0, abs(float(f)))
         lam, f = cand, fc
+        if stalled:  # no further progress: the totals are met, or as close as they can be
+            break
     return d * torch.exp(g_mat @ lam)
 
 
@@ -262,7 +265,9 @@ def moment_errors(
     else:
         w = to_float_tensor(_as_numpy_like(weights), "weights").reshape(-1).cpu()
         if w.numel() != idx.numel():
-            raise ValueError(f"weights has {w.numel()} entries but indices has {idx.numel()}; pass one weight per selected row")
+            raise ValueError(
+                f"weights has {w.numel()} entries but indices has {idx.numel()}; pass one weight per selected row"
+            )
     x = table.numeric.cpu()
     out: dict[str, Tensor] = {}
     full_tot = w0 @ x
@@ -299,9 +304,13 @@ def _weights_or_ones(weights: Any, n: int, argument: str) -> Tensor:
         data_kind(weights, argument)  # raises TypeError for unsupported types
     w = to_float_tensor(_as_numpy_like(weights), argument).reshape(-1).cpu()
     if w.numel() != n:
-        raise ValueError(f"{argument} has {w.numel()} entries but the data has {n} rows; pass one weight per row")
+        raise ValueError(
+            f"{argument} has {w.numel()} entries but the data has {n} rows; pass one weight per row"
+        )
     if bool((w < 0).any()):
-        raise ValueError(f"{argument} must be non-negative; found {int((w < 0).sum())} negative value(s)")
+        raise ValueError(
+            f"{argument} must be non-negative; found {int((w < 0).sum())} negative value(s)"
+        )
     if not float(w.sum()) > 0:
         raise ValueError(f"{argument} must have a positive sum; all weights are zero")
     return w

@@ -19,7 +19,7 @@ from ._data import (
 )
 from ._training import TrainConfig, exact_top_k, train_gate
 from .base import L0Gate
-from .moments import Moments, _check_moments, _weights_or_ones, calibrate, moment_matrix
+from .moments import Moments, _check_moments, _weights_or_ones, moment_matrix, rake_weights
 
 __all__ = ["SampleGate"]
 
@@ -35,7 +35,7 @@ class SampleGate(L0Gate):
     sample). l0-core's :class:`~l0_core.TargetSparsityController` drives the
     expected number of open gates to ``target_samples``; an exact top-k of the
     trained gate probabilities then fixes the count, and entropy raking
-    (:func:`l0_gates.calibrate`) gives the selected rows non-negative weights
+    (:func:`l0_gates.rake_weights`) gives the selected rows non-negative weights
     that reproduce those statistics.
 
     Parameters
@@ -91,7 +91,9 @@ class SampleGate(L0Gate):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        n = check_positive_int(n_samples, "n_samples", "SampleGate(n_samples=10000, target_samples=1000)")
+        n = check_positive_int(
+            n_samples, "n_samples", "SampleGate(n_samples=10000, target_samples=1000)"
+        )
         k = TargetSparsityController.resolve_target(target_samples, n, argument="target_samples")
         super().__init__(
             n,
@@ -161,7 +163,7 @@ class SampleGate(L0Gate):
         >>> import numpy as np
         >>> rng = np.random.default_rng(0)
         >>> x = rng.lognormal(size=(300, 2))
-        >>> gate = SampleGate(300, 30, seed=0).fit(x, epochs=200)
+        >>> gate = SampleGate(300, 30, seed=0).fit(x)
         >>> gate.indices_.shape, gate.fit_error_ < 1e-6
         (torch.Size([30]), True)
         """
@@ -207,7 +209,7 @@ class SampleGate(L0Gate):
             indices = torch.arange(n, device=table.numeric.device)
         idx = indices.to(targets.matrix.device)
         start = base[idx] * (base.sum() / base[idx].sum().clamp_min(1e-300))
-        w = calibrate(targets.matrix[idx], targets.totals, start, targets.scale)
+        w = rake_weights(targets.matrix[idx], targets.totals, start, targets.scale)
         resid = (targets.matrix[idx].t() @ w - targets.totals).abs() / targets.scale
         self.fit_error_ = float(resid.max())
         if self.fit_error_ > 1e-6:
@@ -304,7 +306,11 @@ class SampleGate(L0Gate):
         (True, 20)
         """
         base = _weights_or_ones(weights, self.n_samples, "weights")
-        if not self.is_fitted or self._fitted_base is None or not torch.equal(base, self._fitted_base):
+        if (
+            not self.is_fitted
+            or self._fitted_base is None
+            or not torch.equal(base, self._fitted_base)
+        ):
             self.fit(data, weights)
         else:
             self._check_rows(data)
@@ -314,4 +320,7 @@ class SampleGate(L0Gate):
         return selected, w, as_index_output(self.indices_, data)
 
     def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}, target_samples={self.target_samples}, " + super().extra_repr()
+        return (
+            f"n_samples={self.n_samples}, target_samples={self.target_samples}, "
+            + super().extra_repr()
+        )
