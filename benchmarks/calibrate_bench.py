@@ -80,7 +80,7 @@ def generate_numpy(m: int, n: int, k: int, seed: int = 0, chunk: int = 200_000):
     return indptr, indices, data, y
 
 
-def generate_operator(m: int, n: int, k: int, seed: int = 0, chunk: int = 1_000_000):
+def generate_operator(m: int, n: int, k: int, seed: int = 0, chunk: int = 250_000):
     """The large problem built straight into a SparseOperator (no scipy copy), and its targets."""
     import torch
     from l0_core import SparseOperator
@@ -100,7 +100,7 @@ def generate_operator(m: int, n: int, k: int, seed: int = 0, chunk: int = 1_000_
     crow = torch.arange(0, n * k + 1, k, dtype=torch.int32)
     csr_t = torch.sparse_csr_tensor(crow, col, val, size=(n, m), check_invariants=False)
     op = SparseOperator(csr_t)
-    op.csr = op._transpose_csr()
+    op.build_forward_copy()
     w_true = torch.exp(0.5 * torch.randn(n, generator=g))
     y = op.matvec(w_true).double().numpy()
     return op, y

@@ -207,3 +207,20 @@ def test_cuda_products_match_the_cpu_products():
     r = torch.randn(50, dtype=torch.float64)
     torch.testing.assert_close(gpu.matvec(w.cuda()).cpu(), cpu.matvec(w))
     torch.testing.assert_close(gpu.rmatvec(r.cuda()).cpu(), cpu.rmatvec(r))
+
+
+@pytest.mark.parametrize("source", ["scipy", "torch"])
+def test_forward_copy_in_column_blocks_gives_the_dense_product(monkeypatch, source):
+    monkeypatch.setattr(sparse_mod, "FORWARD_BLOCK_COLS", 7)  # 40 columns -> 6 blocks, the last short
+    dense = random_matrix(13, 40, density=0.5, seed=9)
+    matrix = sp.csc_matrix(dense) if source == "scipy" else torch.tensor(dense)
+    op = SparseOperator.from_any(matrix, dtype=torch.float64)
+    assert [h0 for h0, _ in op.csr_blocks] == [0, 7, 14, 21, 28, 35]
+    assert op.csr is None and op.has_forward_copy
+    for h0, block in op.csr_blocks:
+        np.testing.assert_array_equal(block.to_dense().numpy(), dense[:, h0 : h0 + block.shape[1]])
+    w = torch.randn(40, 2, dtype=torch.float64)
+    np.testing.assert_allclose(op.matvec(w).numpy(), dense @ w.numpy(), rtol=1e-12, atol=1e-12)
+    assert op.nbytes == 2 * 12 * op.nnz + 4 * (40 + 1) + 4 * 6 * (13 + 1)
+    moved = op.to(dtype=torch.float32)
+    np.testing.assert_allclose(moved.matvec(w[:, 0].float()).numpy(), dense @ w[:, 0].numpy(), rtol=1e-5, atol=1e-5)

@@ -174,7 +174,7 @@ def run_demo(
         lines.append(
             f"design effect (1+CV^2)  {s['design_effect']:.3f}   (Kish effective sample {s['kish_ess']:.0f})"
         )
-    lines += ["", "targets (first 12 of each kind):"]
+    lines += ["", "targets (first 3 of each kind):"]
     rep["kind"] = rep["name"].str.split("[").str[0]
     shown = rep.groupby("kind", sort=False).head(3)
     with pd.option_context("display.width", 120, "display.max_rows", 60):

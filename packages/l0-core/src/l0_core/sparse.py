@@ -37,6 +37,8 @@ __all__ = ["SparseOperator", "as_sparse_operator", "sparse_matvec"]
 _INT32_MAX = 2**31 - 1
 #: Non-zeros per chunk when building the second copy or scattering (bounds temporaries).
 _CHUNK_NNZ = 1 << 22
+#: Households per block of the target-major copy on CPU (w's slice, 1 MiB in float32, stays in L2).
+FORWARD_BLOCK_COLS = 1 << 18
 
 
 def _is_scipy_sparse(obj: Any) -> bool:
@@ -68,8 +70,11 @@ def _csr_tensor(
 
 
 def _check_finite(values: Tensor, argument: str) -> None:
-    if values.numel() and not bool(torch.isfinite(values).all()):
-        n_bad = int((~torch.isfinite(values)).sum().item())
+    flat = values.reshape(-1)
+    n_bad = 0
+    for start in range(0, flat.numel(), 1 << 24):  # chunks: no nnz-sized temporary
+        n_bad += int((~torch.isfinite(flat[start : start + (1 << 24)])).sum().item())
+    if n_bad:
         raise ValueError(
             f"{argument} contains {n_bad} NaN or infinite value(s); "
             "replace them (e.g. with 0) before calling"
@@ -107,13 +112,63 @@ class SparseOperator:
     [1.0, 6.0, 2.0]
     """
 
-    def __init__(self, csr_t: Tensor, csr: Tensor | None = None) -> None:
+    def __init__(
+        self, csr_t: Tensor, csr: Tensor | None = None, csr_blocks: list[tuple[int, Tensor]] | None = None
+    ) -> None:
         if csr_t.layout != torch.sparse_csr:
             raise TypeError("csr_t must be a torch.sparse_csr tensor of M.T")
         self.csr_t = csr_t
-        self.csr = csr
         n_cols, n_rows = csr_t.shape
         self.shape = (int(n_rows), int(n_cols))
+        #: The target-major copy as ``[(first_column, CSR(M[:, first:first + width])), ...]``.
+        self.csr_blocks: list[tuple[int, Tensor]] | None = csr_blocks
+        if csr is not None:
+            self.csr = csr
+
+    @property
+    def csr(self) -> Tensor | None:
+        """``CSR(M)`` when the target-major copy is one block (else None; see ``csr_blocks``)."""
+        blocks = self.csr_blocks
+        if blocks is not None and len(blocks) == 1:
+            return blocks[0][1]
+        return None
+
+    @csr.setter
+    def csr(self, value: Tensor | None) -> None:
+        self.csr_blocks = None if value is None else [(0, value)]
+
+    @property
+    def has_forward_copy(self) -> bool:
+        """True when the target-major copy (for a gather-speed ``M @ w``) is stored."""
+        return self.csr_blocks is not None
+
+    def build_forward_copy(self) -> None:
+        """Build the target-major copy from ``csr_t`` (column blocks on CPU, one block on CUDA).
+
+        On CPU the copy is cut into blocks of ``FORWARD_BLOCK_COLS`` households
+        so that each block's slice of ``w`` stays in cache during the gather;
+        at millions of households that is several times faster than one CSR(M).
+
+        Examples
+        --------
+        >>> op = SparseOperator.from_any(np.eye(3), transpose_copy=False)
+        >>> op.build_forward_copy(); op.has_forward_copy
+        True
+        """
+        n_cols = self.shape[1]
+        width = n_cols if self.device.type != "cpu" else FORWARD_BLOCK_COLS
+        if n_cols <= width:
+            self.csr_blocks = [(0, self._transpose_csr())]
+            return
+        crow = self.csr_t.crow_indices()
+        col, vals = self.csr_t.col_indices(), self.csr_t.values()
+        blocks = []
+        for h0 in range(0, n_cols, width):
+            h1 = min(n_cols, h0 + width)
+            a, b = int(crow[h0].item()), int(crow[h1].item())
+            sub = SparseOperator(_csr_tensor(crow[h0 : h1 + 1] - crow[h0], col[a:b], vals[a:b], (h1 - h0, self.shape[0])))
+            blocks.append((h0, sub._transpose_csr()))
+        self.csr_blocks = blocks
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -176,17 +231,18 @@ class SparseOperator:
         target = torch.device(device) if device is not None else csr_t.device
         if csr_t.device != target:
             csr_t = csr_t.to(target)
-            csr = None if csr is None else csr.to(target)
-        op = cls(csr_t, csr)
-        if transpose_copy and op.csr is None:
-            op.csr = op._transpose_csr()
+        op = cls(csr_t)
+        if csr is not None:
+            op.csr_blocks = [(h0, t.to(target)) for h0, t in csr]
+        if transpose_copy and not op.has_forward_copy:
+            op.build_forward_copy()
         return op
 
     @staticmethod
     def _from_scipy(
         matrix: Any, dtype: torch.dtype, argument: str, transpose_copy: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        """CSR(M.T) and, with ``transpose_copy``, CSR(M), from scipy's own O(nnz) conversions.
+    ) -> tuple[Tensor, list[tuple[int, Tensor]] | None]:
+        """CSR(M.T) and, with ``transpose_copy``, the blocks of CSR(M), from scipy's O(nnz) conversions.
 
         Arrays scipy creates here are owned by the operator and wrapped without a
         copy; arrays of the caller's matrix are always copied.
@@ -227,12 +283,16 @@ class SparseOperator:
             return _csr_tensor(tensor(m.indptr, idx_dtype), tensor(m.indices, idx_dtype), values, shape)
 
         csr_t = build(csc, (n_cols, n_rows))
-        csr = None
+        blocks = None
         if transpose_copy:
-            as_csr = csc.tocsr()  # O(nnz) transposition in scipy; indices come out sorted
-            csr = build(as_csr, (n_rows, n_cols))
-            del as_csr
-        return csr_t, csr
+            # O(nnz) transpositions in scipy (indices come out sorted), by column blocks
+            blocks = []
+            for h0 in range(0, n_cols, FORWARD_BLOCK_COLS):
+                h1 = min(n_cols, h0 + FORWARD_BLOCK_COLS)
+                part = (csc[:, h0:h1] if (h0, h1) != (0, n_cols) else csc).tocsr()
+                blocks.append((h0, build(part, (n_rows, h1 - h0))))
+                del part
+        return csr_t, blocks
 
     @staticmethod
     def _from_torch(matrix: Tensor, dtype: torch.dtype, argument: str) -> Tensor:
@@ -353,10 +413,9 @@ class SparseOperator:
         28
         """
         total = 0
-        for t in (self.csr_t, self.csr):
-            if t is not None:
-                for part in (t.crow_indices(), t.col_indices(), t.values()):
-                    total += part.numel() * part.element_size()
+        for t in [self.csr_t, *(b for _, b in self.csr_blocks or [])]:
+            for part in (t.crow_indices(), t.col_indices(), t.values()):
+                total += part.numel() * part.element_size()
         return total
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SparseOperator:
@@ -378,7 +437,8 @@ class SparseOperator:
                 tuple(t.shape),
             )
 
-        return SparseOperator(move(self.csr_t), move(self.csr))
+        blocks = None if self.csr_blocks is None else [(h0, move(t)) for h0, t in self.csr_blocks]
+        return SparseOperator(move(self.csr_t), csr_blocks=blocks)
 
     def column_nnz(self) -> Tensor:
         """Non-zeros per column of ``M`` (per household).
@@ -399,7 +459,16 @@ class SparseOperator:
         >>> SparseOperator.from_any(np.array([[1.0, 0.0], [2.0, 0.0]])).row_nnz().tolist()
         [1, 1]
         """
-        return torch.bincount(self.csr_t.col_indices().to(torch.int64), minlength=self.shape[0])
+        counts = torch.zeros(self.shape[0], dtype=torch.int64, device=self.device)
+        if self.csr_blocks is not None:
+            for _, block in self.csr_blocks:
+                crow = block.crow_indices()
+                counts += (crow[1:] - crow[:-1]).to(torch.int64)
+            return counts
+        col = self.csr_t.col_indices()
+        for _, _, a, b in self._household_chunks():  # no nnz-long int64 temporary
+            counts += torch.bincount(col[a:b].to(torch.int64), minlength=self.shape[0])
+        return counts
 
     def to_dense(self) -> Tensor:
         """Dense ``M`` (for small matrices and tests).
@@ -436,8 +505,8 @@ class SparseOperator:
             (columns.numel(), self.shape[0]),
         )
         op = SparseOperator(csr_t)
-        if self.csr is not None:
-            op.csr = op._transpose_csr()
+        if self.has_forward_copy:
+            op.build_forward_copy()
         return op
 
     # -------------------------------------------------------------- products
@@ -465,8 +534,13 @@ class SparseOperator:
         """
         self._check_vec(w, self.shape[1], "w")
         x = w.to(self.dtype)
-        if self.csr is not None:
-            out = self.csr @ x
+        if self.csr_blocks is not None:
+            if len(self.csr_blocks) == 1:
+                out = self.csr_blocks[0][1] @ x
+            else:
+                out = x.new_zeros((self.shape[0], *x.shape[1:]))
+                for h0, block in self.csr_blocks:
+                    out += block @ x[h0 : h0 + block.shape[1]]
         else:
             vals = self.csr_t.values()
             col = self.csr_t.col_indices()
@@ -492,7 +566,7 @@ class SparseOperator:
         return sparse_matvec(self, w)
 
     def __repr__(self) -> str:
-        mode = "two copies" if self.csr is not None else "household-major only"
+        mode = "two copies" if self.has_forward_copy else "household-major only"
         return f"SparseOperator(shape={self.shape}, nnz={self.nnz}, dtype={self.dtype}, device={self.device}, {mode})"
 
 

@@ -32,6 +32,8 @@ ENTRY_POINT_GROUP = "l0"
 DISABLE_AUTOLOAD_ENV = "L0_DISABLE_PLUGIN_AUTOLOAD"
 
 #: kind -> hook that fills it
+_SINGULAR = {"gates": "gate", "schedules": "schedule", "losses": "loss"}
+
 KINDS: dict[str, str] = {
     "gates": "l0_register_gates",
     "schedules": "l0_register_schedules",
@@ -323,9 +325,9 @@ def lookup(kind: str, name: str, *, argument: str | None = None) -> Any:
     _check_kind(kind)
     entries = _build(kind)
     if not isinstance(name, str) or name not in entries:
-        arg = argument or kind[:-1]
+        arg = argument or _SINGULAR[kind]
         raise ValueError(
-            f"unknown {kind[:-1]} {name!r} for {arg}; available: {sorted(entries)}. "
+            f"unknown {_SINGULAR[kind]} {name!r} for {arg}; available: {sorted(entries)}. "
             "Install or register a plugin that provides it (see l0_core.plugins)."
         )
     return entries[name][0]
