@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-REF_PYTHON = HERE / ".venv-ref" / "bin" / "python"
+REF_PYTHON = Path(os.environ.get("L0_REF_PYTHON", HERE / ".venv-ref" / "bin" / "python"))
 
 SIZES = {
     "small": (500, 100_000, 25),

@@ -114,3 +114,88 @@ def test_a_tiny_fraction_still_keeps_one_item():
 def test_bad_sizes_and_rates_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TargetSparsityController(1, **kwargs)
+
+
+def trajectory(ctl, steps=1500):
+    gate = HardConcrete(1000, init_mean=0.9, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(gate.parameters(), lr=0.1)
+    counts = []
+    for _ in range(steps):
+        opt.zero_grad()
+        ctl.penalty(gate.l0_penalty()).backward()
+        opt.step()
+        ctl.step()
+        counts.append(gate.l0_penalty().item())
+    return counts
+
+
+def test_anti_windup_and_damping_stop_the_adam_overshoot():
+    plain = trajectory(TargetSparsityController(100, 1000))
+    tamed = trajectory(TargetSparsityController(100, 1000, reset_on_cross=True, damping=1.0))
+    # the plain integral controller dives far below the target before coming back
+    assert min(plain) < 20
+    assert min(tamed) > 45
+    # and settles tighter: after step 500 it stays within 1 of the target
+    assert max(abs(c - 100) for c in tamed[500:]) < 1.0
+    assert max(abs(c - 100) for c in plain[500:]) > 3.0
+
+
+def test_reset_on_cross_zeroes_the_multipliers_when_the_gap_changes_sign():
+    ctl = TargetSparsityController(50, 100, lr=0.1, reset_on_cross=True)
+    ctl.penalty(torch.tensor(80.0))
+    ctl.step()
+    ctl.penalty(torch.tensor(70.0))
+    ctl.step()
+    assert ctl.lambda1.item() == pytest.approx(0.1 * (0.3 + 0.2))
+    ctl.penalty(torch.tensor(40.0))  # gap -0.1: crossed, restart from zero then step
+    ctl.step()
+    assert ctl.lambda1.item() == pytest.approx(0.1 * -0.1)
+    assert ctl.lambda2.item() == pytest.approx(0.1 * 0.01)
+
+
+def test_damping_adds_a_proportional_term_treated_as_constant():
+    ctl = TargetSparsityController(20, 100, quadratic=False, damping=2.0)
+    ctl.lambda1.fill_(0.5)
+    s = torch.tensor(50.0, requires_grad=True)
+    term = ctl.penalty(s)
+    gap = 0.3
+    assert term.item() == pytest.approx((0.5 + 2.0 * gap) * gap)
+    term.backward()
+    # d/ds of (lambda1 + c * gap_const) * gap = (lambda1 + c * gap) / n_total
+    assert s.grad.item() == pytest.approx((0.5 + 2.0 * gap) / 100)
+
+
+def test_max_multiplier_clamps_both_multipliers():
+    ctl = TargetSparsityController(1, 10, lr=10.0, max_multiplier=0.25)
+    for _ in range(3):
+        ctl.penalty(torch.tensor(10.0))
+        ctl.step()
+    assert ctl.lambda1.item() == pytest.approx(0.25)
+    assert ctl.lambda2.item() == pytest.approx(0.25)
+
+
+def test_set_target_moves_the_target_and_keeps_the_multipliers():
+    ctl = TargetSparsityController(50, 100)
+    ctl.lambda1.fill_(0.3)
+    ctl.set_target(0.1)
+    assert ctl.target_count == 10 and ctl.lambda1.item() == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="target must be between 1 and 100"):
+        ctl.set_target(500)
+    ctl.reset()
+    assert ctl.lambda1.item() == 0.0
+    with pytest.raises(RuntimeError, match="call penalty\\(\\) before step\\(\\)"):
+        ctl.step()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"damping": -1.0}, ValueError, "damping must be a finite number >= 0"),
+        ({"damping": float("nan")}, ValueError, "damping must be a finite number >= 0"),
+        ({"max_multiplier": 0.0}, ValueError, "max_multiplier must be a positive finite number"),
+        ({"reset_on_cross": 1}, TypeError, "reset_on_cross must be True or False"),
+    ],
+)
+def test_bad_controller_options_are_rejected(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        TargetSparsityController(1, 10, **kwargs)

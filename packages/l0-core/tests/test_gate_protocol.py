@@ -69,3 +69,30 @@ def test_deterministic_gates_uses_eval_mode_and_restores_the_training_flag(float
 def test_deterministic_gates_of_hard_concrete_equals_its_eval_output():
     gate = HardConcrete(6, init_mean=0.5, init_std=2.0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(deterministic_gates(gate), gate.eval()().detach())
+
+
+def test_protocol_checks_see_module_buffers_that_static_lookup_cannot():
+    # Python >= 3.12 checks runtime protocols with inspect.getattr_static, which
+    # does not see a temperature *buffer*; the Gate protocol must still match.
+    import inspect
+
+    from l0_core import Gate, HardConcrete
+
+    gate = HardConcrete(3)
+    assert inspect.getattr_static(gate, "temperature", None) is None
+    assert isinstance(gate, Gate)
+
+    class NoTemperature(torch.nn.Module):
+        def forward(self):
+            return torch.ones(1)
+
+        def l0_penalty(self):
+            return torch.ones(())
+
+        def prob_active(self):
+            return torch.ones(1)
+
+    assert not isinstance(NoTemperature(), Gate)
+    with_buffer = NoTemperature()
+    with_buffer.register_buffer("temperature", torch.tensor(0.5))
+    assert isinstance(with_buffer, Gate)

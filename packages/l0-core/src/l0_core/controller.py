@@ -9,6 +9,23 @@ fraction, and the multipliers ``lambda1, lambda2`` are updated by gradient
 *ascent* (Wang, Wohlwend & Lei 2020, "Structured Pruning of Large Language
 Models"). While ``s`` is above the target the multipliers grow and push it
 down; no hand-tuned L0 strength is needed.
+
+With an adaptive optimiser such as Adam the plain integral controller
+winds up: the multipliers keep growing while the gates react, and the count
+overshoots far past the target before coming back (from 900 expected
+active gates towards a target of 100 the count falls to about 9 first).
+Two opt-in remedies, both from classical control:
+
+* ``reset_on_cross=True`` (anti-windup): when the gap changes sign the
+  multipliers restart from zero, so the push that brought the count to the
+  target does not carry it past;
+* ``damping=c`` (the damping of the modified differential method of
+  multipliers, Platt & Barr 1988): the effective multiplier is
+  ``lambda1 + c * (s - t)``, a proportional term that acts at once and
+  fades as the gap closes.
+
+``max_multiplier`` bounds ``|lambda1|`` and ``lambda2``; ``set_target``
+moves the target during training (an annealed count).
 """
 
 from __future__ import annotations
@@ -35,6 +52,15 @@ class TargetSparsityController(nn.Module):
         Step size of the gradient ascent on the multipliers.
     quadratic : bool, default True
         Include the ``lambda2 * (s - t)^2`` term.
+    reset_on_cross : bool, default False
+        Restart the multipliers from zero whenever the gap ``s - t`` changes
+        sign (anti-windup; recommended with Adam).
+    damping : float, default 0.0
+        Proportional term: the loss uses ``(lambda1 + damping * gap) * gap``,
+        with the damping factor treated as a constant in the gradient.
+    max_multiplier : float, optional
+        Clamp ``lambda1`` to ``[-max_multiplier, max_multiplier]`` and
+        ``lambda2`` to ``[0, max_multiplier]`` after every step.
 
     Attributes
     ----------
@@ -55,6 +81,21 @@ class TargetSparsityController(nn.Module):
     ...     ctl.step()
     >>> abs(gate.l0_penalty().item() - 10) < 0.5
     True
+
+    With anti-windup and damping the count does not dive far below the target:
+
+    >>> gate = HardConcrete(100, init_mean=0.9, generator=torch.Generator().manual_seed(0))
+    >>> ctl = TargetSparsityController(10, 100, reset_on_cross=True, damping=1.0)
+    >>> opt = torch.optim.Adam(gate.parameters(), lr=0.1)
+    >>> lowest = 100.0
+    >>> for _ in range(800):
+    ...     opt.zero_grad()
+    ...     ctl.penalty(gate.l0_penalty()).backward()
+    ...     opt.step()
+    ...     ctl.step()
+    ...     lowest = min(lowest, gate.l0_penalty().item())
+    >>> lowest > 5, abs(gate.l0_penalty().item() - 10) < 0.5
+    (True, True)
     """
 
     lambda1: Tensor
@@ -66,6 +107,10 @@ class TargetSparsityController(nn.Module):
         n_total: int,
         lr: float = 0.05,
         quadratic: bool = True,
+        *,
+        reset_on_cross: bool = False,
+        damping: float = 0.0,
+        max_multiplier: float | None = None,
     ) -> None:
         super().__init__()
         if isinstance(n_total, bool) or not isinstance(n_total, int) or n_total < 1:
@@ -76,6 +121,28 @@ class TargetSparsityController(nn.Module):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         self.lr = float(lr)
         self.quadratic = quadratic
+        if not isinstance(reset_on_cross, bool):
+            raise TypeError(f"reset_on_cross must be True or False, got {reset_on_cross!r}")
+        self.reset_on_cross = reset_on_cross
+        if (
+            isinstance(damping, bool)
+            or not isinstance(damping, (int, float))
+            or not math.isfinite(damping)
+            or damping < 0
+        ):
+            raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+        self.damping = float(damping)
+        if max_multiplier is not None and (
+            isinstance(max_multiplier, bool)
+            or not isinstance(max_multiplier, (int, float))
+            or not math.isfinite(max_multiplier)
+            or max_multiplier <= 0
+        ):
+            raise ValueError(
+                f"max_multiplier must be a positive finite number or None, got {max_multiplier!r}"
+            )
+        self.max_multiplier = None if max_multiplier is None else float(max_multiplier)
+        self._prev_gap: float | None = None
         self.register_buffer("lambda1", torch.zeros(()))
         self.register_buffer("lambda2", torch.zeros(()))
         self._last_gap: float | None = None
@@ -134,6 +201,8 @@ class TargetSparsityController(nn.Module):
         gap = s - self.target_fraction
         self._last_gap = float(gap.detach().item())
         l1 = self.lambda1.to(device=gap.device, dtype=gap.dtype)
+        if self.damping:
+            l1 = l1 + self.damping * gap.detach()
         term = l1 * gap
         if self.quadratic:
             term = term + self.lambda2.to(device=gap.device, dtype=gap.dtype) * gap * gap
@@ -152,9 +221,50 @@ class TargetSparsityController(nn.Module):
         if self._last_gap is None:
             raise RuntimeError("call penalty() before step(): the controller needs the current gap")
         gap = self._last_gap
+        prev = self._prev_gap
+        if self.reset_on_cross and prev is not None and (gap > 0) != (prev > 0):
+            self.lambda1.zero_()
+            self.lambda2.zero_()
+        self._prev_gap = gap
         self.lambda1.add_(self.lr * gap)
         if self.quadratic:
             self.lambda2.add_(self.lr * gap * gap)
+        if self.max_multiplier is not None:
+            self.lambda1.clamp_(-self.max_multiplier, self.max_multiplier)
+            self.lambda2.clamp_(0.0, self.max_multiplier)
+
+    def set_target(self, target: int | float) -> None:
+        """Move the target (a count or a fraction of ``n_total``); the multipliers are kept.
+
+        Examples
+        --------
+        >>> ctl = TargetSparsityController(50, 100)
+        >>> ctl.set_target(0.2); ctl.target_count
+        20
+        """
+        self.target_count = self.resolve_target(target, self.n_total)
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Zero the multipliers and forget the last gap.
+
+        Examples
+        --------
+        >>> ctl = TargetSparsityController(1, 10)
+        >>> _ = ctl.penalty(torch.tensor(5.0)); ctl.step(); ctl.reset(); ctl.lambda1.item()
+        0.0
+        """
+        self.lambda1.zero_()
+        self.lambda2.zero_()
+        self._last_gap = None
+        self._prev_gap = None
 
     def extra_repr(self) -> str:
-        return f"target_count={self.target_count}, n_total={self.n_total}, lr={self.lr}"
+        extra = ""
+        if self.reset_on_cross:
+            extra += ", reset_on_cross=True"
+        if self.damping:
+            extra += f", damping={self.damping}"
+        if self.max_multiplier is not None:
+            extra += f", max_multiplier={self.max_multiplier}"
+        return f"target_count={self.target_count}, n_total={self.n_total}, lr={self.lr}{extra}"

@@ -8,7 +8,7 @@ implements these members.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -25,8 +25,32 @@ __all__ = [
 ]
 
 
+class _ModuleProtocolMeta(type(Protocol)):  # type: ignore[misc]
+    """Protocol metaclass whose ``isinstance`` looks members up dynamically.
+
+    From Python 3.12 on, ``isinstance`` against a runtime-checkable protocol
+    uses ``inspect.getattr_static``, which cannot see what ``nn.Module``
+    keeps outside ``__dict__`` (a ``temperature`` *buffer*, for one). The
+    protocols below therefore check their members with plain ``getattr``, so
+    the answer is the same on every Python version.
+    """
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        spec = _PROTOCOL_MEMBERS.get(cls)
+        if spec is None:  # a class that subclasses the protocol explicitly
+            return super().__instancecheck__(obj)
+        methods, data = spec
+        return all(callable(getattr(obj, name, None)) for name in methods) and all(
+            hasattr(obj, name) for name in data
+        )
+
+
+#: protocol -> (method names, data member names), checked by ``isinstance``
+_PROTOCOL_MEMBERS: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
 @runtime_checkable
-class Gate(Protocol):
+class Gate(Protocol, metaclass=_ModuleProtocolMeta):
     """Structural type of a gate module.
 
     A gate is an ``nn.Module`` whose ``forward()`` (called with no arguments)
@@ -68,8 +92,11 @@ class Gate(Protocol):
     def prob_active(self) -> Tensor: ...
 
 
+_PROTOCOL_MEMBERS[Gate] = (("forward", "l0_penalty", "prob_active"), ("temperature",))
+
+
 @runtime_checkable
-class GatedLayer(Protocol):
+class GatedLayer(Protocol, metaclass=_ModuleProtocolMeta):
     """Structural type of a layer whose weights are multiplied by gates.
 
     Members
@@ -103,6 +130,12 @@ class GatedLayer(Protocol):
     def active_parameter_count(self) -> int: ...
 
     def parameter_count(self) -> int: ...
+
+
+_PROTOCOL_MEMBERS[GatedLayer] = (
+    ("l0_penalty", "l2_penalty", "active_parameter_count", "parameter_count"),
+    (),
+)
 
 
 def is_gate(obj: object) -> bool:
