@@ -34,8 +34,19 @@ def random_matrix(n_rows=7, n_cols=11, density=0.4, seed=0):
         lambda d: torch.tensor(d).to_sparse_csc(),
         lambda d: d,
     ],
-    ids=["csr", "csc", "coo", "csr_array", "csc_array", "lil", "dense_torch", "torch_coo",
-         "torch_csr", "torch_csc", "numpy"],
+    ids=[
+        "csr",
+        "csc",
+        "coo",
+        "csr_array",
+        "csc_array",
+        "lil",
+        "dense_torch",
+        "torch_coo",
+        "torch_csr",
+        "torch_csc",
+        "numpy",
+    ],
 )
 def test_products_match_the_dense_matrix_for_every_input_format(convert):
     dense = random_matrix()
@@ -51,7 +62,9 @@ def test_float32_products_match_the_float64_dense_product_to_float32_precision()
     op = SparseOperator.from_any(sp.csr_matrix(dense))
     assert op.dtype == torch.float32
     w = torch.rand(50, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_allclose(op.matvec(w).numpy(), dense @ w.double().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        op.matvec(w).numpy(), dense @ w.double().numpy(), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_duplicate_entries_are_summed_and_the_callers_matrix_is_untouched():
@@ -211,7 +224,9 @@ def test_cuda_products_match_the_cpu_products():
 
 @pytest.mark.parametrize("source", ["scipy", "torch"])
 def test_forward_copy_in_column_blocks_gives_the_dense_product(monkeypatch, source):
-    monkeypatch.setattr(sparse_mod, "FORWARD_BLOCK_COLS", 7)  # 40 columns -> 6 blocks, the last short
+    monkeypatch.setattr(
+        sparse_mod, "FORWARD_BLOCK_COLS", 7
+    )  # 40 columns -> 6 blocks, the last short
     dense = random_matrix(13, 40, density=0.5, seed=9)
     matrix = sp.csc_matrix(dense) if source == "scipy" else torch.tensor(dense)
     op = SparseOperator.from_any(matrix, dtype=torch.float64)
@@ -223,4 +238,6 @@ def test_forward_copy_in_column_blocks_gives_the_dense_product(monkeypatch, sour
     np.testing.assert_allclose(op.matvec(w).numpy(), dense @ w.numpy(), rtol=1e-12, atol=1e-12)
     assert op.nbytes == 2 * 12 * op.nnz + 4 * (40 + 1) + 4 * 6 * (13 + 1)
     moved = op.to(dtype=torch.float32)
-    np.testing.assert_allclose(moved.matvec(w[:, 0].float()).numpy(), dense @ w[:, 0].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        moved.matvec(w[:, 0].float()).numpy(), dense @ w[:, 0].numpy(), rtol=1e-5, atol=1e-5
+    )

@@ -8,6 +8,7 @@ implements these members.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -85,11 +86,17 @@ class Gate(Protocol, metaclass=_ModuleProtocolMeta):
 
     temperature: Tensor | float
 
-    def forward(self) -> Tensor: ...
+    def forward(self) -> Tensor:
+        """Gate values: a sample in training mode, the deterministic gate in eval mode."""
+        ...
 
-    def l0_penalty(self) -> Tensor: ...
+    def l0_penalty(self) -> Tensor:
+        """Differentiable expected number of non-zero gates (a scalar)."""
+        ...
 
-    def prob_active(self) -> Tensor: ...
+    def prob_active(self) -> Tensor:
+        """Probability that each gate is non-zero, shaped like the gate."""
+        ...
 
 
 _PROTOCOL_MEMBERS[Gate] = (("forward", "l0_penalty", "prob_active"), ("temperature",))
@@ -123,13 +130,21 @@ class GatedLayer(Protocol, metaclass=_ModuleProtocolMeta):
     True
     """
 
-    def l0_penalty(self) -> Tensor: ...
+    def l0_penalty(self) -> Tensor:
+        """Expected number of non-zero gates of the layer."""
+        ...
 
-    def l2_penalty(self) -> Tensor: ...
+    def l2_penalty(self) -> Tensor:
+        """Expected L2 penalty: each gated group's squared norm times its keep probability."""
+        ...
 
-    def active_parameter_count(self) -> int: ...
+    def active_parameter_count(self) -> int:
+        """Parameters left once the deterministic gates are applied."""
+        ...
 
-    def parameter_count(self) -> int: ...
+    def parameter_count(self) -> int:
+        """Parameters of the equivalent ungated layer."""
+        ...
 
 
 _PROTOCOL_MEMBERS[GatedLayer] = (
@@ -161,7 +176,7 @@ def is_gated_layer(obj: object) -> bool:
     return isinstance(obj, torch.nn.Module) and isinstance(obj, GatedLayer)
 
 
-def iter_gates(model: torch.nn.Module, prefix: str = ""):
+def iter_gates(model: torch.nn.Module, prefix: str = "") -> Iterator[tuple[str, torch.nn.Module]]:
     """Yield ``(name, gate)`` for every gate module inside ``model``.
 
     Gates nested inside another gate are not yielded separately (the outer

@@ -52,7 +52,11 @@ def _zero(model: nn.Module) -> Tensor:
     for p in model.parameters():
         return p.new_zeros(())
     for b in model.buffers():
-        return b.new_zeros((), dtype=torch.get_default_dtype()) if not b.is_floating_point() else b.new_zeros(())
+        return (
+            b.new_zeros((), dtype=torch.get_default_dtype())
+            if not b.is_floating_point()
+            else b.new_zeros(())
+        )
     return torch.zeros(())
 
 
@@ -244,7 +248,9 @@ class PenaltyTracker:
         for key, value in values.items():
             if isinstance(value, Tensor):
                 if value.numel() != 1:
-                    raise ValueError(f"value {key!r} must be a scalar, got shape {tuple(value.shape)}")
+                    raise ValueError(
+                        f"value {key!r} must be a scalar, got shape {tuple(value.shape)}"
+                    )
                 value = value.detach().item()
             row[key] = float(value)
         self.records.append(row)

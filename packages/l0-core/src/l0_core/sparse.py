@@ -54,9 +54,7 @@ def _index_dtype(nnz: int, *dims: int) -> torch.dtype:
     return torch.int32 if max(nnz, *dims) <= _INT32_MAX else torch.int64
 
 
-def _csr_tensor(
-    indptr: Tensor, indices: Tensor, values: Tensor, size: tuple[int, int]
-) -> Tensor:
+def _csr_tensor(indptr: Tensor, indices: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
     idx_dtype = _index_dtype(values.numel(), *size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
@@ -113,7 +111,10 @@ class SparseOperator:
     """
 
     def __init__(
-        self, csr_t: Tensor, csr: Tensor | None = None, csr_blocks: list[tuple[int, Tensor]] | None = None
+        self,
+        csr_t: Tensor,
+        csr: Tensor | None = None,
+        csr_blocks: list[tuple[int, Tensor]] | None = None,
     ) -> None:
         if csr_t.layout != torch.sparse_csr:
             raise TypeError("csr_t must be a torch.sparse_csr tensor of M.T")
@@ -166,7 +167,11 @@ class SparseOperator:
         for h0 in range(0, n_cols, width):
             h1 = min(n_cols, h0 + width)
             a, b = int(crow[h0].item()), int(crow[h1].item())
-            sub = SparseOperator(_csr_tensor(crow[h0 : h1 + 1] - crow[h0], col[a:b], vals[a:b], (h1 - h0, self.shape[0])))
+            sub = SparseOperator(
+                _csr_tensor(
+                    crow[h0 : h1 + 1] - crow[h0], col[a:b], vals[a:b], (h1 - h0, self.shape[0])
+                )
+            )
             blocks.append((h0, sub._transpose_csr()))
         self.csr_blocks = blocks
 
@@ -208,7 +213,9 @@ class SparseOperator:
         """
         if isinstance(matrix, SparseOperator):
             op = matrix
-            if op.csr_t.dtype != dtype or (device is not None and op.device != torch.device(device)):
+            if op.csr_t.dtype != dtype or (
+                device is not None and op.device != torch.device(device)
+            ):
                 return op.to(device=device, dtype=dtype)
             return op
         if not dtype.is_floating_point:
@@ -258,7 +265,10 @@ class SparseOperator:
         def callers(arr: np.ndarray) -> bool:
             return any(
                 isinstance(a, np.ndarray) and a.size and np.shares_memory(arr, a)
-                for a in (getattr(matrix, name, None) for name in ("data", "indices", "indptr", "row", "col"))
+                for a in (
+                    getattr(matrix, name, None)
+                    for name in ("data", "indices", "indptr", "row", "col")
+                )
             )
 
         # CSR of M.T is CSC of M. tocsc() returns the caller's object when it is
@@ -280,7 +290,9 @@ class SparseOperator:
         def build(m: Any, shape: tuple[int, int]) -> Tensor:
             values = tensor(m.data, dtype)
             _check_finite(values, argument)
-            return _csr_tensor(tensor(m.indptr, idx_dtype), tensor(m.indices, idx_dtype), values, shape)
+            return _csr_tensor(
+                tensor(m.indptr, idx_dtype), tensor(m.indices, idx_dtype), values, shape
+            )
 
         csr_t = build(csc, (n_cols, n_rows))
         blocks = None
@@ -418,7 +430,9 @@ class SparseOperator:
                 total += part.numel() * part.element_size()
         return total
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SparseOperator:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> SparseOperator:
         """Copy to another device and/or value dtype.
 
         Examples
@@ -496,7 +510,9 @@ class SparseOperator:
         indptr = torch.zeros(columns.numel() + 1, dtype=torch.int64, device=self.device)
         torch.cumsum(counts, 0, out=indptr[1:])
         total = int(indptr[-1].item())
-        offsets = torch.arange(total, device=self.device) - torch.repeat_interleave(indptr[:-1], counts)
+        offsets = torch.arange(total, device=self.device) - torch.repeat_interleave(
+            indptr[:-1], counts
+        )
         src = torch.repeat_interleave(starts, counts) + offsets
         csr_t = _csr_tensor(
             indptr,

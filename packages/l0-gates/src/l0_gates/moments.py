@@ -45,6 +45,15 @@ class MomentTargets:
         its absolute values), used to make errors relative.
     names : list of str
         A label per statistic.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from l0_gates._data import as_table
+    >>> table = as_table(torch.tensor([[1.0], [3.0]]))
+    >>> t = moment_matrix(table, torch.ones(2, dtype=torch.float64), moments="diagonal")
+    >>> t.names, t.totals.tolist()  # rows, column total, centred square
+    (['count', 'total[0]', 'moment2[0,0]'], [2.0, 4.0, 2.0])
     """
 
     matrix: Tensor

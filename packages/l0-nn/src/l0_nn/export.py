@@ -88,6 +88,16 @@ class LayerCost:
     ``flops`` are per sample: ``2 x`` the multiply-accumulates of linear and
     convolution layers (bias additions, activations and pooling are not
     counted).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from l0_nn import SparseMLP, export_pruned
+    >>> model = SparseMLP(8, [16], 2).eval()
+    >>> exported = export_pruned(model)
+    >>> cost = exported.export_report.layers[0]
+    >>> cost.params_after <= cost.params_before
+    True
     """
 
     name: str

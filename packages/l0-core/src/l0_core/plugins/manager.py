@@ -62,6 +62,12 @@ class PluginInfo:
         That distribution's version.
     registered : dict
         ``kind -> [names]`` that this plugin registered.
+
+    Examples
+    --------
+    >>> info = {p.name: p for p in list_plugins()}["l0_core.builtins"]
+    >>> "hard_concrete" in info.registered["gates"]
+    True
     """
 
     name: str
@@ -261,7 +267,9 @@ def _build(kind: str) -> dict[str, tuple[Any, str]]:
 
         def register(name: str, obj: Any, _plugin: str = plugin_name) -> None:
             if not isinstance(name, str) or not name:
-                _warn(f"l0 plugin {_plugin!r} registered a {kind[:-1]} with an invalid name {name!r}")
+                _warn(
+                    f"l0 plugin {_plugin!r} registered a {kind[:-1]} with an invalid name {name!r}"
+                )
                 return
             if name in entries:
                 _warn(
