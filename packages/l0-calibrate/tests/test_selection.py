@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from l0_calibrate.diagnostics import weight_diagnostics
 from l0_calibrate.polish import polish_weights
 from l0_calibrate.selection import select_and_polish
@@ -68,3 +69,74 @@ def test_a_negative_dispersion_weight_is_rejected():
     M, t = problem(5, n=100)
     with pytest.raises(ValueError, match="dispersion_weight must be >= 0"):
         select_and_polish(M, t, 10, dispersion_weight=-1.0)
+
+
+def cells_problem(seed=0, n=1500):
+    """Counts in 86 cells of three skewed categories and their crossings (some cells of 5 people)."""
+    rng = np.random.default_rng(seed)
+    a = rng.choice(5, n, p=[0.4, 0.3, 0.15, 0.1, 0.05])
+    b = rng.choice(6, n, p=[0.3, 0.25, 0.2, 0.12, 0.08, 0.05])
+    c = rng.choice(4, n, p=[0.4, 0.3, 0.2, 0.1])
+    rows = [np.ones(n)]
+    for codes, k in ((a, 5), (b, 6), (c, 4), (a * 6 + b, 30), (a * 4 + c, 20), (b * 4 + c, 24)):
+        for g in range(k):
+            r = (codes == g).astype(float)
+            if r.sum() >= 5:
+                rows.append(r)
+    X = np.vstack(rows)
+    return X, X.sum(axis=1)
+
+
+def test_with_more_targets_than_a_small_sample_covers_every_target_stays_within_the_band():
+    X, t = cells_problem()
+    kw = dict(epochs=100, max_weight_ratio=5, seed=0)
+    plain = select_and_polish(X, t, 60, band=None, **kw)
+    res = select_and_polish(X, t, 60, band=0.05, **kw)
+    assert np.max(np.abs(plain.polish.rel_error)) > 0.05  # small cells missed without the band
+    assert np.max(np.abs(res.polish.rel_error)) <= 0.05 + 1e-4
+    assert res.support.size == 60 and np.count_nonzero(res.weights) == 60
+    q = X.shape[1] / 60  # inflated design weight: all households carry 1
+    ratio = res.weights[res.support] / q
+    assert ratio.min() >= 1 / 5 - 1e-9 and ratio.max() <= 5 + 1e-9
+
+
+def test_the_cover_seed_admits_weights_within_the_band_checked_by_an_lp():
+    from l0_calibrate.selection import _cover_seed
+    from scipy.optimize import linprog
+
+    X, t = cells_problem(1)
+    n, count, band = X.shape[1], 60, 0.05
+    Xr = X / t[:, None]
+    seed = _cover_seed(sp.csr_matrix(Xr), np.ones(t.size), np.ones(n), count, band, 5.0)
+    assert 0 < seed.size <= count
+    A = Xr[:, seed]
+    lp = linprog(
+        np.zeros(seed.size),
+        A_ub=np.vstack([A, -A]),
+        b_ub=np.concatenate([np.full(t.size, 1 + band), np.full(t.size, -(1 - band))]),
+        bounds=(0, 5.0 * n / count),
+    )
+    assert lp.status == 0
+
+
+def test_an_impossible_band_gives_no_seed():
+    from l0_calibrate.selection import _cover_seed
+
+    X = sp.csr_matrix(np.array([[1.0, 1.0, 1.0]]))
+    # every household may carry at most 1.1 q = 1.1: the total 1 cannot drop to 0.5 +- 0.05
+    assert _cover_seed(X, np.array([10.0]), np.ones(3), 3, 0.05, 1.1).size == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(band=0.0), "band"),
+        (dict(band="5%"), "band"),
+        (dict(cover="yes"), "cover"),
+        (dict(repair_moves=-1), "repair_moves"),
+    ],
+)
+def test_bad_band_options_are_rejected(kwargs, match):
+    M, t = problem(5, n=100)
+    with pytest.raises(ValueError, match=match):
+        select_and_polish(M, t, 10, **kwargs)

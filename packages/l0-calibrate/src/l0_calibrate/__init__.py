@@ -13,6 +13,7 @@ from l0_core.plugins import add_builtin_plugin as _add_builtin_plugin
 
 from .callbacks import Checkpoint, EarlyStopping
 from .distributed import ShardedCalibrationWeights, gather_weights, init_distributed
+from .distributed_calibrate import ShardedCalibrationResult
 from .distributed_io import load_columns
 from .distributed_launch import run_distributed
 from .distributed_reducer import ColumnShard, all_reduce_sum
@@ -41,6 +42,7 @@ __all__ = [
     "EarlyStopping",
     "InfeasibleTargetWarning",
     "ShardCheckpoint",
+    "ShardedCalibrationResult",
     "ShardedCalibrationWeights",
     "SparseCalibrationWeights",
     "__version__",

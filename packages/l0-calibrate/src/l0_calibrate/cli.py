@@ -178,6 +178,9 @@ def _run(args: argparse.Namespace) -> int:
                 "loss_type": args.loss,
                 "target_count": args.count,
                 "lambda_l0": 0.0 if args.count is not None else 0.01,
+                # as calibrate(): exact re-calibration of the kept households, raking distance
+                "polish": args.count is not None and not args.no_polish,
+                "distance": "raking",
             },
         )
         weights = pd.Series(res.weights, index=res.household_index, name="weight")

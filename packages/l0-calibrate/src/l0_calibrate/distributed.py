@@ -14,14 +14,21 @@ With the default ``noise="global"`` every rank draws the random numbers of
 number of ranks gives the weights of the single-process fit with the same
 seed (up to the order of floating point sums).
 
-Typical use, launched with ``torchrun --nproc-per-node N script.py``::
+Typical use, launched with ``torchrun --nproc-per-node N script.py``: the
+plain API shards by itself inside a process group of several ranks
+(``distributed=None``; pass ``distributed=False`` to opt out)::
 
-    from l0_calibrate import ShardedCalibrationWeights, gather_weights, init_distributed
+    from l0_calibrate import SparseCalibrationWeights, gather_weights, init_distributed
 
     ctx = init_distributed()                       # gloo on CPU, NCCL on GPUs
-    model = ShardedCalibrationWeights(n_households, seed=0, device=ctx.device)
-    model.fit("matrix.npz", targets, target_count=50_000, epochs=1000)   # reads its columns only
+    M_local = ...                                  # this rank's household columns
+    model = SparseCalibrationWeights(M_local.shape[1], seed=0, device=ctx.device)
+    model.fit(M_local, targets, target_count=50_000, epochs=1000, polish=True)
     weights = gather_weights(model)                # full vector on rank 0, None elsewhere
+
+:class:`ShardedCalibrationWeights` takes the *total* household count and
+an explicit layout instead (e.g. ``ShardedCalibrationWeights(n_total)`` with
+``fit("matrix.npz", ...)``, which reads only this rank's columns).
 """
 
 from __future__ import annotations
@@ -40,7 +47,9 @@ from .distributed_reducer import (
     ColumnShard,
     ProcessGroupReducer,
     _dist,
+    cut_to_shard,
     group_initialized,
+    use_sharding,
 )
 from .inputs import check_nonneg_float, check_positive_int
 from .weights import SparseCalibrationWeights
@@ -139,24 +148,6 @@ def init_distributed(
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, str(used))
 
 
-def _local_part(value: Any, shard: ColumnShard, argument: str) -> Any:
-    """A per-household argument cut to this rank's columns (scalars and None pass through)."""
-    if value is None or isinstance(value, (bool, int, float, np.integer, np.floating)):
-        return value
-    arr = value.detach() if isinstance(value, Tensor) else np.asarray(value)
-    n = arr.shape[0] if arr.ndim == 1 else -1
-    if n == shard.n_total:
-        part = arr[shard.columns]
-        return part.clone() if isinstance(part, Tensor) else np.array(part, copy=True)
-    if n == shard.n_local:
-        return value
-    raise ValueError(
-        f"{argument} must hold one value per household: {shard.n_total} values (all columns; this "
-        f"rank keeps [{shard.start}, {shard.stop})) or {shard.n_local} (this rank's columns); "
-        f"got shape {tuple(arr.shape)}"
-    )
-
-
 def _shared_seed(seed: int | None, reducer: ProcessGroupReducer) -> int:
     """The seed every rank uses: ``seed``, or rank 0's draw from torch's global generator."""
     if seed is not None:
@@ -179,8 +170,10 @@ def _rank_stream_seed(seed: int, shard: ColumnShard) -> int:
 class ShardedCalibrationWeights(SparseCalibrationWeights):
     """:class:`SparseCalibrationWeights` for this rank's block of household columns.
 
-    Build it on every rank of a process group with the *total* number of
-    households and the published arguments; it keeps the columns
+    ``SparseCalibrationWeights(n_local, ...)`` inside a process group of
+    several ranks builds one from this rank's column count (the layout is
+    every rank's count, in rank order). Built directly, it takes the
+    *total* number of households and the published arguments; it keeps the columns
     ``shard.start:shard.stop``. ``fit`` takes this rank's columns of ``M``
     (or a path to an ``.npz``/``.parquet``/``.npy``/``.csv`` file, of
     which it reads only those columns) and the full target vector, and
@@ -212,6 +205,10 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
     noise : {"global", "local"}, default "global"
         How random numbers are drawn; ``"global"`` reproduces the
         single-process fit at any world size (see :class:`ProcessGroupReducer`).
+    distributed : bool or None, default None
+        ``None`` or ``True`` (``True`` raises outside a process group);
+        ``False`` is refused -- use ``SparseCalibrationWeights(...,
+        distributed=False)`` for an unsharded model.
 
     Attributes
     ----------
@@ -253,9 +250,28 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
         shard: ColumnShard | None = None,
         group: Any = None,
         noise: str = "global",
+        distributed: bool | None = None,
     ) -> None:
         n_features = check_positive_int(n_features, "n_features")
-        if shard is None:
+        # Built through SparseCalibrationWeights(n_local) inside a process group: n_features is
+        # this rank's column count and the layout comes from every rank's count, in rank order.
+        local_count = self.__dict__.pop("_l0_local_count", False)
+        if distributed is not None:
+            if distributed is False or not isinstance(distributed, (bool, np.bool_)):
+                raise ValueError(
+                    f"ShardedCalibrationWeights always shards; got distributed={distributed!r}. "
+                    "Use SparseCalibrationWeights(..., distributed=False) for an unsharded model"
+                )
+            use_sharding(True, group)  # raises outside a process group
+        if local_count:
+            if shard is not None:
+                raise ValueError(
+                    "pass either shard= or a local column count, not both; "
+                    "use ShardedCalibrationWeights(n_total, shard=...) for an explicit layout"
+                )
+            shard = ColumnShard.from_local_count(n_features, group=group)
+            n_features = shard.n_total
+        elif shard is None:
             shard = ColumnShard.even(n_features, group=group)
         elif not isinstance(shard, ColumnShard):
             raise TypeError(f"shard must be a ColumnShard, got {type(shard).__name__}")
@@ -275,8 +291,8 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
             beta,
             gamma,
             zeta,
-            _local_part(init_keep_prob, shard, "init_keep_prob"),
-            _local_part(init_weights, shard, "init_weights"),
+            cut_to_shard(init_keep_prob, shard, "init_keep_prob"),
+            cut_to_shard(init_weights, shard, "init_weights"),
             log_weight_jitter_sd,
             0.0,
             device,
@@ -369,9 +385,12 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
         ``target_count`` counts households over all ranks. Progress is
         logged by rank 0 only; callbacks run on every rank (their events
         carry ``rank``, ``world_size`` and ``column_offset``), and a stop
-        asked for on any rank stops all. ``polish`` and the weight
-        penalties (``lambda_distance``, ``lambda_dispersion``,
-        ``max_weight_ratio``) need all columns in one process and raise.
+        asked for on any rank stops all. The weight penalties
+        (``lambda_distance``, ``lambda_dispersion``, ``max_weight_ratio``)
+        all-reduce their sums; ``polish`` gathers the kept columns to every
+        rank and solves there (``polish_result_.weights`` is this rank's
+        part). ``design_weights`` may hold all households or this rank's.
+        Ranks given different targets or target options raise ``ValueError``.
 
         Examples
         --------
@@ -382,8 +401,18 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
         2
         """
         if isinstance(M, (str, os.PathLike)):
-            from .distributed_io import load_columns
+            from .distributed_io import load_columns, matrix_shape
 
+            n_file = matrix_shape(M)[1]
+            if n_file != self.n_total:
+                s = self.shard
+                raise ValueError(
+                    f"M: {os.fspath(M)!r} has {n_file} households but the model's columns total "
+                    f"{self.n_total} (this rank holds [{s.start}, {s.stop}) of {s.world_size} ranks' "
+                    "columns). Inside a process group SparseCalibrationWeights(n_features) takes "
+                    "this rank's column count; for a file, build the model with "
+                    f"ShardedCalibrationWeights({n_file}) (the even split), or pass each rank's count"
+                )
             M = load_columns(M, self.shard)
         bound = inspect.signature(SparseCalibrationWeights.fit).bind(self, M, y, *args, **kwargs)
         if not self._reducer.is_main:
@@ -438,14 +467,16 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
 
 @torch.no_grad()
 def gather_weights(
-    model: SparseCalibrationWeights, dst: int = 0, *, deterministic: bool = True
-) -> Tensor | None:
+    model: SparseCalibrationWeights | Any, dst: int = 0, *, deterministic: bool = True
+) -> Tensor | Any | None:
     """All ranks' weights, in global column order, on rank ``dst`` (None elsewhere); collective.
 
     Parameters
     ----------
-    model : ShardedCalibrationWeights or SparseCalibrationWeights
-        A plain model returns its own weights.
+    model : SparseCalibrationWeights, ShardedCalibrationWeights or CalibrationResult
+        A model (sharded or not; an unsharded one returns its own weights),
+        or what :func:`l0_calibrate.calibrate` returned: then the result is
+        a pandas Series of all households' weights with their labels.
     dst : int, default 0
         Rank (within the model's group) that receives the weights.
     deterministic : bool, default True
@@ -453,15 +484,23 @@ def gather_weights(
 
     Returns
     -------
-    Tensor of shape ``(n_total,)`` on ``dst``, None on the other ranks.
+    Tensor of shape ``(n_total,)`` (a pandas Series for a calibrate result) on
+    ``dst``, None on the other ranks.
 
     Examples
     --------
     >>> gather_weights(ShardedCalibrationWeights(3, init_weights=2.0, init_keep_prob=0.999)).tolist()
     [2.0, 2.0, 2.0]
     """
+    from .frontend import CalibrationResult
+
+    if isinstance(model, CalibrationResult):
+        return _gather_result_weights(model, dst)
     if not isinstance(model, SparseCalibrationWeights):
-        raise TypeError(f"model must be a SparseCalibrationWeights, got {type(model).__name__}")
+        raise TypeError(
+            "model must be a SparseCalibrationWeights or a CalibrationResult, got "
+            f"{type(model).__name__}"
+        )
     w = model.get_weights(deterministic=deterministic).detach()
     red = getattr(model, "_reducer", None)
     if not isinstance(red, ProcessGroupReducer) or red.world_size == 1:
@@ -488,3 +527,23 @@ def gather_weights(
     for start, size, part in zip(starts, sizes, parts, strict=True):
         out[start : start + size] = part[:size]
     return out
+
+
+def _gather_result_weights(result: Any, dst: int) -> Any:
+    """The weights Series of every rank's calibrate result, concatenated in rank order on ``dst``."""
+    import pandas as pd
+
+    shard = getattr(result, "shard", None)
+    if shard is None or shard.world_size == 1:
+        return result.weights.copy()
+    red = result.model.reducer
+    check_positive_int(dst, "dst", minimum=0)
+    if dst >= red.world_size:
+        raise ValueError(f"dst must be a rank below world_size={red.world_size}, got {dst}")
+    dist = _dist()
+    global_dst = dst if red.group is None else dist.get_global_rank(red.group, dst)
+    parts: list[Any] | None = [None] * red.world_size if shard.rank == dst else None
+    dist.gather_object(result.weights, parts, dst=global_dst, group=red.group)
+    if parts is None:
+        return None
+    return pd.concat(parts)

@@ -14,7 +14,11 @@ that depends on more than this process's household columns:
 ``top_k_mask(scores, k)``
     The ``k`` largest scores over all processes (ties to the lower column).
 ``check_fit_options(...)`` / ``reduce_problem(...)``
-    Options a sharded fit cannot honour, and targets infeasible on all ranks.
+    Options a sharded fit cannot honour (none at present), the check that
+    every rank has the same targets, and targets infeasible on all ranks.
+``local_part(value, argument)`` / ``all_gather_object(obj)``
+    A per-household argument cut to this process's columns; small pieces
+    (the polishing stage's kept columns) collected from every process.
 ``n_total``
     Number of household columns over all processes.
 
@@ -39,6 +43,7 @@ __all__ = [
     "ProcessGroupReducer",
     "all_reduce_sum",
     "sortable_keys",
+    "use_sharding",
 ]
 
 NOISE_MODES = ("global", "local")
@@ -60,6 +65,53 @@ def group_initialized() -> bool:
     """
     dist = _dist()
     return bool(dist.is_available() and dist.is_initialized())
+
+
+def use_sharding(distributed: bool | None, group: Any = None) -> bool:
+    """Whether a model or ``calibrate`` call should shard its columns over the process group.
+
+    The rule behind the ``distributed=`` argument of
+    :class:`~l0_calibrate.SparseCalibrationWeights` and
+    :func:`~l0_calibrate.calibrate`:
+
+    * ``None`` (default): shard exactly when an initialised process group has
+      more than one rank; each rank then holds only its own columns.
+    * ``False``: never shard (every rank runs its own, independent fit; for a
+      process group started for other reasons, e.g. DDP, with the full matrix
+      on every rank).
+    * ``True``: shard; an initialised process group is required (a group of
+      one rank gives the single-process result).
+
+    Parameters
+    ----------
+    distributed : bool or None
+        The caller's setting.
+    group : ProcessGroup, optional
+        Default: the whole world.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> use_sharding(None), use_sharding(False)  # outside a process group
+    (False, False)
+    """
+    if distributed is not None and not isinstance(distributed, (bool, np.bool_)):
+        raise TypeError(
+            f"distributed must be True, False or None (auto), got {type(distributed).__name__}"
+        )
+    if distributed is None:
+        return _rank_and_size(group)[1] > 1
+    if distributed and not group_initialized():
+        raise ValueError(
+            "distributed=True needs an initialised torch.distributed process group, but none is "
+            "initialised; launch with torchrun and call l0_calibrate.init_distributed() (or "
+            "torch.distributed.init_process_group) first, or pass distributed=None to shard only "
+            "inside a process group"
+        )
+    return bool(distributed)
 
 
 def _collective_device(group: Any = None) -> torch.device:
@@ -206,6 +258,43 @@ class ColumnShard:
         }
 
 
+def cut_to_shard(value: Any, shard: ColumnShard, argument: str) -> Any:
+    """A per-household argument cut to ``shard``'s columns; scalars and None pass through.
+
+    An array of ``shard.n_total`` values (all households) is cut to the
+    shard's slice (a copy); one of ``shard.n_local`` values (this rank's
+    households already) is returned as is. Anything else raises.
+
+    Examples
+    --------
+    >>> cut_to_shard(np.arange(4.0), ColumnShard.even(4, rank=1, world_size=2), "w").tolist()
+    [2.0, 3.0]
+    """
+    if value is None or isinstance(value, (bool, int, float, np.integer, np.floating)):
+        return value
+    arr = value.detach() if isinstance(value, Tensor) else np.asarray(value)
+    n = arr.shape[0] if arr.ndim == 1 else -1
+    if n == shard.n_total:
+        part = arr[shard.columns]
+        return part.clone() if isinstance(part, Tensor) else np.array(part, copy=True)
+    if n == shard.n_local:
+        return value
+    raise ValueError(
+        f"{argument} must hold one value per household: {shard.n_total} values (all columns; this "
+        f"rank keeps [{shard.start}, {shard.stop})) or {shard.n_local} (this rank's columns); "
+        f"got shape {tuple(arr.shape)}"
+    )
+
+
+def _digest(values: np.ndarray) -> int:
+    """A 62-bit digest of a float64 vector and its length (same bits -> same digest)."""
+    import hashlib
+
+    arr = np.ascontiguousarray(values, dtype=np.float64) + 0.0  # -0.0 -> 0.0
+    h = hashlib.blake2b(np.int64(arr.size).tobytes() + arr.tobytes(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 2
+
+
 # --------------------------------------------------------- all-reduce sum
 class _AllReduceSum(torch.autograd.Function):
     """Forward: sum over the ranks. Backward: the incoming gradient, unchanged.
@@ -341,6 +430,14 @@ class LocalReducer:
 
     def check_fit_options(self, **options: Any) -> None:
         """Nothing to check for a single process."""
+
+    def local_part(self, value: Any, argument: str) -> Any:
+        """``value`` unchanged: this process holds every household."""
+        return value
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """``[obj]``: one process."""
+        return [obj]
 
     def reduce_problem(self, problem: Any, **group_options: Any) -> None:
         """Nothing to do: the problem is already whole."""
@@ -508,22 +605,46 @@ class ProcessGroupReducer(LocalReducer):
 
     # -- problem and options
     def check_fit_options(self, **options: Any) -> None:
-        """Reject the options a fit over several ranks does not support, naming them."""
+        """Every fit option works sharded (polish and the weight penalties included); nothing to reject."""
+
+    def local_part(self, value: Any, argument: str) -> Any:
+        """A per-household argument cut to this rank's columns (see :func:`cut_to_shard`)."""
+        return cut_to_shard(value, self.shard, argument)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """``obj`` of every rank, in rank order (pickled; for small, variable-size pieces)."""
+        self.calls += 1
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        _dist().all_gather_object(out, obj, group=self.group)
+        return out
+
+    def check_same_targets(self, targets: np.ndarray, loss_weights: np.ndarray) -> None:
+        """Raise on every rank when the ranks were given different targets or target options.
+
+        Exchanges two 64-bit digests (the targets with their length, and the
+        loss weights that ``target_groups`` / ``normalize_groups`` /
+        ``group_multipliers`` give), before any target-sized collective.
+        """
         if self.world_size == 1:
             return
-        unsupported = {
-            "polish": "polish=True (the exact re-calibration needs all kept columns in one process)",
-            "lambda_distance": "lambda_distance > 0 (the distance is normalised over all columns)",
-            "lambda_dispersion": "lambda_dispersion > 0 (the dispersion is a ratio over all columns)",
-            "max_weight_ratio": "max_weight_ratio (its reference weights are set over all columns)",
-        }
-        for name, text in unsupported.items():
-            value = options.get(name)
-            if value not in (None, False, 0, 0.0):
-                raise ValueError(
-                    f"a column-sharded fit does not support {text}; drop it, or gather the kept "
-                    "columns to one process and fit there"
-                )
+        digests = [_digest(targets), _digest(loss_weights)]
+        t = torch.tensor(digests + [-v for v in digests], dtype=torch.int64, device=self.device)
+        high = self._reduce_op(t, "MAX").tolist()
+        same_targets = high[0] == digests[0] and high[2] == -digests[0]
+        same_weights = high[1] == digests[1] and high[3] == -digests[1]
+        if not same_targets:
+            raise ValueError(
+                "y (the targets) differs between the ranks: every rank must pass the same full "
+                f"target vector (all {targets.shape[0]} values here, same order) -- only the matrix "
+                "is split by household columns; load the targets identically on every rank"
+            )
+        if not same_weights:
+            raise ValueError(
+                "target_groups / normalize_groups / group_multipliers differ between the ranks: "
+                "pass the same target options on every rank (only the matrix is split)"
+            )
 
     def reduce_problem(
         self,
@@ -536,9 +657,6 @@ class ProcessGroupReducer(LocalReducer):
         """Recompute the infeasible targets (no household on *any* rank) and their loss weights."""
         from .inputs import group_weights
 
-        counts = problem.op.row_nnz().to(device=self.device, dtype=torch.int64)
-        counts = self._reduce_op(counts, "SUM").cpu().numpy()
-        infeasible = (counts == 0) & (problem.targets != 0)
         weights, _ = group_weights(
             target_groups,
             problem.targets.shape[0],
@@ -546,6 +664,10 @@ class ProcessGroupReducer(LocalReducer):
             group_multipliers=group_multipliers,
         )
         weights = np.array(weights, dtype=np.float64, copy=True)
+        self.check_same_targets(np.asarray(problem.targets, dtype=np.float64), weights)
+        counts = problem.op.row_nnz().to(device=self.device, dtype=torch.int64)
+        counts = self._reduce_op(counts, "SUM").cpu().numpy()
+        infeasible = (counts == 0) & (problem.targets != 0)
         weights[infeasible] = 0.0
         problem.infeasible = infeasible
         problem.loss_weights = weights

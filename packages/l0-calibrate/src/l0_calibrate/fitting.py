@@ -113,6 +113,12 @@ class _LocalReducer:
     def check_fit_options(self, **options: Any) -> None:
         return None
 
+    def local_part(self, value: Any, argument: str) -> Any:
+        return value
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
     def reduce_problem(self, problem: Any, **group_options: Any) -> None:
         return None
 
@@ -172,6 +178,19 @@ def _make_optimizer(params: list[Tensor], lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
+def _design_weights(model: SparseCalibrationWeights, opts: FitOptions) -> Tensor:
+    """This process's positive reference (design) weights: ``design_weights`` or the initial weights."""
+    if opts.design_weights is None:
+        return model.initial_weights.clamp_min(1e-8)
+    red = reducer_of(model)
+    value = red.local_part(opts.design_weights, "design_weights")
+    d = torch.as_tensor(as_vector(value, "design_weights", model.n_features), device=model.device)
+    d = d.to(model.log_weight.dtype)
+    if bool((d <= 0).any()):
+        raise ValueError("design_weights must be positive; drop zero-weight households first")
+    return d
+
+
 def _weight_penalties(
     model: SparseCalibrationWeights, opts: FitOptions, target_count: int | None
 ) -> list[tuple[float, WeightPenalty]]:
@@ -181,17 +200,15 @@ def _weight_penalties(
         return []
     from . import regularizers as reg
 
-    if opts.design_weights is not None:
-        d = torch.as_tensor(
-            as_vector(opts.design_weights, "design_weights", model.n_features), device=model.device
-        ).to(model.log_weight.dtype)
-        if bool((d <= 0).any()):
-            raise ValueError("design_weights must be positive; drop zero-weight households first")
-    else:
-        d = model.initial_weights.clamp_min(1e-8)
+    red = reducer_of(model)
+    d = _design_weights(model, opts)
     # Kept households carry the population: measure against design weights inflated
     # by n / target_count (l0_calibrate.regularizers.inflate_design_weights on average).
-    ref = d * (model.n_features / target_count) if target_count else d
+    ref = d * (red.n_total / target_count) if target_count else d
+    if opts.max_weight_ratio is not None:
+        reg.ratio_bounds(opts.max_weight_ratio)  # validates before work starts
+    if red.sharded:
+        return _sharded_penalties(red, ref, opts)
     out: list[tuple[float, WeightPenalty]] = []
     if opts.lambda_distance > 0:
         kind = opts.distance
@@ -200,8 +217,60 @@ def _weight_penalties(
         out.append((opts.lambda_dispersion, lambda w: reg.dispersion_penalty(w, reference=ref)))
     if opts.max_weight_ratio is not None:
         bound = opts.max_weight_ratio
-        reg.ratio_bounds(bound)  # validates before work starts
         out.append((opts.lambda_ratio, lambda w: reg.ratio_bound_penalty(w, ref, bound)))
+    return out
+
+
+def _sharded_penalties(red: Any, ref: Tensor, opts: FitOptions) -> list[tuple[float, WeightPenalty]]:
+    """The weight penalties of a column-sharded fit: local sums, all-reduced, then the same formula.
+
+    Each penalty is a function of a few sums over households (of the kept
+    weights' distances, counts, ``sum x`` and ``sum x^2``); every rank sums
+    its columns, the sums are all-reduced (differentiably: see
+    :func:`l0_calibrate.distributed_reducer.all_reduce_sum`), and every rank
+    evaluates the single-process formula on them, so the value is the same
+    everywhere and the gradient of each rank's weights is the single-process one.
+    """
+    from . import regularizers as reg
+
+    out: list[tuple[float, WeightPenalty]] = []
+    if opts.lambda_distance > 0:
+        kind = opts.distance
+
+        def distance(w: Tensor) -> Tensor:
+            # calibration_distance(w, ref, kind, active_only=True): sum d G(r) / sum d over kept
+            mask = (w != 0).to(w.dtype)
+            total = reg.calibration_distance(w, ref, kind, active_only=True, normalize=False)
+            sums = red.all_reduce_sum(torch.stack([total, (ref * mask).sum()]))
+            return sums[0] / sums[1].clamp_min(torch.finfo(w.dtype).tiny)
+
+        out.append((opts.lambda_distance, distance))
+    if opts.lambda_dispersion > 0:
+
+        def dispersion(w: Tensor) -> Tensor:
+            # dispersion_penalty(w, reference=ref): n sum(x^2) / sum(x)^2 - 1 over non-zero x = w / ref
+            x = w / ref
+            n = (x != 0).sum().to(w.dtype)
+            sums = red.all_reduce_sum(torch.stack([n, x.sum(), (x * x).sum()]))
+            if float(sums[0].item()) < 1 or float(sums[1].detach().abs().item()) == 0.0:
+                return (sums * 0).sum()
+            return sums[0] * sums[2] / (sums[1] * sums[1]) - 1.0
+
+        out.append((opts.lambda_dispersion, dispersion))
+    if opts.max_weight_ratio is not None:
+        lo, hi = reg.ratio_bounds(opts.max_weight_ratio)
+
+        def ratio(w: Tensor) -> Tensor:
+            # ratio_bound_penalty(w, ref, bound): squared hinge, mean over non-zero weights
+            r = w / ref
+            mask = (w != 0).to(w.dtype)
+            over = torch.relu(r - hi) if math.isfinite(hi) else torch.zeros_like(r)
+            under = torch.relu(lo - r)
+            local = torch.stack([((over * over + under * under) * mask).sum(), mask.sum()])
+            sums = red.all_reduce_sum(local)
+            return sums[0] / sums[1].clamp_min(1.0)
+
+        out.append((opts.lambda_ratio, ratio))
     return out
 
 
@@ -478,8 +547,8 @@ class _Fit:
         n_active = int(red.all_reduce_sum((w > 0).sum().reshape(1)).item())
         event: dict[str, Any] = {"epoch": epoch, "phase": phase}
         if parts is not None:
-            # l0/l2 sum this rank's households; the extra term (the controller's, from all-reduced
-            # counts; weight penalties run on one rank only) is already the same on every rank
+            # l0/l2 sum this rank's households; the extra term (the controller's and the weight
+            # penalties, both from all-reduced sums) is already the same on every rank
             local = torch.stack([p.detach().reshape(()).to("cpu", torch.float64) for p in parts[1:3]])
             l0, l2 = red.all_reduce_sum(local.to(estimate.device)).tolist()
             data, extra = float(parts[0]), float(parts[3])
@@ -575,6 +644,9 @@ class _Fit:
         m, pb = self.model, self.problem
         w = m._deterministic_weights()
         support = torch.nonzero(w > 0).flatten().cpu().numpy()
+        if self.red.sharded:
+            self._polish_sharded(support)
+            return
         if support.size == 0:
             return
         design = self.opts.design_weights
@@ -590,14 +662,73 @@ class _Fit:
             target_weights=pb.loss_weights,
         )
         m.polish_result_ = res
-        new_w = torch.as_tensor(res.weights, device=m.device).to(m.log_weight.dtype)
+        self._apply_polish(support, torch.as_tensor(res.weights[support]))
+
+    def _apply_polish(self, support: Any, new_w_support: Tensor) -> None:
+        """Set the weights of the kept households (local indices ``support``) to the polished ones."""
+        m = self.model
+        new_w = new_w_support.to(device=m.device, dtype=m.log_weight.dtype)
         gates = deterministic_gates(m.log_alpha, **m._gate_kw())
-        sup = torch.as_tensor(support, device=m.device)
-        pos = sup[new_w[sup] > 0]
-        m.log_weight[pos] = torch.log(new_w[pos] / gates[pos])
-        dropped = sup[new_w[sup] <= 0]
+        sup = torch.as_tensor(support, device=m.device, dtype=torch.int64)
+        keep = new_w > 0
+        pos = sup[keep]
+        m.log_weight[pos] = torch.log(new_w[keep] / gates[pos])
+        dropped = sup[~keep]
         off = m.beta * math.log(-m.gamma / m.zeta) - 0.5
         m.log_alpha[dropped] = torch.clamp(m.log_alpha[dropped], max=off)
+
+    def _polish_sharded(self, support: Any) -> None:
+        """Polishing over ranks: the kept columns are small, so every rank gathers all of them.
+
+        Each rank sends its kept columns of ``M`` (float64, in global column
+        order), their reference weights and its sum of reference weights;
+        every rank then runs the same deterministic
+        :func:`~l0_calibrate.polish.polish_weights` on the gathered columns,
+        with the single-process reference weights ``q_k = d_k * sum(d) /
+        sum_{kept} d``, and keeps its own part of the solution.
+        """
+        import dataclasses
+
+        import numpy as np
+        import scipy.sparse as sp
+
+        from .polish import polish_weights
+
+        m, pb, red = self.model, self.problem, self.red
+        d = _design_weights(m, self.opts).to("cpu", torch.float64).numpy()
+        t = self.op.csr_t.cpu()  # households x targets
+        rows = sp.csr_matrix(
+            (
+                t.values().numpy().astype(np.float64),
+                t.col_indices().numpy().astype(np.int64),
+                t.crow_indices().numpy().astype(np.int64),
+            ),
+            shape=(self.op.shape[1], self.op.shape[0]),
+        )[support]
+        pieces = red.all_gather_object((rows, d[support], float(d.sum())))
+        sizes = [p[0].shape[0] for p in pieces]
+        if sum(sizes) == 0:
+            return
+        X = sp.vstack([p[0] for p in pieces], format="csr").T.tocsr()
+        kept = np.concatenate([p[1] for p in pieces])
+        q = kept * (float(np.sum([p[2] for p in pieces])) / kept.sum())
+        res = polish_weights(
+            X,
+            pb.targets,
+            np.arange(kept.size),
+            init_weights=q,
+            distance=self.opts.distance,
+            max_weight_ratio=self.opts.max_weight_ratio,
+            target_weights=pb.loss_weights,
+        )
+        rank = red.shard.rank
+        offset = sum(sizes[:rank])
+        mine = res.weights[offset : offset + sizes[rank]]
+        local = np.zeros(m.n_features)
+        local[support] = mine
+        m.polish_result_ = dataclasses.replace(res, weights=local)
+        if support.size:
+            self._apply_polish(support, torch.as_tensor(mine))
 
 
 def _progress_bar(total: int, opts: FitOptions, verbose: bool) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,6 +215,7 @@ def calibrate(
     lambda_distance: float = 0.0,
     lambda_dispersion: float | None = None,
     max_weight_ratio: Any = None,
+    band: float | None = 0.05,
     method: str | None = None,
     beta_schedule: str | Callable | None = None,
     final_beta: float | None = None,
@@ -227,16 +229,20 @@ def calibrate(
     seed: int | None = 0,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    distributed: bool | None = None,
 ) -> CalibrationResult:
     """Calibrate sparse household weights to targets and report how well they match.
 
     Parameters
     ----------
-    estimate_matrix : matrix or pandas.DataFrame
+    estimate_matrix : matrix, pandas.DataFrame or path
         Either ``(n_targets, n_households)`` (scipy.sparse, numpy, torch,
         :class:`l0_core.SparseOperator`) or a DataFrame of households x
         targets (microcalibrate's layout; its columns name the targets and
-        its index the households). Not modified.
+        its index the households). Not modified. Or a path to an ``.npz``,
+        ``.npy``, ``.parquet`` or ``.csv`` file
+        (:func:`l0_calibrate.load_columns`; sharded, each rank reads only its
+        share).
     targets : array-like or pandas.Series
         One value per target (a Series is aligned by name).
     target_count : int or float, optional
@@ -275,6 +281,12 @@ def calibrate(
         Weight regularisation (see ``SparseCalibrationWeights.fit``). None
         means the method's default (``"gates"``: none; ``"select"``: the
         defaults of :func:`l0_calibrate.selection.select_and_polish`).
+    band : float or None, default 0.05
+        ``method="select"`` only: when the kept households cannot match every
+        target exactly, keep each target within this relative band whenever
+        the bounds allow (a linear-programming cover seeds the selection and
+        exchanges repair targets outside the band); None falls back to plain
+        least squares. See :func:`l0_calibrate.selection.select_and_polish`.
     method : {"select", "gates"}, optional
         ``"select"`` (default when ``target_count`` is given and
         :mod:`l0_calibrate.selection` is installed): gate selection with a
@@ -294,6 +306,18 @@ def calibrate(
         Seed of the gates' noise (None: from torch's global generator).
     device, dtype
         Where and in which precision to compute.
+    distributed : bool or None, default None
+        Column sharding over :mod:`torch.distributed`. ``None``: shard
+        exactly when a process group with more than one rank is initialised;
+        ``False``: never (an independent fit on every rank); ``True``: shard,
+        raising without a process group. Sharded, ``estimate_matrix`` is
+        this rank's households (or a path to a file of all of them, of which
+        each rank reads its even share), every rank passes the same
+        ``targets``, ``method`` defaults to ``"gates"`` (``"select"`` needs
+        all households in one process), and the result holds this rank's
+        weights with report and diagnostics over all ranks
+        (:func:`l0_calibrate.distributed_calibrate.calibrate_sharded`;
+        :func:`l0_calibrate.gather_weights` collects the weights on rank 0).
 
     Returns
     -------
@@ -310,7 +334,19 @@ def calibrate(
     >>> bool(res.report["abs_rel_error"].max() < 1e-3)
     True
     """
+    options = dict(locals())  # the arguments, for the sharded path
+    from .distributed_reducer import use_sharding
 
+    if use_sharding(distributed):
+        from .distributed_calibrate import calibrate_sharded
+
+        return calibrate_sharded(**options)
+    if isinstance(estimate_matrix, (str, os.PathLike)):  # a file: read every household
+        from .distributed_io import load_columns, matrix_shape
+        from .distributed_reducer import ColumnShard
+
+        n_file = matrix_shape(estimate_matrix)[1]
+        estimate_matrix = load_columns(estimate_matrix, ColumnShard(n_file, 0, n_file))
     n_households = int(estimate_matrix.shape[0] if is_dataframe(estimate_matrix) else estimate_matrix.shape[1])
     if design_weights is not None:
         init = as_vector(design_weights, "design_weights", n_households, what="one per household")
@@ -340,7 +376,8 @@ def calibrate(
             group_multipliers=group_multipliers, design_weights=init, household_index=household_index,
             epochs=epochs, lr=lr, init_keep_prob=init_keep_prob, polish=polish, distance=distance,
             lambda_distance=lambda_distance, lambda_dispersion=lambda_dispersion,
-            max_weight_ratio=max_weight_ratio, holdout=(holdout_matrix, holdout_totals, holdout_names),
+            max_weight_ratio=max_weight_ratio, band=band,
+            holdout=(holdout_matrix, holdout_totals, holdout_names),
             callbacks=callbacks, seed=seed, device=device, dtype=dtype, log_freq=log_freq,
             n_households=n_households,
         )
@@ -351,6 +388,7 @@ def calibrate(
         seed=seed,
         device=device,
         dtype=dtype,
+        distributed=False,
     )
     problem = prepare_problem(
         estimate_matrix,
@@ -505,6 +543,7 @@ def _calibrate_select(estimate_matrix: Any, targets: Any, **kw: Any) -> Calibrat
         dtype=kw["dtype"],
         device=kw["device"],
         log_every=kw["log_freq"],
+        band=kw["band"],
         **options,
     )
     return _result(

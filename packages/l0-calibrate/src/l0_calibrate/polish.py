@@ -20,10 +20,15 @@ stopping rule ``max_i |estimate_i / t_i - 1| <= tol`` is in relative terms.
 
 When the constraints cannot all hold (more targets than households, a cell
 no kept household belongs to, bounds too tight), the Newton iteration does
-not converge and a fallback minimises the weighted squared *relative*
-errors plus a tiny calibration-distance ridge under the same bounds
-(:func:`scipy.optimize.lsq_linear`), and flags every target still missed by
-more than ``infeasible_tol`` in ``PolishResult.infeasible``.
+not converge and a *penalised* calibration takes over: it minimises the
+weighted squared *relative* errors plus a small calibration-distance ridge
+under the same bounds (the same dual Newton method with a quadratic term,
+by continuation on the ridge). With ``band`` (default 5%) the part of an
+error beyond the band is penalised a million times more steeply, so every
+target stays within ``+-band`` whenever the bounds allow it (the dual term
+becomes a piecewise quadratic, and the steep part is introduced step by
+step). Every target still missed by more than ``infeasible_tol`` is flagged
+in ``PolishResult.infeasible``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 _DENSE_HESSIAN_MAX = 3000
 _STALL_ITERS = 30
+_BAND_OUTER = 1e-6
 
 
 @dataclass
@@ -65,7 +71,7 @@ class PolishResult:
     infeasible : numpy.ndarray of bool
         Targets missed by more than ``infeasible_tol`` after polishing.
     method : str
-        ``"newton"`` (exact dual solve) or ``"least_squares"`` (fallback).
+        ``"newton"`` (exact dual solve) or ``"penalised"`` (fallback).
     n_iter : int
         Newton iterations used.
     multipliers : numpy.ndarray
@@ -222,6 +228,7 @@ def polish_weights(
     tol: float = 1e-9,
     infeasible_tol: float = 1e-6,
     ridge: float = 1e-4,
+    band: float | None = 0.05,
 ) -> PolishResult:
     """Re-solve the weights of the households in ``support`` so the targets hold exactly.
 
@@ -259,6 +266,16 @@ def polish_weights(
         Weight of the calibration-distance term (mean distance per unit of
         reference weight) against the sum of weighted squared relative
         errors in the fallback; smaller fits the targets more closely.
+    band : float or None, default 0.05
+        Fallback only: the part of a relative error beyond ``band`` is
+        penalised a million times more steeply than the error inside it, so
+        that when no exact solution exists the fallback still keeps *every*
+        target within ``+-band`` whenever the bounds allow it, and otherwise
+        the excesses are as small as possible (the squared relative errors
+        are minimised inside the band). ``None``: plain weighted squared
+        relative errors (which may leave a few targets far off to fit the
+        rest more closely). A zero target's band is relative to its row's
+        size at the reference weights.
 
     Returns
     -------
@@ -305,6 +322,15 @@ def polish_weights(
     for name, val in (("tol", tol), ("infeasible_tol", infeasible_tol), ("ridge", ridge)):
         if not (isinstance(val, (int, float)) and math.isfinite(val) and val > 0):
             raise ValueError(f"{name} must be a positive number, got {val!r}")
+    if band is not None and not (
+        isinstance(band, (int, float))
+        and not isinstance(band, bool)
+        and math.isfinite(band)
+        and band > 0
+    ):
+        raise ValueError(
+            f"band must be a positive relative error (e.g. 0.05 for 5%) or None, got {band!r}"
+        )
 
     X = X_full[:, sup].tocsr()
     # Row scale: |t_i|, or for a zero target the row's size at the reference weights.
@@ -326,7 +352,10 @@ def polish_weights(
         logger.info(
             "polish: exact calibration not reached in %d iterations; penalised fallback", n_iter
         )
-        lam, r, extra = _penalised(Xs, ts, q, v[active], kind, lo, hi, ridge, max_iter, tol)
+        band_s = None if band is None else np.full(ts.size, float(band))
+        lam, r, extra = _penalised(
+            Xs, ts, q, v[active], kind, lo, hi, ridge, max_iter, tol, band=band_s
+        )
         n_iter += extra
         method = "penalised"
     w_sup = q * r
@@ -361,34 +390,42 @@ def _newton(
     tol: float,
     rho: np.ndarray | None = None,
     lam0: np.ndarray | None = None,
+    band: np.ndarray | None = None,
+    outer: float = 1e-6,
 ) -> tuple[np.ndarray, np.ndarray, int, bool]:
-    """Damped Newton on the dual ``phi(lam) = sum q G*(Xs' lam) - lam' ts + sum rho lam^2 / 2``.
+    """Damped Newton on the dual ``phi(lam) = sum q G*(Xs' lam) - lam' ts + sum H(lam_i)``.
 
-    ``rho = None`` is exact calibration; a positive ``rho`` is the dual of
-    penalised calibration ``sum q G(r) + sum (Xs w - ts)^2 / (2 rho)``,
-    which always has a solution.
+    ``rho = None`` is exact calibration (``H = 0``); a positive ``rho`` is
+    the dual of penalised calibration
+    ``sum q G(r) + sum_i h_i(e_i)``, ``e = Xs w - ts``, which always has a
+    solution: ``h_i(e) = e^2 / (2 rho_i)`` (``H = rho lam^2 / 2``), or with
+    a ``band`` ``h_i(e) = e^2 / (2 rho_i) + (|e| - band_i)_+^2 / (2 outer rho_i)``,
+    a steep extra penalty on the part of an error beyond the band (``H`` is
+    then a piecewise quadratic, C1, see :func:`_band_penalty`).
     """
     m = Xs.shape[0]
     lam = np.zeros(m) if lam0 is None else lam0.copy()
     XsT = Xs.T.tocsr()
     pen = np.zeros(m) if rho is None else rho
 
+    def penalty(lam_: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        if band is None or rho is None:
+            return 0.5 * float(np.dot(pen, lam_ * lam_)), pen * lam_, pen
+        return _band_penalty(lam_, pen, band, outer)
+
     def evaluate(lam_: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         with np.errstate(over="ignore", invalid="ignore"):
             u = XsT @ lam_
             r_, dr_ = _ratio(u, kind, lo, hi)
-            phi = float(
-                np.dot(q, _conjugate(u, r_, kind))
-                - np.dot(lam_, ts)
-                + 0.5 * np.dot(pen, lam_ * lam_)
-            )
+            phi = float(np.dot(q, _conjugate(u, r_, kind)) - np.dot(lam_, ts) + penalty(lam_)[0])
         return (phi if math.isfinite(phi) else math.inf), r_, dr_
 
     phi, r, dr = evaluate(lam)
     mu = 1e-10
     best, best_it = math.inf, 0
     for it in range(max_iter + 1):
-        g = Xs @ (q * r) - ts + pen * lam
+        _, pen_grad, pen_hess = penalty(lam)
+        g = Xs @ (q * r) - ts + pen_grad
         gmax = float(np.max(np.abs(g))) if m else 0.0
         # Penalised: lam grows like residual / rho and round-off with it.
         tol_eff = tol if rho is None else tol + 1e-14 * float(np.max(np.abs(lam), initial=0.0))
@@ -404,11 +441,11 @@ def _newton(
         if m <= _DENSE_HESSIAN_MAX:
             XD = Xs.multiply(D).tocsr()
             H = np.asarray((XD @ XsT).todense())
-            H[np.diag_indices(m)] += pen
+            H[np.diag_indices(m)] += pen_hess
             shift = mu * max(float(np.max(np.diag(H))), 1e-300)
             step = _solve_psd(H, -g, shift)
         else:
-            step = _cg_step(Xs, XsT, D, pen, g, mu)
+            step = _cg_step(Xs, XsT, D, pen_hess, g, mu)
         slope = float(np.dot(g, step))
         if not np.isfinite(slope) or slope >= 0:  # not a descent direction: use the gradient
             step, slope = -g, -float(np.dot(g, g))
@@ -421,7 +458,7 @@ def _newton(
             # optimum) a clear decrease of the gradient.
             armijo = phi_c <= phi + 1e-4 * alpha * slope
             if not armijo and math.isfinite(phi_c) and phi_c <= phi + 1e-12 * (1.0 + abs(phi)):
-                g_c = Xs @ (q * r_c) - ts + pen * cand
+                g_c = Xs @ (q * r_c) - ts + penalty(cand)[1]
                 armijo = np.max(np.abs(g_c)) < 0.5 * np.max(np.abs(g))
             if armijo:
                 lam, phi, r, dr = cand, phi_c, r_c, dr_c
@@ -434,9 +471,34 @@ def _newton(
             mu *= 100.0
         else:
             mu = max(mu / 10.0, 1e-12)
-        if not np.all(np.isfinite(lam)) or np.max(np.abs(lam)) > 1e12:
+        # Exact mode: multipliers running off mean the constraints cannot hold.
+        if not np.all(np.isfinite(lam)) or (rho is None and np.max(np.abs(lam)) > 1e12):
             return lam, r, it + 1, False
     return lam, r, max_iter, False
+
+
+def _band_penalty(
+    lam: np.ndarray, rho: np.ndarray, band: np.ndarray, outer: float
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Conjugate ``H`` of ``h(e) = e^2 / (2 rho) + (|e| - band)_+^2 / (2 sigma)``, ``sigma = outer rho``.
+
+    ``H'(lam)`` is the error ``e`` at which ``h'(e) = lam``: ``rho lam`` up to
+    the knot ``|lam| = band / rho``, then ``band + rho' (|lam| - knot)`` with
+    the flat slope ``rho' = rho sigma / (rho + sigma)``. Returns the value,
+    the gradient and the (diagonal) second derivative.
+    """
+    sigma = outer * rho
+    flat = rho * sigma / (rho + sigma)
+    knot = band / rho
+    a = np.abs(lam)
+    beyond = np.maximum(a - knot, 0.0)
+    inside = a <= knot
+    val = np.where(
+        inside, 0.5 * rho * a * a, 0.5 * rho * knot * knot + band * beyond + 0.5 * flat * beyond**2
+    )
+    grad = np.sign(lam) * np.where(inside, rho * a, band + flat * beyond)
+    hess = np.where(inside, rho, flat)
+    return float(val.sum()), grad, hess
 
 
 def _independent_rows(Xs: Any, q: np.ndarray) -> np.ndarray:
@@ -499,14 +561,19 @@ def _penalised(
     ridge: float,
     max_iter: int,
     tol: float,
+    band: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Penalised calibration by continuation: ``rho`` from 1e-1 down to ``ridge``, warm-started.
 
     Minimises ``ridge * sum q G(w/q) / sum q + sum v_i e_i^2 / 2`` (``e`` the
     relative errors) under the bounds; targets with ``v_i = 0`` are ignored.
+    With ``band`` (per target, in the same scaled units as ``e``) the part
+    of an error beyond ``band_i`` costs ``1 / _BAND_OUTER`` times more, so
+    every target is kept within its band whenever the bounds allow it.
     """
     keep = v > 0
     Xk, tk, vk = Xs[keep], ts[keep], v[keep]
+    bk = None if band is None else band[keep]
     total_q = float(q.sum())
     lam = np.zeros(int(keep.sum()))
     levels = []
@@ -523,6 +590,22 @@ def _penalised(
         iters += it
         if np.all(np.isfinite(r_new)):
             lam, r = lam_new, r_new
+    if bk is not None:
+        # Steepen the penalty beyond the band step by step from the plain
+        # solution; a step whose Newton solve fails (very ill-conditioned
+        # when the band cannot hold) is not taken, nor any steeper one.
+        e = np.asarray(Xk @ (q * r)).ravel() - tk
+        if np.any(np.abs(e) > bk):
+            outer = 1e-1
+            while outer >= _BAND_OUTER * 0.999:
+                lam_new, r_new, it, ok = _newton(
+                    Xk, tk, q, kind, lo, hi, max_iter, tol, rho=rho, lam0=lam, band=bk, outer=outer
+                )
+                iters += it
+                if not (ok and np.all(np.isfinite(r_new))):
+                    break
+                lam, r = lam_new, r_new
+                outer /= 10.0
     full = np.zeros(ts.size)
     full[keep] = lam
     return full, r, iters

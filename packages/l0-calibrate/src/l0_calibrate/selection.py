@@ -27,8 +27,20 @@
    see ``balance_metric``).
 4. **Polish.** :func:`l0_calibrate.polish.polish_weights` re-solves their
    weights by bounded calibration so the targets hold exactly where that is
-   feasible, and as closely as possible (penalised least squares on the
-   relative errors) where not.
+   feasible, and as closely as possible where not (penalised least squares
+   on the relative errors, with a steep penalty beyond ``band``, 5% by
+   default, so that every target stays within the band when it can).
+5. **Cover seed** (only when that polish is not exact, typically many
+   targets per kept household): a linear programme over *all* households
+   (every target exact, or if that needs more than ``target_count``
+   households within the band; weights within the upper bound) has a
+   sparse basic solution; its households are kept, the gates fill the
+   remaining places, the refinement and the polish run again, and the
+   seeded support is used if it leaves fewer targets outside the band (or
+   as many with a smaller mean error).
+6. **Repair.** While a target is outside the band, exchange a household of
+   its cell (or into its cell) for the best one elsewhere, re-polish, and
+   keep the exchange if the excess beyond the band shrinks.
 
 Optional hierarchical consistency (:mod:`l0_calibrate.hierarchy`): targets
 are reconciled top-down before fitting, so that lower-level targets add up
@@ -151,6 +163,7 @@ def _swap_refine(
     support: np.ndarray,
     max_swaps: int,
     n_candidates: int = 16,
+    locked: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Exchange kept and dropped households while the equal-adjustment fit improves.
 
@@ -161,13 +174,16 @@ def _swap_refine(
     every single removal and addition with one ``X.T @ r`` product, then
     evaluates the ``n_candidates^2`` best pairs exactly and applies the best
     improving swap; a cell no kept household covers has error -1, so such
-    swaps also fill empty cells.
+    swaps also fill empty cells. Households in ``locked`` are never removed.
     """
     Xc = X.tocsc()
     n = X.shape[1]
     col_sq = np.asarray(Xc.multiply(Xc).sum(axis=0)).ravel()
     mask = np.zeros(n, dtype=bool)
     mask[support] = True
+    locked_mask = np.zeros(n, dtype=bool)
+    if locked is not None:
+        locked_mask[locked] = True
     c = d.sum() / d[mask].sum()
     r = np.asarray(X @ np.where(mask, c * d, 0.0)).ravel() - ts
     swaps = 0
@@ -176,7 +192,7 @@ def _swap_refine(
         cd = c * d
         out = -2.0 * cd * g + cd * cd * col_sq
         inn = 2.0 * cd * g + cd * cd * col_sq
-        kept = np.flatnonzero(mask)
+        kept = np.flatnonzero(mask if locked is None else mask & ~locked_mask)
         free = np.flatnonzero(~mask)
         if kept.size == 0 or free.size == 0:
             break
@@ -196,6 +212,130 @@ def _swap_refine(
         r += np.asarray(Xc[:, [j]] @ [cd[j]]).ravel() - np.asarray(Xc[:, [k]] @ [cd[k]]).ravel()
         swaps += 1
     return np.flatnonzero(mask), swaps
+
+
+def _cover_seed(
+    X: Any, ts: np.ndarray, d: np.ndarray, count: int, band: float, hi: float
+) -> np.ndarray:
+    """Households of a sparse basic solution that keeps every target within ``band``.
+
+    Solves the linear programme ``minimise sum_k c_k w_k / q_k`` subject to
+    ``ts - band <= X w <= ts + band`` (``X`` row-scaled so the band is in
+    relative terms) and ``0 <= w_k <= hi q_k`` over *all* households, with
+    ``q_k = d_k sum(d) / (count mean(d))`` the weight a kept household would
+    carry, by the HiGHS dual simplex; then once more with
+    ``c_k = 1 / (w_k + q_k / 10)`` (a reweighted-L1 step towards fewer
+    households). A basic solution has at most as many non-zeros as tight
+    constraints, typically far fewer than the targets when the band leaves
+    slack. Its households cover every cell with about the right weight, so
+    a support that contains them can keep every target within the band.
+    ``band = 0`` asks for an exact solution. Returns the sorted indices (at
+    most ``count``: the largest weights; for ``band = 0`` none if the basic
+    solution needs more than ``count``), or an empty array when the band
+    cannot hold even with every household.
+    """
+    import scipy.sparse as sp
+    from scipy.optimize import linprog
+
+    n = X.shape[1]
+    q = d * d.sum() / (count * d.mean())
+    A = sp.vstack([X, -X]).tocsr()
+    b = np.concatenate([ts + band, -(ts - band)])
+    bounds = np.column_stack([np.zeros(n), hi * q if math.isfinite(hi) else np.full(n, np.inf)])
+    cost = 1.0 / q
+    w = None
+    for _ in range(2):
+        res = linprog(cost, A_ub=A, b_ub=b, bounds=bounds, method="highs-ds")
+        if res.status != 0:
+            if w is None:
+                logger.info(
+                    "select: no weights keep every target within %g (%s)", band, res.message
+                )
+                return np.zeros(0, dtype=np.int64)
+            break
+        w = res.x
+        cost = 1.0 / (w + 0.1 * q)
+    assert w is not None
+    nz = np.flatnonzero(w > 1e-9 * q)
+    if nz.size > count:
+        nz = nz[np.argsort(-w[nz] / q[nz], kind="stable")[:count]]
+        return np.sort(nz) if band > 0 else np.zeros(0, dtype=np.int64)
+    return np.sort(nz)
+
+
+def _repair(
+    M: Any,
+    t: np.ndarray,
+    support: np.ndarray,
+    polish_fn: Any,
+    result: PolishResult,
+    band: float,
+    d: np.ndarray,
+    max_moves: int,
+) -> tuple[np.ndarray, PolishResult, int]:
+    """Exchange households until every target is within ``band`` after polishing (or no move helps).
+
+    Each move looks at the target furthest outside the band. If it is
+    over-estimated, a kept household of its cell leaves (the one whose
+    removal most reduces the squared relative errors elsewhere) and the
+    best household outside the cell joins; if under-estimated, the best
+    household of its cell joins and the best kept household outside it
+    leaves. "Best" is the first-order change of the sum of squared relative
+    errors at the reference weight. The exchange is kept only if the
+    polished total excess ``sum (|e| - band)_+`` shrinks; a target whose
+    move was refused is not tried again.
+    """
+    A = M.tocsc()
+    with np.errstate(divide="ignore"):
+        inv = np.where(np.abs(t) > 0, 1.0 / np.where(np.abs(t) > 0, np.abs(t), 1.0), 0.0)
+    A = (A.T.multiply(inv)).T.tocsc()
+    AT = A.T.tocsr()
+    rows = A.tocsr()
+    col_sq = np.asarray(A.multiply(A).sum(axis=0)).ravel()
+    n = A.shape[1]
+
+    def excess(res: PolishResult) -> float:
+        e = np.abs(np.nan_to_num(res.rel_error, posinf=1e6, neginf=1e6))
+        return float(np.maximum(e - band, 0.0).sum())
+
+    tried: set[int] = set()
+    moves = 0
+    current = excess(result)
+    for _ in range(max_moves):
+        e = np.nan_to_num(result.rel_error, posinf=1e6, neginf=-1e6)
+        gap = np.abs(e) - band
+        gap[list(tried)] = -np.inf
+        i = int(np.argmax(gap))
+        if gap[i] <= 1e-9:
+            break
+        tried.add(i)
+        mask = np.zeros(n, dtype=bool)
+        mask[support] = True
+        q = d * d.sum() / d[mask].sum()
+        g = np.asarray(AT @ e).ravel()  # sum_j a_jk e_j
+        add_score = 2.0 * q * g + q * q * col_sq  # change of sum e^2 when k joins
+        w = result.weights
+        drop_score = -2.0 * w * g + w * w * col_sq  # ... when kept k leaves
+        in_cell = np.zeros(n, dtype=bool)
+        in_cell[rows.indices[rows.indptr[i] : rows.indptr[i + 1]]] = True
+        if e[i] > 0:
+            leave_pool = np.flatnonzero(mask & in_cell)
+            join_pool = np.flatnonzero(~mask & ~in_cell)
+        else:
+            leave_pool = np.flatnonzero(mask & ~in_cell)
+            join_pool = np.flatnonzero(~mask & in_cell)
+        if leave_pool.size == 0 or join_pool.size == 0:
+            continue
+        k = leave_pool[np.argmin(drop_score[leave_pool])]
+        j = join_pool[np.argmin(add_score[join_pool])]
+        cand = np.sort(np.append(support[support != k], j))
+        res = polish_fn(cand)
+        new = excess(res)
+        if new < current - 1e-12:
+            support, result, current = cand, res, new
+            moves += 1
+            tried.discard(i)
+    return support, result, moves
 
 
 def _check_positive(name: str, value: float, allow_zero: bool = False) -> float:
@@ -230,6 +370,9 @@ def select_and_polish(
     device: torch.device | str | None = None,
     refine_swaps: int | None = None,
     balance_metric: str = "auto",
+    band: float | None = 0.05,
+    cover: bool | None = None,
+    repair_moves: int = 40,
     log_every: int = 100,
 ) -> SelectionResult:
     """Choose ``target_count`` households by L0 gate training, then polish their weights.
@@ -286,6 +429,30 @@ def select_and_polish(
         ``"whitened"`` when ``target_count >= 10 * n_targets`` (an exact
         polish is then usually feasible) and the dense rotated matrix is
         small enough, else ``"relative"`` (which keeps small cells covered).
+    band : float or None, default 0.05
+        Relative error every target should stay within when no exact
+        solution exists on the kept households: passed to
+        :func:`l0_calibrate.polish.polish_weights` (its fallback keeps every
+        target within the band whenever the bounds allow it), used by the
+        cover seed and by the repair exchanges. ``None`` turns all three off
+        (plain least-squares fallback).
+    cover : bool or None, default None
+        Seed the support with the households of a sparse basic solution of
+        the linear programme "every target within ``band``, ``0 <= w <=
+        hi q``" over all households (scipy's HiGHS), so that every cell is
+        covered by households that can carry it; they are kept through the
+        refinement and the remaining ``target_count`` places are filled by
+        the gates. The programme is first solved exactly (no band); that
+        seed is used if it needs at most ``target_count`` households, else
+        the band one. ``None`` (automatic): polish the gate selection first
+        and seed only if that polish is not exact (typically many targets
+        per kept household, where small cells end up empty or overfull),
+        keeping the seeded support if it leaves fewer targets outside the
+        band, or as many with a smaller mean relative error.
+    repair_moves : int, default 40
+        Most tries of a household exchange after the polish, each aimed at
+        the target furthest outside ``band`` and kept only if the polished
+        excess beyond the band shrinks (one polish per try). 0 turns it off.
     log_every : int, default 100
         Epochs between ``logging`` records and history rows.
 
@@ -338,6 +505,19 @@ def select_and_polish(
         raise ValueError(
             f"balance_metric must be 'auto', 'whitened' or 'relative', got {balance_metric!r}"
         )
+    if band is not None and not (
+        isinstance(band, (int, float))
+        and not isinstance(band, bool)
+        and math.isfinite(band)
+        and band > 0
+    ):
+        raise ValueError(
+            f"band must be a positive relative error (e.g. 0.05) or None, got {band!r}"
+        )
+    if cover is not None and not isinstance(cover, bool):
+        raise ValueError(f"cover must be True, False or None (automatic), got {cover!r}")
+    if isinstance(repair_moves, bool) or not isinstance(repair_moves, int) or repair_moves < 0:
+        raise ValueError(f"repair_moves must be a non-negative integer, got {repair_moves!r}")
     if refine_swaps is None:
         refine_swaps = 2 * count
     if isinstance(refine_swaps, bool) or not isinstance(refine_swaps, int) or refine_swaps < 0:
@@ -419,44 +599,107 @@ def select_and_polish(
             )
 
     with torch.no_grad():
-        order = torch.argsort(gate.log_alpha.detach(), descending=True, stable=True)
-        support = np.sort(order[:count].cpu().numpy())
-    n_swaps = 0
-    if refine_swaps > 0:
+        order = torch.argsort(gate.log_alpha.detach(), descending=True, stable=True).cpu().numpy()
+    X_np = None
+    if refine_swaps > 0 or (band is not None and (polish or cover)):
         from .polish import as_scipy_csr
 
         X_np = as_scipy_csr(M if not isinstance(M, torch.Tensor) else op, "M")
-        sc = scale.double().cpu().numpy()
-        row_w = np.sqrt(v_np / v_np.sum()) / sc
-        X_scaled = (X_np.T.multiply(row_w)).T.tocsr()
-        t_scaled = row_w * t_np
-        metric = balance_metric
-        if metric == "auto":
-            small = n_targets * n_cols <= _WHITEN_MAX_ENTRIES
-            metric = "whitened" if small and count >= 10 * n_targets else "relative"
+    sc = scale.double().cpu().numpy()
+    metric = balance_metric
+    if metric == "auto":
+        small = n_targets * n_cols <= _WHITEN_MAX_ENTRIES
+        metric = "whitened" if small and count >= 10 * n_targets else "relative"
+    row_w = np.sqrt(v_np / v_np.sum()) / sc
+    refine_X: Any = None
+    refine_t = row_w * t_np
+    if refine_swaps > 0 and X_np is not None:
+        refine_X = (X_np.T.multiply(row_w)).T.tocsr()
         if metric == "whitened":
-            X_scaled, t_scaled = _whiten(X_scaled, t_scaled, d_np)
-        support, n_swaps = _swap_refine(X_scaled, t_scaled, d_np, support, refine_swaps)
-        logger.info("select: %d swaps refined the support (%s metric)", n_swaps, metric)
-    with torch.no_grad():
-        sup_t = torch.as_tensor(support, device=dev)
-        d_sup = d[sup_t]
-        fit_w = (d_sup * torch.exp(theta.detach()[sup_t])).double().cpu().numpy()
-        fit_w *= d_np.sum() / fit_w.sum()
-    init = np.zeros(n_cols)
-    init[support] = fit_w
-    result: PolishResult | None = None
-    weights = init.copy()
-    if polish:
-        result = polish_weights(
-            M if not isinstance(M, torch.Tensor) else op,
+            refine_X, refine_t = _whiten(refine_X, refine_t, d_np)
+
+    def build(seed_set: np.ndarray) -> np.ndarray:
+        """The seed households, the best-ranked gates up to ``count``, then the refinement."""
+        if seed_set.size:
+            is_seed = np.zeros(n_cols, dtype=bool)
+            is_seed[seed_set] = True
+            rest = order[~is_seed[order]][: count - seed_set.size]
+            sup = np.sort(np.concatenate([seed_set, rest]))
+        else:
+            sup = np.sort(order[:count])
+        if refine_X is not None:
+            sup, n_swaps = _swap_refine(
+                refine_X,
+                refine_t,
+                d_np,
+                sup,
+                refine_swaps,
+                locked=seed_set if seed_set.size else None,
+            )
+            logger.info("select: %d swaps refined the support (%s metric)", n_swaps, metric)
+        return sup
+
+    def seed() -> np.ndarray:
+        """An exact basic solution if it fits in ``count`` households, else a band-feasible one."""
+        assert X_np is not None and band is not None
+        X_rel = (X_np.T.multiply(1.0 / sc)).T.tocsr()
+        hi = ratio_bounds(max_weight_ratio)[1]
+        for b in (0.0, float(band)):
+            found = _cover_seed(X_rel, t_np / sc, d_np, count, b, hi)
+            if found.size:
+                logger.info("select: a basic solution within %g seeds %d households", b, found.size)
+                return found
+        return found
+
+    def quality(res: PolishResult) -> tuple[int, float]:
+        err = np.abs(np.nan_to_num(res.rel_error, posinf=1e6, neginf=1e6))
+        return outside(res), float(err.mean()) if err.size else 0.0
+
+    def polish_on(sup: np.ndarray) -> PolishResult:
+        return polish_weights(
+            X_np if X_np is not None else (M if not isinstance(M, torch.Tensor) else op),
             t_np,
-            support,
+            sup,
             design_weights=d_np,
             distance=kind,
             max_weight_ratio=max_weight_ratio,
             target_weights=v_np,
+            band=band,
         )
+
+    def outside(res: PolishResult) -> int:
+        return int(np.sum(~(np.abs(res.rel_error) <= band))) if band is not None else 0
+
+    seeded = bool(cover) and band is not None
+    support = build(seed() if seeded else np.zeros(0, dtype=np.int64))
+    result: PolishResult | None = None
+    if polish:
+        result = polish_on(support)
+        if cover is None and band is not None and not result.converged:
+            # Not exact: rebuild around a basic solution (exact if it fits in
+            # ``count`` households, else within the band) and keep whichever
+            # support leaves fewer targets outside the band (then: the
+            # smaller mean error).
+            logger.info("select: polish not exact (%d outside the band); seeding", outside(result))
+            seed_set = seed()
+            if seed_set.size:
+                candidate = build(seed_set)
+                cand_res = polish_on(candidate)
+                if quality(cand_res) < quality(result):
+                    support, result = candidate, cand_res
+        if band is not None and repair_moves > 0 and not result.converged and outside(result) > 0:
+            assert X_np is not None
+            support, result, n_moves = _repair(
+                X_np, t_np, support, polish_on, result, float(band), d_np, repair_moves
+            )
+            logger.info("select: %d exchanges brought targets into the band", n_moves)
+    with torch.no_grad():
+        sup_t = torch.as_tensor(support, device=dev)
+        fit_w = (d[sup_t] * torch.exp(theta.detach()[sup_t])).double().cpu().numpy()
+        fit_w *= d_np.sum() / fit_w.sum()
+    weights = np.zeros(n_cols)
+    weights[support] = fit_w
+    if result is not None:
         weights = result.weights
     return SelectionResult(
         weights=weights,

@@ -11,6 +11,7 @@ or additions) are listed in the package README.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -79,6 +80,18 @@ class SparseCalibrationWeights(nn.Module):
         ``torch.manual_seed`` still makes runs repeatable.
     dtype : torch.dtype, default torch.float32
         Parameter and matrix dtype (keyword only; float64 for exactness).
+    distributed : bool or None, default None
+        Column sharding over :mod:`torch.distributed` (keyword only).
+        ``None``: shard exactly when a process group with more than one rank
+        is initialised; ``False``: never (each rank fits on its own, e.g. a
+        DDP job with the full matrix on every rank); ``True``: shard, and
+        raise when no process group is initialised. When sharded,
+        ``n_features`` is the number of household columns *this rank* holds,
+        the layout is every rank's count in rank order, and the object is a
+        :class:`~l0_calibrate.ShardedCalibrationWeights` (``fit``,
+        ``forward``, ``predict`` and ``get_sparsity`` become collective; see
+        there and ``docs/distributed.md``). With the same ``seed`` the
+        sharded fit gives the single-process weights.
 
     Attributes
     ----------
@@ -98,6 +111,17 @@ class SparseCalibrationWeights(nn.Module):
     >>> _ = model.fit(M, np.array([6.0, 9.0]), lambda_l0=0.001, lr=0.05, epochs=400, loss_type="relative")
     >>> bool(np.allclose(model.predict(M).numpy(), [6.0, 9.0], rtol=0.1))
     True
+
+    Inside ``torchrun`` (a process group of several ranks) the same code
+    shards: each rank passes its own columns and gets its own weights back.
+
+    >>> import torch.distributed as dist  # doctest: +SKIP
+    >>> dist.init_process_group("gloo")  # doctest: +SKIP
+    >>> M_local = M[:, [0, 1]] if dist.get_rank() == 0 else M[:, [2, 3]]  # doctest: +SKIP
+    >>> model = SparseCalibrationWeights(2, init_keep_prob=0.9, seed=0)  # doctest: +SKIP
+    >>> _ = model.fit(M_local, [6.0, 9.0], lambda_l0=0.001, lr=0.05, epochs=400)  # doctest: +SKIP
+    >>> from l0_calibrate import gather_weights  # doctest: +SKIP
+    >>> weights = gather_weights(model)  # all 4 weights on rank 0, None elsewhere  # doctest: +SKIP
     """
 
     #: Bound on ``log_alpha`` before scaling by ``beta`` (as in l0-python 0.6.2).
@@ -105,6 +129,21 @@ class SparseCalibrationWeights(nn.Module):
 
     log_weight: nn.Parameter
     log_alpha: nn.Parameter
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SparseCalibrationWeights:
+        # Inside a process group of several ranks (distributed=None) or with distributed=True,
+        # SparseCalibrationWeights(n_local, ...) is this rank's block of a column-sharded model.
+        # Unpickling and copying call __new__ without arguments: those stay plain.
+        if cls is SparseCalibrationWeights and (args or "n_features" in kwargs):
+            from .distributed_reducer import use_sharding
+
+            if use_sharding(kwargs.get("distributed")):
+                from .distributed import ShardedCalibrationWeights
+
+                obj = super().__new__(ShardedCalibrationWeights)
+                obj.__dict__["_l0_local_count"] = True
+                return obj
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -121,8 +160,16 @@ class SparseCalibrationWeights(nn.Module):
         seed: int | None = None,
         *,
         dtype: torch.dtype = torch.float32,
+        distributed: bool | None = None,
     ) -> None:
         super().__init__()
+        if distributed is not None and not isinstance(distributed, (bool, np.bool_)):
+            raise TypeError(f"distributed must be True, False or None, got {type(distributed).__name__}")
+        if distributed:
+            raise ValueError(
+                f"distributed=True is not available for the subclass {type(self).__name__}; build "
+                "SparseCalibrationWeights or ShardedCalibrationWeights for a sharded model"
+            )
         n_features = check_positive_int(n_features, "n_features")
         beta = check_nonneg_float(beta, "beta", positive=True)
         if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma < 0):
@@ -376,11 +423,13 @@ class SparseCalibrationWeights(nn.Module):
 
         Parameters
         ----------
-        M : matrix
+        M : matrix or path
             ``(n_targets, n_features)``: scipy.sparse (any format), torch
             sparse or dense, numpy, an :class:`l0_core.SparseOperator`, or a
             pandas DataFrame of households x targets (microcalibrate's layout).
-            Not modified.
+            Not modified. Or a path to an ``.npz`` / ``.npy`` / ``.parquet`` /
+            ``.csv`` file (:func:`l0_calibrate.load_columns`); a sharded model
+            reads only its own columns of the file, which holds all of them.
         y : array-like or pandas.Series
             Targets, one per row of ``M`` (a Series is aligned by name to a
             DataFrame's columns).
@@ -466,7 +515,9 @@ class SparseCalibrationWeights(nn.Module):
         polish : bool, default False
             Re-solve the kept households' weights exactly on the targets at
             the end (:func:`l0_calibrate.polish.polish_weights`) instead of
-            the Adam re-fit.
+            the Adam re-fit. Sharded, the kept columns are gathered to every
+            rank, the same solve runs on each, and ``polish_result_.weights``
+            holds this rank's columns.
         num_threads : int, optional
             CPU threads for this fit (restored afterwards). Default: one thread
             when non-zeros plus households are under two million (threading
@@ -487,6 +538,11 @@ class SparseCalibrationWeights(nn.Module):
         """
         from .fitting import run_fit
 
+        if isinstance(M, (str, os.PathLike)):
+            from .distributed_io import load_columns
+            from .distributed_reducer import ColumnShard
+
+            M = load_columns(M, ColumnShard(self.n_features, 0, self.n_features))
         return run_fit(
             self,
             M,

@@ -1,10 +1,11 @@
 """l0-nn: neural-network layers with L0 gates that learn which neurons and channels they need.
 
 Gated layers (:class:`L0Linear`, :class:`L0Conv2d`, :class:`L0DepthwiseConv2d`,
-the ready :class:`SparseMLP`) train with l0-core's penalties, temperature
+:class:`L0Conv1d`, the ready :class:`SparseMLP`) train with l0-core's penalties, temperature
 schedules and target-sparsity controller; :func:`prune_model` zeroes what the
 gates removed and :func:`export_pruned` returns a plain, physically smaller
-``nn.Sequential``. :class:`SparseL0Linear` is L0 regression on sparse inputs.
+``nn.Sequential`` (a ``torch.fx.GraphModule`` for residual networks).
+:class:`SparseL0Linear` is L0 regression on sparse inputs.
 
 Examples
 --------
@@ -17,6 +18,7 @@ Examples
 
 from .base import L0Layer
 from .conv import L0Conv2d, L0DepthwiseConv2d
+from .conv1d import L0Conv1d
 from .export import ExportReport, IndexSelect, LayerCost, export_pruned
 from .linear import L0Linear
 from .mlp import SparseMLP
@@ -29,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ExportReport",
     "IndexSelect",
+    "L0Conv1d",
     "L0Conv2d",
     "L0DepthwiseConv2d",
     "L0Layer",

@@ -69,6 +69,21 @@ def check_pair(name: str, value: Any, minimum: int) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+def check_single(name: str, value: Any, minimum: int) -> tuple[int]:
+    """Normalise an ``int`` or a 1-tuple of an int (``>= minimum``) to a 1-tuple."""
+    one = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    ok = (
+        isinstance(one, (tuple, list))
+        and len(one) == 1
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in one)
+    )
+    if not ok:
+        raise ValueError(
+            f"{name} must be an int >= {minimum} or a 1-tuple of one, got {value!r}; e.g. {name}=3"
+        )
+    return (int(one[0]),)
+
+
 def check_factory(
     device: torch.device | str | None,
     dtype: torch.dtype | None,

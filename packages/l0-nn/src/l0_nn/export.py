@@ -16,6 +16,10 @@ Then every layer is rebuilt with only the rows and columns that remain;
 constants are folded into the next linear layer's bias. Modules that are not
 channel-wise (softmax, layer norm, custom modules) are copied unchanged and
 keep every channel around them, so the export is always exact.
+
+Models that are not a chain (gated layers inside a custom ``forward``:
+residual blocks, concatenations) are traced with torch.fx and handled node by
+node in ``_graph_export``, with the same passes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import copy
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from l0_core import is_gate, is_gated_layer
@@ -31,11 +36,14 @@ from torch import Tensor, nn
 
 from .base import L0Layer
 from .conv import L0Conv2d
+from .conv1d import L0Conv1d
 from .linear import L0Linear
 
 __all__ = ["ExportReport", "IndexSelect", "LayerCost", "export_pruned"]
 
 logger = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=nn.Module)
 
 _ELEMENTWISE = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -44,6 +52,7 @@ _ELEMENTWISE = (
     nn.FeatureAlphaDropout,
 )  # fmt: skip
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_POOLS_1D = (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -215,26 +224,35 @@ def _kind(module: nn.Module, shape_in: torch.Size, shape_out: torch.Size) -> str
     nd_in, nd_out = len(shape_in), len(shape_out)
     if isinstance(module, (L0Linear, nn.Linear)):
         return "linear" if nd_in == 2 else "barrier"
-    if isinstance(module, L0Conv2d) or (
-        isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
-    ):
+    conv_nd = _conv_dims(module)
+    if conv_nd:
         groups, c_in, c_out = module.groups, shape_in[1], shape_out[1]
-        if nd_in != 4:
+        if nd_in != conv_nd + 2:
             return "barrier"
         if groups == 1:
             return "conv"
         if groups == c_in and c_out % c_in == 0:
             return "depthwise"
         return "barrier"
-    if nd_in not in (2, 4) or nd_out != nd_in:
-        if isinstance(module, nn.Flatten) and nd_in == 4 and nd_out == 2:
+    if nd_in not in (2, 3, 4) or nd_out != nd_in:
+        if (
+            isinstance(module, nn.Flatten)
+            and nd_in in (3, 4)
+            and nd_out == 2
+            and shape_out[0] == shape_in[0]
+            and shape_out[1] == shape_in[1:].numel()
+        ):
             return "flatten"
         return "barrier"
     if isinstance(module, nn.Flatten):
         return "channelwise"  # 2-D in, 2-D out: nothing to flatten
     if isinstance(module, nn.PReLU):
         return "channelwise" if module.num_parameters == 1 else "barrier"
-    if isinstance(module, _ELEMENTWISE) or (isinstance(module, _POOLS) and nd_in == 4):
+    if (
+        isinstance(module, _ELEMENTWISE)
+        or (isinstance(module, _POOLS) and nd_in == 4)
+        or (isinstance(module, _POOLS_1D) and nd_in == 3)
+    ):
         return "channelwise"
     if (
         isinstance(module, _NORMS)
@@ -245,8 +263,21 @@ def _kind(module: nn.Module, shape_in: torch.Size, shape_out: torch.Size) -> str
     return "barrier"
 
 
+def _conv_dims(module: nn.Module) -> int:
+    """2 for a 2-D convolution, 1 for a 1-D one (gated, or plain with zero padding), else 0."""
+    if isinstance(module, L0Conv2d) or (
+        isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
+    ):
+        return 2
+    if isinstance(module, L0Conv1d) or (
+        isinstance(module, nn.Conv1d) and module.padding_mode == "zeros"
+    ):
+        return 1
+    return 0
+
+
 def _channels(shape: torch.Size) -> int | None:
-    return int(shape[1]) if len(shape) in (2, 4) else None
+    return int(shape[1]) if len(shape) in (2, 3, 4) else None
 
 
 def _default_example(chain: list[tuple[str, nn.Module]], ref: Tensor) -> Tensor:
@@ -275,8 +306,9 @@ def _first_tensor(model: nn.Module) -> Tensor:
 def _propagate_constants(module: nn.Module, const: Tensor, is_const: Tensor, shape: torch.Size):
     """Push per-channel constants through a channel-wise module; drop the non-uniform ones."""
     c = const.clone()
-    if len(shape) == 4:
-        x = c.view(1, -1, 1, 1).expand(1, c.numel(), shape[2], shape[3]).contiguous()
+    if len(shape) > 2:
+        ones = (1,) * (len(shape) - 2)
+        x = c.view(1, -1, *ones).expand(1, c.numel(), *shape[2:]).contiguous()
     else:
         x = c.view(1, -1)
     y = module(x)
@@ -287,45 +319,114 @@ def _propagate_constants(module: nn.Module, const: Tensor, is_const: Tensor, sha
     return flat[0, :, 0].clone(), is_const & uniform
 
 
+def _layer_constants(
+    kind: str,
+    module: nn.Module,
+    wb: tuple[Tensor, Tensor | None],
+    cin: Tensor,
+    cout: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Which outputs of a linear/conv layer are constant, and their values (0 elsewhere)."""
+    w, b = wb
+    bias = b if b is not None else w.new_zeros(w.shape[0])
+    if kind == "linear":
+        alive = ~cin
+        out_const = (w[:, alive] == 0).all(1)
+        val = bias + w[:, cin] @ cout[cin].to(w.dtype)
+    else:
+        alive = ~cin | (cout != 0)
+        groups = module.groups
+        per = w.shape[1]
+        nz = (w != 0).flatten(2).any(2)  # (out, in/groups)
+        alive_g = alive.view(groups, per).repeat_interleave(w.shape[0] // groups, 0)
+        out_const = ~(nz & alive_g).any(1)
+        val = bias.clone()
+    return out_const, torch.where(out_const, val, torch.zeros_like(val))
+
+
+def _layer_requirement(
+    kind: str,
+    w: Tensor,
+    in_const: Tensor,
+    in_val: Tensor,
+    out_req: Tensor,
+    shape_in: torch.Size,
+    shape_out: torch.Size,
+) -> Tensor:
+    """The inputs a linear/conv layer reads to compute its required outputs ``out_req``."""
+    if kind == "linear":
+        return ~in_const & (w[out_req] != 0).any(0)
+    if kind == "conv":
+        alive = ~in_const | (in_val != 0)
+        return alive & (w[out_req] != 0).transpose(0, 1).flatten(1).any(1)
+    mult = shape_out[1] // shape_in[1]  # depthwise
+    return out_req.view(-1, mult).any(1)
+
+
 # ------------------------------------------------------------------- export
 @torch.no_grad()
-def export_pruned(model: nn.Module, example_input: Tensor | None = None) -> nn.Sequential:
-    """Return a plain ``nn.Sequential`` with the removed neurons and channels physically gone.
+def export_pruned(model: nn.Module, example_input: Tensor | None = None) -> nn.Module:
+    """Return a plain model with the removed neurons and channels physically gone.
 
     Gated layers (:class:`~l0_nn.L0Linear`, :class:`~l0_nn.L0Conv2d`,
-    :class:`~l0_nn.L0DepthwiseConv2d`) become :class:`torch.nn.Linear` and
-    :class:`torch.nn.Conv2d` holding the eval-mode gated weights, with the
+    :class:`~l0_nn.L0DepthwiseConv2d`, :class:`~l0_nn.L0Conv1d`) become
+    :class:`torch.nn.Linear`, :class:`torch.nn.Conv2d` and
+    :class:`torch.nn.Conv1d` holding the eval-mode gated weights, with the
     rows/filters of removed outputs and the columns/input channels of
     removed inputs deleted; a layer downstream of a removed neuron or
     channel loses the matching inputs (across activations, batch norm,
     pooling, dropout and ``Flatten``). When a layer no longer reads some of
     the channels that reach it and nothing upstream can drop them (the
     model's own input features, say), an :class:`IndexSelect` before it
-    picks the ones it reads, so the export still takes the original input. In eval mode the result computes the
-    same function as ``model`` (up to float rounding).
+    picks the ones it reads, so the export still takes the original input.
+    In eval mode the result computes the same function as ``model`` (up to
+    float rounding).
+
+    A model with its own ``forward`` (residual blocks, concatenations) is
+    traced with :mod:`torch.fx` and exported as a
+    :class:`torch.fx.GraphModule` of plain torch modules. The rule at a sum
+    ``a + b`` (and at other element-wise ops of several tensors): the sum
+    keeps a channel when anything after it reads it, and then both ``a``
+    and ``b`` keep it, so a channel leaves a residual stream only when it is
+    removed in every branch that reaches the sum (or the head stops reading
+    it). Concatenations along channels join the kept channels of their
+    parts. A removed channel that batch norm turns into a non-zero constant
+    is folded into the next linear layer, but a convolution with zero
+    padding keeps reading it (the constant is not uniform at the border).
+    Operations that are not channel-wise (unknown functions, reading
+    ``x.shape[1]``, a module called twice) keep every channel around them,
+    so the export stays exact.
 
     Parameters
     ----------
     model : torch.nn.Module
-        A gated layer or an ``nn.Sequential`` chain (nested Sequentials and
-        :class:`~l0_nn.SparseMLP` included). Not modified.
+        A gated layer, an ``nn.Sequential`` chain (nested Sequentials and
+        :class:`~l0_nn.SparseMLP` included), or a module whose
+        ``forward(x)`` torch.fx can trace. Not modified.
     example_input : Tensor, optional
         One input batch, used to learn the shapes. Needed unless the first
         layer is linear.
 
     Returns
     -------
-    torch.nn.Sequential
-        In eval mode, on the model's device and dtype. Its attribute
-        ``export_report`` (an :class:`ExportReport`) gives parameters and
-        FLOPs before and after.
+    torch.nn.Module
+        For a chain, a ``torch.nn.Sequential``; otherwise a
+        ``torch.fx.GraphModule`` (submodules keep the model's names, e.g.
+        ``exported.block1.conv1``). In eval mode, on the model's device and
+        dtype. Its attribute ``export_report`` (an :class:`ExportReport`)
+        gives parameters and FLOPs before and after.
 
     Raises
     ------
     TypeError
-        If gated layers sit inside a module with a custom ``forward``.
+        If ``model`` is not a module, or its ``forward`` cannot be traced
+        with torch.fx (the message names the module; make the forward
+        traceable, or use :func:`~l0_nn.prune_model`, which zeroes the
+        removed weights in place).
     ValueError
-        If the input shape cannot be inferred and ``example_input`` is missing.
+        If the input shape cannot be inferred and ``example_input`` is
+        missing, if the model fails on ``example_input``, or if ``forward``
+        takes more than one tensor input.
 
     Examples
     --------
@@ -340,12 +441,36 @@ def export_pruned(model: nn.Module, example_input: Tensor | None = None) -> nn.S
     True
     >>> small.export_report.params_after < small.export_report.params_before
     True
+
+    A residual block: channels removed inside it disappear, the sum keeps
+    what either branch still uses.
+
+    >>> from l0_nn import L0Conv2d
+    >>> class Block(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.conv1 = L0Conv2d(4, 6, 3, padding=1)
+    ...         self.conv2 = L0Conv2d(6, 4, 3, padding=1)
+    ...     def forward(self, x):
+    ...         return torch.relu(self.conv2(torch.relu(self.conv1(x))) + x)
+    >>> block = Block()
+    >>> with torch.no_grad(): _ = block.conv1.gates.log_alpha[:2].fill_(-10.0)  # 2 of 6 off
+    >>> small = export_pruned(block, example_input=torch.zeros(1, 4, 8, 8))
+    >>> small.conv1.out_channels, small.conv2.in_channels, small.conv2.out_channels
+    (4, 4, 4)
+    >>> x = torch.randn(2, 4, 8, 8)
+    >>> torch.allclose(small(x), block.eval()(x), atol=1e-5)
+    True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    chain = _chain(model)
+    try:
+        chain: list[tuple[str, nn.Module]] | None = _chain(model)
+    except TypeError:
+        chain = None  # gated layers inside a custom forward(): trace it with torch.fx
     if example_input is None:
-        example_input = _default_example(chain, _first_tensor(model))
+        if chain is not None:
+            example_input = _default_example(chain, _first_tensor(model))
     elif not isinstance(example_input, Tensor):
         raise TypeError(
             f"example_input must be a torch.Tensor, got {type(example_input).__name__}; "
@@ -354,7 +479,12 @@ def export_pruned(model: nn.Module, example_input: Tensor | None = None) -> nn.S
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        return _export(chain, model, example_input)
+        if chain is not None:
+            return _export(chain, model, example_input)
+        from ._graph_export import export_graph
+
+        exported, costs = export_graph(model, example_input, _first_tensor(model))
+        return _finish(model, exported, costs)
     finally:
         for m, mode in modes:
             m.training = mode
@@ -396,28 +526,15 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
     for i, (_, module) in enumerate(chain):
         kind, cin, cout = kinds[i], is_const[i], const[i]
         if kind in ("linear", "conv", "depthwise"):
-            w, b = weights[i]
-            bias = b if b is not None else w.new_zeros(w.shape[0])
-            if kind == "linear":
-                alive = ~cin
-                out_const = (w[:, alive] == 0).all(1)
-                val = bias + w[:, cin] @ cout[cin].to(w.dtype)
-            else:
-                alive = ~cin | (cout != 0)
-                groups = module.groups
-                per = w.shape[1]
-                nz = (w != 0).flatten(2).any(2)  # (out, in/groups)
-                alive_g = alive.view(groups, per).repeat_interleave(w.shape[0] // groups, 0)
-                out_const = ~(nz & alive_g).any(1)
-                val = bias.clone()
+            out_const, val = _layer_constants(kind, module, weights[i], cin, cout)
             is_const.append(out_const)
-            const.append(torch.where(out_const, val, torch.zeros_like(val)))
+            const.append(val)
         elif kind in ("channelwise", "norm"):
             v, m = _propagate_constants(module, cout, cin, shapes[i])
             is_const.append(m)
             const.append(torch.where(m, v, torch.zeros_like(v)))
         elif kind == "flatten":
-            s = shapes[i][2] * shapes[i][3]
+            s = shapes[i][2:].numel()
             is_const.append(cin.repeat_interleave(s))
             const.append(cout.repeat_interleave(s))
         else:
@@ -431,16 +548,10 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
     req[n] = full(n, True)
     for i in range(n - 1, -1, -1):
         kind, out_req, module = kinds[i], req[i + 1], chain[i][1]
-        if kind == "linear":
-            w, _ = weights[i]
-            r = ~is_const[i] & (w[out_req] != 0).any(0)
-        elif kind == "conv":
-            w, _ = weights[i]
-            alive = ~is_const[i] | (const[i] != 0)
-            r = alive & (w[out_req] != 0).transpose(0, 1).flatten(1).any(1)
-        elif kind == "depthwise":
-            mult = shapes[i + 1][1] // shapes[i][1]
-            r = out_req.view(-1, mult).any(1)
+        if kind in ("linear", "conv", "depthwise"):
+            r = _layer_requirement(
+                kind, weights[i][0], is_const[i], const[i], out_req, shapes[i], shapes[i + 1]
+            )
         elif kind in ("channelwise", "norm"):
             r = out_req.clone()
         elif kind == "flatten":
@@ -473,14 +584,18 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
         elif kind == "channelwise":
             new, act_out = copy.deepcopy(module), act
         elif kind == "flatten":
-            new, act_out = copy.deepcopy(module), act.repeat_interleave(shapes[i][2] * shapes[i][3])
+            new, act_out = copy.deepcopy(module), act.repeat_interleave(shapes[i][2:].numel())
         else:
             new, act_out = _as_plain(module), full(i + 1, True)
-            if isinstance(new, (nn.Linear, nn.Conv2d)):
+            if isinstance(new, (nn.Linear, nn.Conv1d, nn.Conv2d)):
                 costs.append(_cost(name, module, new, shapes[i + 1]))
         layers[key] = new
         act = act_out
-    exported = nn.Sequential(layers).eval()
+    return _finish(model, nn.Sequential(layers).eval(), costs)
+
+
+def _finish(model: nn.Module, exported: _M, costs: list[LayerCost]) -> _M:
+    """Attach the :class:`ExportReport` to ``exported`` and log the totals."""
     report = _report(model, exported, costs)
     exported.export_report = report  # type: ignore[attr-defined]
     logger.info(
@@ -521,7 +636,8 @@ def _rebuild(
         groups = cols.numel() if kind == "depthwise" else 1
         new_w = w[rows] if kind == "depthwise" else w[rows][:, cols]
         new_b = None if b is None else b[rows]
-        new = nn.Conv2d(
+        conv = nn.Conv1d if new_w.ndim == 3 else nn.Conv2d
+        new = conv(
             cols.numel(),
             rows.numel(),
             tuple(new_w.shape[2:]),
@@ -558,9 +674,10 @@ def _as_plain(module: nn.Module) -> nn.Module:
         new = nn.Linear(
             module.in_features, module.out_features, b is not None, device=w.device, dtype=w.dtype
         )
-    elif isinstance(module, L0Conv2d):
+    elif isinstance(module, (L0Conv2d, L0Conv1d)):
         w, b = module.effective_weight_and_bias()
-        new = nn.Conv2d(
+        conv = nn.Conv1d if isinstance(module, L0Conv1d) else nn.Conv2d
+        new = conv(
             module.in_channels, module.out_channels, module.kernel_size, module.stride,
             module.padding, module.dilation, module.groups, b is not None,
             device=w.device, dtype=w.dtype,
@@ -577,7 +694,7 @@ def _flops(module: nn.Module, out_shape: torch.Size) -> int:
     if isinstance(module, (nn.Linear, L0Linear)):
         return 2 * module.in_features * module.out_features
     weight = module.weight
-    spatial = int(out_shape[2] * out_shape[3]) if len(out_shape) == 4 else 1
+    spatial = int(out_shape[2:].numel()) if len(out_shape) > 2 else 1
     return 2 * int(weight.numel()) * spatial
 
 

@@ -1,0 +1,217 @@
+"""``L0Conv1d``: a 1-D convolution with gated output channels or weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._checks import check_choice, check_positive_int, check_single
+from .base import DEFAULT_INIT_SPARSITY, L0Layer, uniform_init_
+from .conv import ConvGranularity
+
+__all__ = ["L0Conv1d"]
+
+
+class L0Conv1d(L0Layer):
+    """1-D convolution whose output channels (or single weights) are gated.
+
+    The 1-D counterpart of :class:`~l0_nn.L0Conv2d`, with the same options;
+    :func:`~l0_nn.export_pruned` turns it into a :class:`torch.nn.Conv1d`
+    without the removed channels.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels in and out.
+    kernel_size, stride, dilation : int or (int,)
+        As in :class:`torch.nn.Conv1d`.
+    padding : int, (int,), "same" or "valid", default 0
+        Zero padding, as in :class:`torch.nn.Conv1d`.
+    groups : int, default 1
+        Blocked connections; must divide both channel counts.
+    bias : bool, default True
+        Learn an additive bias per output channel.
+    gate : str or type, default "hard_concrete"
+        Any registered gate type, or a gate class.
+    granularity : {"channel", "weight"}, default "channel"
+        ``"channel"``: one gate per output channel multiplying its filter and
+        its bias, so a removed channel outputs exactly 0 (gates of shape
+        ``(out_channels,)``). ``"weight"``: one gate per weight (the bias is
+        not gated).
+    temperature : float, default 2/3
+        Gate temperature.
+    init_sparsity : float, default 0.1
+        Initial probability that a gate is exactly zero.
+    gate_kwargs : dict, optional
+        Extra keywords for the gate constructor.
+    device, dtype : optional
+        Factory arguments for every parameter, gates included.
+    generator : torch.Generator, optional
+        Random source for the initialisation and the gate samples.
+
+    Shape
+    -----
+    Input ``(N, in_channels, L)``, output ``(N, out_channels, L_out)``.
+
+    Examples
+    --------
+    >>> conv = L0Conv1d(4, 8, 3, padding=1)
+    >>> conv(torch.randn(2, 4, 16)).shape
+    torch.Size([2, 8, 16])
+    >>> conv.gates.shape
+    torch.Size([8])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int],
+        stride: int | tuple[int] = 1,
+        padding: int | tuple[int] | str = 0,
+        dilation: int | tuple[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        gate: str | type = "hard_concrete",
+        granularity: ConvGranularity = "channel",
+        temperature: float = 2.0 / 3.0,
+        init_sparsity: float = DEFAULT_INIT_SPARSITY,
+        gate_kwargs: Mapping[str, Any] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        example = "e.g. L0Conv1d(16, 32, kernel_size=3)"
+        self.in_channels = check_positive_int("in_channels", in_channels, example)
+        self.out_channels = check_positive_int("out_channels", out_channels, example)
+        self.groups = check_positive_int("groups", groups, "use groups=1 for a dense convolution")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups={groups} must divide in_channels={in_channels} and "
+                f"out_channels={out_channels}"
+            )
+        self.kernel_size = check_single("kernel_size", kernel_size, 1)
+        self.stride = check_single("stride", stride, 1)
+        self.dilation = check_single("dilation", dilation, 1)
+        if isinstance(padding, str):
+            check_choice("padding", padding, ("same", "valid"))
+            if padding == "same" and self.stride != (1,):
+                raise ValueError("padding='same' needs stride=1; pass an int padding instead")
+            self.padding: tuple[int] | str = padding
+        else:
+            self.padding = check_single("padding", padding, 0)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be True or False, got {bias!r}")
+        self.granularity = check_choice("granularity", granularity, ("channel", "weight"))
+        weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
+        shape = (out_channels,) if granularity == "channel" else weight_shape
+        self._build_gates(
+            shape,
+            gate=gate,
+            temperature=temperature,
+            init_sparsity=init_sparsity,
+            gate_kwargs=gate_kwargs,
+            device=device,
+            dtype=dtype,
+            generator=generator,
+        )
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.generator = generator
+        self.reset_parameters()
+
+    @property
+    def fan_in(self) -> int:
+        """Inputs of one output unit: ``in_channels / groups * kernel_size``."""
+        return self.weight[0].numel()
+
+    def reset_parameters(self) -> None:
+        """Initialise ``weight`` and ``bias`` like :class:`torch.nn.Conv1d` (gates untouched).
+
+        Examples
+        --------
+        >>> L0Conv1d(1, 2, 3).reset_parameters()
+        """
+        uniform_init_(self.weight, self.fan_in, self.generator)
+        if self.bias is not None:
+            uniform_init_(self.bias, self.fan_in, self.generator)
+
+    def _gated(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.granularity == "channel":
+            bias = None if self.bias is None else self.bias * z
+            return self.weight * z.view(-1, 1, 1), bias
+        return self.weight * z, self.bias
+
+    def forward(self, input: Tensor) -> Tensor:
+        """Convolve with the gated filters (sampled gates in training, deterministic in eval).
+
+        Examples
+        --------
+        >>> L0Conv1d(1, 2, 3).eval()(torch.ones(1, 1, 5)).shape
+        torch.Size([1, 2, 3])
+        """
+        weight, bias = self._gated(self.gates())
+        return F.conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    # --------------------------------------------------------- GatedLayer
+    def l2_penalty(self) -> Tensor:
+        """Expected squared L2 norm of the gated weights (each group's norm times P(active)).
+
+        A channel's group is its filter and its bias; an ungated bias is not
+        penalised.
+
+        Examples
+        --------
+        >>> conv = L0Conv1d(1, 2, 1, bias=False, init_sparsity=0.5)
+        >>> with torch.no_grad(): _ = conv.weight.fill_(1.0)
+        >>> conv.l2_penalty().item()
+        1.0
+        """
+        p = self.prob_active()
+        if self.granularity == "channel":
+            norms = self.weight.square().flatten(1).sum(1)
+            if self.bias is not None:
+                norms = norms + self.bias.square()
+            return (norms * p).sum()
+        return (self.weight.square() * p).sum()
+
+    def parameter_count(self) -> int:
+        """Parameters of the equivalent ``nn.Conv1d`` (gate logits excluded).
+
+        Examples
+        --------
+        >>> L0Conv1d(2, 4, 3).parameter_count()
+        28
+        """
+        return self.weight.numel() + (0 if self.bias is None else self.bias.numel())
+
+    def active_parameter_count(self) -> int:
+        """Parameters left once the eval-mode gates are applied (this layer's gates only).
+
+        Examples
+        --------
+        >>> L0Conv1d(2, 4, 3, init_sparsity=0.01).active_parameter_count()
+        28
+        """
+        active = int((self.deterministic_gates() > 0).sum().item())
+        if self.granularity == "channel":
+            return active * (self.fan_in + (0 if self.bias is None else 1))
+        return active + (0 if self.bias is None else self.out_channels)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, bias={self.bias is not None}, "
+            f"granularity={self.granularity!r}, gate={self.gate_type!r}"
+        )
