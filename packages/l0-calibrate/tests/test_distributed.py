@@ -154,6 +154,19 @@ def _auto_work(rank: int, world: int, files: dict) -> dict:
         SparseCalibrationWeights(local.shape[1], **MODEL).fit(local, Y + rank, epochs=2)
     except ValueError as exc:
         out["targets_error"] = str(exc)
+    try:  # a different target_count on every rank
+        SparseCalibrationWeights(local.shape[1], **MODEL).fit(local, Y, epochs=2, target_count=COUNT + rank)
+    except ValueError as exc:
+        out["count_error"] = str(exc)
+    try:  # a bad argument on the last rank only: nobody is left waiting in a collective
+        bad_lr = -1.0 if rank == world - 1 else 0.05
+        SparseCalibrationWeights(local.shape[1], **MODEL).fit(local, Y, epochs=2, lr=bad_lr)
+    except ValueError as exc:
+        out["one_rank_error"] = str(exc)
+    # a target count above this rank's own columns but within the total
+    big = SparseCalibrationWeights(local.shape[1], **MODEL)
+    big.fit(local, Y, **dict(COUNT_FIT, epochs=10, refit_epochs=2, target_count=150))
+    out["big_count_local"] = int((big.get_weights(deterministic=True) > 0).sum())
     try:
         calibrate(local, Y, target_count=COUNT, method="select")
     except ValueError as exc:
@@ -624,6 +637,30 @@ def test_ranks_with_different_targets_all_raise_naming_y(world: int, ranks: dict
     for r in ranks[world]:
         assert "y (the targets) differs between the ranks" in r["targets_error"]
         assert "same full target vector" in r["targets_error"]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_with_different_target_counts_all_raise_naming_the_option(world: int, ranks: dict) -> None:
+    for r in ranks[world]:
+        msg = r["count_error"]
+        assert "fit option target_count differs between the ranks" in msg
+        assert f"rank 0: {COUNT}" in msg and f"rank {world - 1}: {COUNT + world - 1}" in msg
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_bad_argument_on_one_rank_stops_every_rank(world: int, ranks: dict) -> None:
+    *others, last = ranks[world]
+    assert last["one_rank_error"].startswith("lr must be a positive finite number")
+    for r in others:
+        assert f"rank {world - 1} rejected its fit arguments" in r["one_rank_error"]
+        assert "lr" in r["one_rank_error"]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_target_count_above_one_ranks_columns_counts_over_all_ranks(world: int, ranks: dict) -> None:
+    local_counts = [r["big_count_local"] for r in ranks[world]]
+    assert min(AUTO_CUTS[world][i + 1] - AUTO_CUTS[world][i] for i in range(world)) < 150
+    assert sum(local_counts) == 150
 
 
 def test_calibrate_inside_a_group_refuses_the_select_method(ranks: dict) -> None:

@@ -13,9 +13,10 @@ that depends on more than this process's household columns:
     draws the same numbers as the single-process fit with the same seed.
 ``top_k_mask(scores, k)``
     The ``k`` largest scores over all processes (ties to the lower column).
-``check_fit_options(...)`` / ``reduce_problem(...)``
-    Options a sharded fit cannot honour (none at present), the check that
-    every rank has the same targets, and targets infeasible on all ranks.
+``agree(...)`` / ``reduce_problem(...)``
+    Every rank stops together when one rejected its arguments or the fit
+    options differ between ranks; the check that every rank has the same
+    targets, and targets infeasible on all ranks.
 ``local_part(value, argument)`` / ``all_gather_object(obj)``
     A per-household argument cut to this process's columns; small pieces
     (the polishing stage's kept columns) collected from every process.
@@ -428,8 +429,10 @@ class LocalReducer:
         """Mask of the ``k`` largest scores (ties to the lower index)."""
         return _local_top_k(scores, k)
 
-    def check_fit_options(self, **options: Any) -> None:
-        """Nothing to check for a single process."""
+    def agree(self, error: BaseException | None, options: dict[str, str]) -> None:
+        """Re-raise this process's argument error, if any (one process: nothing to compare)."""
+        if error is not None:
+            raise error
 
     def local_part(self, value: Any, argument: str) -> Any:
         """``value`` unchanged: this process holds every household."""
@@ -604,8 +607,49 @@ class ProcessGroupReducer(LocalReducer):
         return keep
 
     # -- problem and options
-    def check_fit_options(self, **options: Any) -> None:
-        """Every fit option works sharded (polish and the weight penalties included); nothing to reject."""
+    def agree(self, error: BaseException | None, options: dict[str, str]) -> None:
+        """Make every rank stop together on bad arguments or options that differ (collective).
+
+        Each rank passes the error its own argument checks raised (or None)
+        and its fit options as strings. One ``all_gather_object`` later,
+        every rank knows: a rank with an error re-raises it, the others raise
+        a ``ValueError`` naming that rank and its message; when all checks
+        passed but an option differs from rank 0's, every rank raises a
+        ``ValueError`` listing the option's value per rank. Without this, a
+        rank that raised would leave the others waiting in the next
+        collective until the process-group timeout.
+        """
+        if self.world_size == 1:
+            if error is not None:
+                raise error
+            return
+        mine = None if error is None else (type(error).__name__, str(error))
+        gathered = self.all_gather_object((mine, options))
+        if error is not None:
+            raise error
+        for rank, (theirs, _) in enumerate(gathered):
+            if theirs is not None:
+                kind, message = theirs
+                raise ValueError(
+                    f"rank {rank} rejected its fit arguments ({kind}: {message}); every rank stops "
+                    "here -- fix that rank's input and launch again"
+                )
+        reference = gathered[0][1]
+        differ = sorted(
+            name
+            for _, opts in gathered[1:]
+            for name in set(opts) | set(reference)
+            if opts.get(name) != reference.get(name)
+        )
+        if differ:
+            name = differ[0]
+            values = ", ".join(f"rank {r}: {opts.get(name)}" for r, (_, opts) in enumerate(gathered))
+            raise ValueError(
+                f"fit option {name} differs between the ranks ({values})"
+                + (f"; also {sorted(set(differ) - {name})}" if len(set(differ)) > 1 else "")
+                + ". Pass the same options on every rank: only the matrix and per-household "
+                "arrays are split by column"
+            )
 
     def local_part(self, value: Any, argument: str) -> Any:
         """A per-household argument cut to this rank's columns (see :func:`cut_to_shard`)."""

@@ -110,8 +110,9 @@ class _LocalReducer:
         keep[order[:k]] = True
         return keep
 
-    def check_fit_options(self, **options: Any) -> None:
-        return None
+    def agree(self, error: BaseException | None, options: dict[str, str]) -> None:
+        if error is not None:
+            raise error
 
     def local_part(self, value: Any, argument: str) -> Any:
         return value
@@ -301,12 +302,14 @@ def _validate(
         opts.final_beta = check_nonneg_float(opts.final_beta, "final_beta", positive=True)
     if opts.schedule_epochs is not None:
         opts.schedule_epochs = check_positive_int(opts.schedule_epochs, "schedule_epochs")
+    red = reducer_of(model)
     target_count = None
     if opts.target_count is not None:
         if not model.use_gates:
             raise ValueError("target_count needs gates; the model was built with use_gates=False")
+        # counts households over all ranks when the columns are sharded
         target_count = TargetSparsityController.resolve_target(
-            opts.target_count, model.n_features, argument="target_count"
+            opts.target_count, red.n_total, argument="target_count"
         )
     refit = opts.refit_epochs
     if refit is None:
@@ -317,17 +320,6 @@ def _validate(
         for cb in opts.callbacks:
             if not callable(cb):
                 raise TypeError(f"callbacks must be callables taking the event dict, got {type(cb).__name__}")
-    red = reducer_of(model)
-    red.check_fit_options(
-        polish=opts.polish,
-        lambda_distance=opts.lambda_distance,
-        lambda_dispersion=opts.lambda_dispersion,
-        max_weight_ratio=opts.max_weight_ratio,
-    )
-    if target_count is not None and red.n_total != model.n_features:
-        target_count = TargetSparsityController.resolve_target(
-            opts.target_count, red.n_total, argument="target_count"
-        )
     problem = prepare_problem(
         args["M"],
         args["y"],
@@ -339,13 +331,26 @@ def _validate(
         group_multipliers=args["group_multipliers"],
         target_names=opts.target_names,
     )
-    red.reduce_problem(
-        problem,
-        target_groups=args["target_groups"],
-        normalize_groups=args["normalize_groups"],
-        group_multipliers=args["group_multipliers"],
-    )
     return problem, loss_fn, target_count, refit
+
+
+def _shared_options(args: dict[str, Any], opts: FitOptions) -> dict[str, str]:
+    """The fit options every rank of a sharded fit must agree on, as comparable strings."""
+
+    def show(value: Any) -> str:
+        if callable(value) and not isinstance(value, (int, float, str)):
+            return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__name__)}"
+        return repr(value)
+
+    names = ("lambda_l0", "lambda_l2", "lr", "epochs", "loss_type")
+    shared = {name: show(args[name]) for name in names}
+    for name in (
+        "target_count", "refit_epochs", "count_lr", "count_warmup", "beta_schedule", "final_beta",
+        "schedule_epochs", "lambda_distance", "distance", "lambda_dispersion", "max_weight_ratio",
+        "lambda_ratio", "polish",
+    ):  # fmt: skip
+        shared[name] = show(getattr(opts, name))
+    return shared
 
 
 # ---------------------------------------------------------------- the loop
@@ -763,7 +768,21 @@ def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> S
     opts = FitOptions(**{k: v for k, v in kwargs.items() if k in names})
     args = {k: kwargs.get(k, default) for k, default in published.items()}
     args.update(M=M, y=y)
-    problem, loss_fn, target_count, refit_epochs = _validate(model, args, opts)
+    red = reducer_of(model)
+    error: BaseException | None = None
+    try:
+        problem, loss_fn, target_count, refit_epochs = _validate(model, args, opts)
+    except (ValueError, TypeError, KeyError, LookupError) as exc:
+        error = exc
+    # sharded: every rank learns whether another rejected its arguments or was given other
+    # options, so that none is left waiting in a collective (single process: re-raises)
+    red.agree(error, _shared_options(args, opts) if error is None else {})
+    red.reduce_problem(
+        problem,
+        target_groups=args["target_groups"],
+        normalize_groups=args["normalize_groups"],
+        group_multipliers=args["group_multipliers"],
+    )
     if opts.polish:
         from . import polish as _polish  # noqa: F401 - fail early when the polishing stage is absent
     model.infeasible_targets_ = problem.infeasible_names
