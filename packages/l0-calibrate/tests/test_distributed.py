@@ -15,6 +15,7 @@ import queue
 import traceback
 import warnings
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -248,30 +249,36 @@ def _rank_work(rank: int, world: int, files: dict, consolidated: dict | None) ->
     return out
 
 
+def _rank_target(rank: int, world: int, store: str, results: Any, args: tuple) -> None:
+    """One rank: join the gloo group through ``store``, do the work, report back."""
+    try:
+        torch.set_num_threads(1)
+        dist.init_process_group(
+            "gloo",
+            init_method=f"file://{store}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=60),
+        )
+        res = _rank_work(rank, world, *args)
+        results.put((rank, pickle.dumps(res), None))
+        dist.barrier()
+        dist.destroy_process_group()
+    except BaseException:
+        results.put((rank, None, traceback.format_exc()))
+
+
 def _run_ranks(world: int, workdir: str, *args: object) -> list[dict]:
-    """Fork ``world`` ranks joined by a gloo group; return each rank's result."""
-    ctx = mp.get_context("fork")
+    """Start ``world`` ranks joined by a gloo group; return each rank's result.
+
+    Forked (fast) unless this process has initialised CUDA, which a forked
+    child cannot use; then spawned.
+    """
+    ctx = mp.get_context("spawn" if torch.cuda.is_initialized() else "fork")
     results = ctx.Queue()
     store = os.path.join(workdir, f"store-{world}")
 
-    def target(rank: int) -> None:
-        try:
-            torch.set_num_threads(1)
-            dist.init_process_group(
-                "gloo",
-                init_method=f"file://{store}",
-                rank=rank,
-                world_size=world,
-                timeout=timedelta(seconds=60),
-            )
-            res = _rank_work(rank, world, *args)
-            results.put((rank, pickle.dumps(res), None))
-            dist.barrier()
-            dist.destroy_process_group()
-        except BaseException:
-            results.put((rank, None, traceback.format_exc()))
-
-    procs = [ctx.Process(target=target, args=(r,)) for r in range(world)]
+    procs = [ctx.Process(target=_rank_target, args=(r, world, store, results, args)) for r in range(world)]
     for p in procs:
         p.start()
     out: dict[int, dict] = {}
@@ -906,3 +913,37 @@ def test_loader_refuses_a_shard_laid_out_for_another_size(tmp_path) -> None:
     np.save(path, M_FULL.toarray())
     with pytest.raises(ValueError, match=f"has {N} households but the shard is laid out for 10"):
         load_columns(path, ColumnShard.even(10, rank=0, world_size=2))
+
+
+def _one_gpu_two_processes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Rank 1 of 2 on a host with one GPU; init_process_group records its backend and stops."""
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    seen: list[str] = []
+
+    def record(backend: str, **kwargs: object) -> None:
+        seen.append(backend)
+        raise RuntimeError("stop before joining")
+
+    monkeypatch.setattr(dist, "init_process_group", record)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: seen.append(f"set_device {d}"))
+    return seen
+
+
+def test_two_processes_on_one_gpu_default_to_gloo(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _one_gpu_two_processes(monkeypatch)
+    with pytest.raises(RuntimeError, match="stop before joining"):
+        init_distributed()
+    assert seen == ["gloo"]
+
+
+def test_nccl_without_a_gpu_for_this_rank_says_how_many_processes_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen = _one_gpu_two_processes(monkeypatch)
+    with pytest.raises(ValueError, match=r"backend='nccl' needs one GPU per process.*at most 1 process"):
+        init_distributed("nccl")
+    assert seen == []

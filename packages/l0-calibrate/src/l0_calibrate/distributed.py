@@ -105,7 +105,9 @@ def init_distributed(
     Parameters
     ----------
     backend : {"nccl", "gloo"}, optional
-        Default: ``"nccl"`` when CUDA and NCCL are available, else ``"gloo"``.
+        Default: ``"nccl"`` when NCCL is available and this host has a GPU
+        for each of its processes (``LOCAL_WORLD_SIZE``), else ``"gloo"`` on
+        CPU (two processes on a one-GPU machine use gloo).
     device : torch.device or str, optional
         Override the compute device (default ``cuda:<LOCAL_RANK>`` for NCCL,
         else CPU).
@@ -133,9 +135,19 @@ def init_distributed(
             return DistributedContext(0, 1, 0, dev, "none")
         if not dist.is_available():
             raise RuntimeError("this torch build has no torch.distributed; install a build with it")
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if backend is None:
-            backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+            # NCCL needs one GPU per process on this host; with fewer, stay on CPU with gloo
+            use_nccl = dist.is_nccl_available() and gpus >= max(local_world, local_rank + 1)
+            backend = "nccl" if use_nccl else "gloo"
         if backend == "nccl":
+            if local_rank >= gpus:
+                raise ValueError(
+                    f"backend='nccl' needs one GPU per process, but local rank {local_rank} has none "
+                    f"({gpus} GPU(s) visible on this host); launch at most {gpus} process(es) per "
+                    "host (torchrun --nproc-per-node) or pass backend='gloo'"
+                )
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=float(timeout_s)))
     used = dist.get_backend()
