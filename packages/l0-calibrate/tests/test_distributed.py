@@ -1,7 +1,8 @@
 """Column-sharded calibration on torch.distributed (gloo on CPU).
 
 The multi-process tests fork 2 and 3 ranks from the test process (no
-second torch import, so they stay fast), run every scenario once per world
+second torch import, so they stay fast; spawned instead where CUDA is
+present), run every scenario once per world
 size, and compare each result with the single-process fit of the same seed
 computed here.
 """
@@ -271,10 +272,12 @@ def _rank_target(rank: int, world: int, store: str, results: Any, args: tuple) -
 def _run_ranks(world: int, workdir: str, *args: object) -> list[dict]:
     """Start ``world`` ranks joined by a gloo group; return each rank's result.
 
-    Forked (fast) unless this process has initialised CUDA, which a forked
-    child cannot use; then spawned.
+    Forked (fast) on machines without CUDA; spawned where CUDA is present,
+    because a forked child cannot use a CUDA driver that its parent touched
+    (even ``torch.cuda.device_count()`` does, and Adam's step asks CUDA
+    whether a graph is being captured).
     """
-    ctx = mp.get_context("spawn" if torch.cuda.is_initialized() else "fork")
+    ctx = mp.get_context("spawn" if torch.cuda.is_available() else "fork")
     results = ctx.Queue()
     store = os.path.join(workdir, f"store-{world}")
 
