@@ -23,6 +23,7 @@ from l0_core import TargetSparsityController, get_schedule
 from torch import Tensor
 
 from .callbacks import Callback, dispatch_event
+from .distributed_reducer import LocalReducer
 from .engine import (
     HardConcreteWorkspace,
     WeightPenalty,
@@ -78,55 +79,6 @@ class FitOptions:
 
 
 # ------------------------------------------------------------------ helpers
-class _LocalReducer:
-    """Identity reducer: every household column lives in this process.
-
-    A model may carry another reducer as ``model._reducer`` (the column-sharded
-    fit of :mod:`l0_calibrate.distributed`); the loop asks it for every quantity
-    that depends on columns held elsewhere.
-    """
-
-    sharded = False
-    is_main = True
-
-    def __init__(self, n_total: int) -> None:
-        self.n_total = int(n_total)
-
-    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
-        return tensor
-
-    def any(self, flag: bool) -> bool:
-        return bool(flag)
-
-    def normal_noise(self, n: int, *, generator: torch.Generator, device: Any, dtype: torch.dtype) -> Tensor:
-        return torch.randn(n, generator=generator, device=device, dtype=dtype)
-
-    def gate_noise(self, buffer: Tensor, generator: torch.Generator) -> Tensor | None:
-        return None
-
-    def top_k_mask(self, scores: Tensor, k: int) -> Tensor:
-        order = torch.argsort(scores, descending=True, stable=True)
-        keep = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
-        keep[order[:k]] = True
-        return keep
-
-    def agree(self, error: BaseException | None, options: dict[str, str]) -> None:
-        if error is not None:
-            raise error
-
-    def local_part(self, value: Any, argument: str) -> Any:
-        return value
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        return [obj]
-
-    def reduce_problem(self, problem: Any, **group_options: Any) -> None:
-        return None
-
-    def event_info(self) -> dict[str, Any]:
-        return {}
-
-
 def reducer_of(model: Any) -> Any:
     """The model's reducer (``model._reducer``) or the single-process identity.
 
@@ -137,7 +89,7 @@ def reducer_of(model: Any) -> Any:
     3
     """
     red = getattr(model, "_reducer", None)
-    return red if red is not None else _LocalReducer(model.n_features)
+    return red if red is not None else LocalReducer(model.n_features)
 
 
 class _TqdmHandler(logging.Handler):

@@ -174,6 +174,19 @@ def _support_indices(support: Any, n_cols: int) -> np.ndarray:
     return sup.astype(np.int64)
 
 
+def _check_band(band: Any) -> None:
+    """Validate a relative error band: a positive finite number, or None for no band."""
+    if band is not None and not (
+        isinstance(band, (int, float))
+        and not isinstance(band, bool)
+        and math.isfinite(band)
+        and band > 0
+    ):
+        raise ValueError(
+            f"band must be a positive relative error (e.g. 0.05 for 5%) or None, got {band!r}"
+        )
+
+
 def relative_errors(estimates: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """``(estimate - target) / |target|``; 0 where both are 0, +-inf where only the target is.
 
@@ -322,15 +335,7 @@ def polish_weights(
     for name, val in (("tol", tol), ("infeasible_tol", infeasible_tol), ("ridge", ridge)):
         if not (isinstance(val, (int, float)) and math.isfinite(val) and val > 0):
             raise ValueError(f"{name} must be a positive number, got {val!r}")
-    if band is not None and not (
-        isinstance(band, (int, float))
-        and not isinstance(band, bool)
-        and math.isfinite(band)
-        and band > 0
-    ):
-        raise ValueError(
-            f"band must be a positive relative error (e.g. 0.05 for 5%) or None, got {band!r}"
-        )
+    _check_band(band)
 
     X = X_full[:, sup].tocsr()
     # Row scale: |t_i|, or for a zero target the row's size at the reference weights.

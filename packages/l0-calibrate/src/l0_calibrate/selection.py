@@ -60,7 +60,7 @@ from l0_core import HardConcrete, SparseOperator, TargetSparsityController, spar
 
 from .diagnostics import weight_diagnostics
 from .hierarchy import Hierarchy, reconcile_targets
-from .polish import PolishResult, _as_vector, polish_weights
+from .polish import PolishResult, _as_vector, _check_band, polish_weights
 from .regularizers import (
     RatioBound,
     _check_distance,
@@ -505,15 +505,7 @@ def select_and_polish(
         raise ValueError(
             f"balance_metric must be 'auto', 'whitened' or 'relative', got {balance_metric!r}"
         )
-    if band is not None and not (
-        isinstance(band, (int, float))
-        and not isinstance(band, bool)
-        and math.isfinite(band)
-        and band > 0
-    ):
-        raise ValueError(
-            f"band must be a positive relative error (e.g. 0.05) or None, got {band!r}"
-        )
+    _check_band(band)
     if cover is not None and not isinstance(cover, bool):
         raise ValueError(f"cover must be True, False or None (automatic), got {cover!r}")
     if isinstance(repair_moves, bool) or not isinstance(repair_moves, int) or repair_moves < 0:

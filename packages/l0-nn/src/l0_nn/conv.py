@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_pair, check_positive_int
+from ._checks import check_choice, check_pair, check_positive_int, check_single
 from .base import DEFAULT_INIT_SPARSITY, L0Layer, uniform_init_
 
 __all__ = ["L0Conv2d", "L0DepthwiseConv2d"]
@@ -17,7 +17,166 @@ __all__ = ["L0Conv2d", "L0DepthwiseConv2d"]
 ConvGranularity = Literal["channel", "weight"]
 
 
-class L0Conv2d(L0Layer):
+class _L0ConvNd(L0Layer):
+    """What the gated convolutions share; subclasses set the dimensionality."""
+
+    _dims: int = 2
+    _conv_fn: Any = staticmethod(F.conv2d)
+    _example: str = "e.g. L0Conv2d(3, 16, kernel_size=3)"
+
+    def _init_conv(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any,
+        padding: Any,
+        dilation: Any,
+        groups: int,
+        bias: bool,
+        gate: str | type,
+        granularity: ConvGranularity,
+        temperature: float,
+        init_sparsity: float,
+        gate_kwargs: Mapping[str, Any] | None,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+        generator: torch.Generator | None,
+    ) -> None:
+        size = check_pair if self._dims == 2 else check_single
+        example = self._example
+        self.in_channels = check_positive_int("in_channels", in_channels, example)
+        self.out_channels = check_positive_int("out_channels", out_channels, example)
+        self.groups = check_positive_int("groups", groups, "use groups=1 for a dense convolution")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups={groups} must divide in_channels={in_channels} and "
+                f"out_channels={out_channels}"
+            )
+        self.kernel_size = size("kernel_size", kernel_size, 1)
+        self.stride = size("stride", stride, 1)
+        self.dilation = size("dilation", dilation, 1)
+        if isinstance(padding, str):
+            check_choice("padding", padding, ("same", "valid"))
+            if padding == "same" and self.stride != (1,) * self._dims:
+                raise ValueError("padding='same' needs stride=1; pass an int padding instead")
+            self.padding: tuple[int, ...] | str = padding
+        else:
+            self.padding = size("padding", padding, 0)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be True or False, got {bias!r}")
+        self.granularity = check_choice("granularity", granularity, ("channel", "weight"))
+        weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
+        shape = (out_channels,) if granularity == "channel" else weight_shape
+        self._build_gates(
+            shape,
+            gate=gate,
+            temperature=temperature,
+            init_sparsity=init_sparsity,
+            gate_kwargs=gate_kwargs,
+            device=device,
+            dtype=dtype,
+            generator=generator,
+        )
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.generator = generator
+        self.reset_parameters()
+
+    @property
+    def fan_in(self) -> int:
+        """Inputs of one output unit: ``in_channels / groups`` times the kernel's size."""
+        return self.weight[0].numel()
+
+    def reset_parameters(self) -> None:
+        """Initialise ``weight`` and ``bias`` like the torch convolution (gates untouched).
+
+        Examples
+        --------
+        >>> L0Conv2d(1, 2, 3).reset_parameters()
+        """
+        uniform_init_(self.weight, self.fan_in, self.generator)
+        if self.bias is not None:
+            uniform_init_(self.bias, self.fan_in, self.generator)
+
+    def _gated(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.granularity == "channel":
+            bias = None if self.bias is None else self.bias * z
+            return self.weight * z.view(-1, *([1] * (self._dims + 1))), bias
+        return self.weight * z, self.bias
+
+    def forward(self, input: Tensor) -> Tensor:
+        """Convolve with the gated filters (sampled gates in training, deterministic in eval).
+
+        Examples
+        --------
+        >>> L0Conv2d(1, 2, 3).eval()(torch.ones(1, 1, 5, 5)).shape
+        torch.Size([1, 2, 3, 3])
+        """
+        weight, bias = self._gated(self.gates())
+        return self._conv_fn(
+            input, weight, bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    # --------------------------------------------------------- GatedLayer
+    def l2_penalty(self) -> Tensor:
+        """Expected squared L2 norm of the gated weights (each group's norm times P(active)).
+
+        A channel's group is its filter and its bias; an ungated bias is not
+        penalised.
+
+        Examples
+        --------
+        >>> conv = L0Conv2d(1, 2, 1, bias=False, init_sparsity=0.5)
+        >>> with torch.no_grad(): _ = conv.weight.fill_(1.0)
+        >>> conv.l2_penalty().item()
+        1.0
+        """
+        p = self.prob_active()
+        if self.granularity == "channel":
+            norms = self.weight.square().flatten(1).sum(1)
+            if self.bias is not None:
+                norms = norms + self.bias.square()
+            return (norms * p).sum()
+        return (self.weight.square() * p).sum()
+
+    def parameter_count(self) -> int:
+        """Parameters of the equivalent torch convolution (gate logits excluded).
+
+        Examples
+        --------
+        >>> L0Conv2d(2, 4, 3).parameter_count()
+        76
+        """
+        return self.weight.numel() + (0 if self.bias is None else self.bias.numel())
+
+    def active_parameter_count(self) -> int:
+        """Parameters left once the eval-mode gates are applied (this layer's gates only).
+
+        Examples
+        --------
+        >>> L0Conv2d(2, 4, 3, init_sparsity=0.01).active_parameter_count()
+        76
+        """
+        active = int((self.deterministic_gates() > 0).sum().item())
+        if self.granularity == "channel":
+            return active * (self.fan_in + (0 if self.bias is None else 1))
+        return active + (0 if self.bias is None else self.out_channels)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, bias={self.bias is not None}, "
+            f"granularity={self.granularity!r}, gate={self.gate_type!r}"
+        )
+
+
+class L0Conv2d(_L0ConvNd):
     """2-D convolution whose output channels (or single weights) are gated.
 
     Parameters
@@ -84,134 +243,10 @@ class L0Conv2d(L0Layer):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        example = "e.g. L0Conv2d(3, 16, kernel_size=3)"
-        self.in_channels = check_positive_int("in_channels", in_channels, example)
-        self.out_channels = check_positive_int("out_channels", out_channels, example)
-        self.groups = check_positive_int("groups", groups, "use groups=1 for a dense convolution")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"groups={groups} must divide in_channels={in_channels} and "
-                f"out_channels={out_channels}"
-            )
-        self.kernel_size = check_pair("kernel_size", kernel_size, 1)
-        self.stride = check_pair("stride", stride, 1)
-        self.dilation = check_pair("dilation", dilation, 1)
-        if isinstance(padding, str):
-            check_choice("padding", padding, ("same", "valid"))
-            if padding == "same" and self.stride != (1, 1):
-                raise ValueError("padding='same' needs stride=1; pass an int padding instead")
-            self.padding: tuple[int, int] | str = padding
-        else:
-            self.padding = check_pair("padding", padding, 0)
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be True or False, got {bias!r}")
-        self.granularity = check_choice("granularity", granularity, ("channel", "weight"))
-        weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
-        shape = (out_channels,) if granularity == "channel" else weight_shape
-        self._build_gates(
-            shape,
-            gate=gate,
-            temperature=temperature,
-            init_sparsity=init_sparsity,
-            gate_kwargs=gate_kwargs,
-            device=device,
-            dtype=dtype,
-            generator=generator,
-        )
-        factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
-        else:
-            self.register_parameter("bias", None)
-        self.generator = generator
-        self.reset_parameters()
-
-    @property
-    def fan_in(self) -> int:
-        """Inputs of one output unit: ``in_channels / groups * kh * kw``."""
-        return self.weight[0].numel()
-
-    def reset_parameters(self) -> None:
-        """Initialise ``weight`` and ``bias`` like :class:`torch.nn.Conv2d` (gates untouched).
-
-        Examples
-        --------
-        >>> L0Conv2d(1, 2, 3).reset_parameters()
-        """
-        uniform_init_(self.weight, self.fan_in, self.generator)
-        if self.bias is not None:
-            uniform_init_(self.bias, self.fan_in, self.generator)
-
-    def _gated(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
-        if self.granularity == "channel":
-            bias = None if self.bias is None else self.bias * z
-            return self.weight * z.view(-1, 1, 1, 1), bias
-        return self.weight * z, self.bias
-
-    def forward(self, input: Tensor) -> Tensor:
-        """Convolve with the gated filters (sampled gates in training, deterministic in eval).
-
-        Examples
-        --------
-        >>> L0Conv2d(1, 2, 3).eval()(torch.ones(1, 1, 5, 5)).shape
-        torch.Size([1, 2, 3, 3])
-        """
-        weight, bias = self._gated(self.gates())
-        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-
-    # --------------------------------------------------------- GatedLayer
-    def l2_penalty(self) -> Tensor:
-        """Expected squared L2 norm of the gated weights (each group's norm times P(active)).
-
-        A channel's group is its filter and its bias; an ungated bias is not
-        penalised.
-
-        Examples
-        --------
-        >>> conv = L0Conv2d(1, 2, 1, bias=False, init_sparsity=0.5)
-        >>> with torch.no_grad(): _ = conv.weight.fill_(1.0)
-        >>> conv.l2_penalty().item()
-        1.0
-        """
-        p = self.prob_active()
-        if self.granularity == "channel":
-            norms = self.weight.square().flatten(1).sum(1)
-            if self.bias is not None:
-                norms = norms + self.bias.square()
-            return (norms * p).sum()
-        return (self.weight.square() * p).sum()
-
-    def parameter_count(self) -> int:
-        """Parameters of the equivalent ``nn.Conv2d`` (gate logits excluded).
-
-        Examples
-        --------
-        >>> L0Conv2d(2, 4, 3).parameter_count()
-        76
-        """
-        return self.weight.numel() + (0 if self.bias is None else self.bias.numel())
-
-    def active_parameter_count(self) -> int:
-        """Parameters left once the eval-mode gates are applied (this layer's gates only).
-
-        Examples
-        --------
-        >>> L0Conv2d(2, 4, 3, init_sparsity=0.01).active_parameter_count()
-        76
-        """
-        active = int((self.deterministic_gates() > 0).sum().item())
-        if self.granularity == "channel":
-            return active * (self.fan_in + (0 if self.bias is None else 1))
-        return active + (0 if self.bias is None else self.out_channels)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-            f"groups={self.groups}, bias={self.bias is not None}, "
-            f"granularity={self.granularity!r}, gate={self.gate_type!r}"
-        )
+        self._init_conv(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            gate, granularity, temperature, init_sparsity, gate_kwargs, device, dtype, generator,
+        )  # fmt: skip
 
 
 class L0DepthwiseConv2d(L0Conv2d):

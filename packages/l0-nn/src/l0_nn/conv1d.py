@@ -7,16 +7,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
 
-from ._checks import check_choice, check_positive_int, check_single
-from .base import DEFAULT_INIT_SPARSITY, L0Layer, uniform_init_
-from .conv import ConvGranularity
+from .base import DEFAULT_INIT_SPARSITY
+from .conv import ConvGranularity, _L0ConvNd
 
 __all__ = ["L0Conv1d"]
 
 
-class L0Conv1d(L0Layer):
+class L0Conv1d(_L0ConvNd):
     """1-D convolution whose output channels (or single weights) are gated.
 
     The 1-D counterpart of :class:`~l0_nn.L0Conv2d`, with the same options;
@@ -66,6 +64,10 @@ class L0Conv1d(L0Layer):
     torch.Size([8])
     """
 
+    _dims = 1
+    _conv_fn = staticmethod(F.conv1d)
+    _example = "e.g. L0Conv1d(16, 32, kernel_size=3)"
+
     def __init__(
         self,
         in_channels: int,
@@ -87,131 +89,7 @@ class L0Conv1d(L0Layer):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        example = "e.g. L0Conv1d(16, 32, kernel_size=3)"
-        self.in_channels = check_positive_int("in_channels", in_channels, example)
-        self.out_channels = check_positive_int("out_channels", out_channels, example)
-        self.groups = check_positive_int("groups", groups, "use groups=1 for a dense convolution")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"groups={groups} must divide in_channels={in_channels} and "
-                f"out_channels={out_channels}"
-            )
-        self.kernel_size = check_single("kernel_size", kernel_size, 1)
-        self.stride = check_single("stride", stride, 1)
-        self.dilation = check_single("dilation", dilation, 1)
-        if isinstance(padding, str):
-            check_choice("padding", padding, ("same", "valid"))
-            if padding == "same" and self.stride != (1,):
-                raise ValueError("padding='same' needs stride=1; pass an int padding instead")
-            self.padding: tuple[int] | str = padding
-        else:
-            self.padding = check_single("padding", padding, 0)
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be True or False, got {bias!r}")
-        self.granularity = check_choice("granularity", granularity, ("channel", "weight"))
-        weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
-        shape = (out_channels,) if granularity == "channel" else weight_shape
-        self._build_gates(
-            shape,
-            gate=gate,
-            temperature=temperature,
-            init_sparsity=init_sparsity,
-            gate_kwargs=gate_kwargs,
-            device=device,
-            dtype=dtype,
-            generator=generator,
-        )
-        factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
-        else:
-            self.register_parameter("bias", None)
-        self.generator = generator
-        self.reset_parameters()
-
-    @property
-    def fan_in(self) -> int:
-        """Inputs of one output unit: ``in_channels / groups * kernel_size``."""
-        return self.weight[0].numel()
-
-    def reset_parameters(self) -> None:
-        """Initialise ``weight`` and ``bias`` like :class:`torch.nn.Conv1d` (gates untouched).
-
-        Examples
-        --------
-        >>> L0Conv1d(1, 2, 3).reset_parameters()
-        """
-        uniform_init_(self.weight, self.fan_in, self.generator)
-        if self.bias is not None:
-            uniform_init_(self.bias, self.fan_in, self.generator)
-
-    def _gated(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
-        if self.granularity == "channel":
-            bias = None if self.bias is None else self.bias * z
-            return self.weight * z.view(-1, 1, 1), bias
-        return self.weight * z, self.bias
-
-    def forward(self, input: Tensor) -> Tensor:
-        """Convolve with the gated filters (sampled gates in training, deterministic in eval).
-
-        Examples
-        --------
-        >>> L0Conv1d(1, 2, 3).eval()(torch.ones(1, 1, 5)).shape
-        torch.Size([1, 2, 3])
-        """
-        weight, bias = self._gated(self.gates())
-        return F.conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-
-    # --------------------------------------------------------- GatedLayer
-    def l2_penalty(self) -> Tensor:
-        """Expected squared L2 norm of the gated weights (each group's norm times P(active)).
-
-        A channel's group is its filter and its bias; an ungated bias is not
-        penalised.
-
-        Examples
-        --------
-        >>> conv = L0Conv1d(1, 2, 1, bias=False, init_sparsity=0.5)
-        >>> with torch.no_grad(): _ = conv.weight.fill_(1.0)
-        >>> conv.l2_penalty().item()
-        1.0
-        """
-        p = self.prob_active()
-        if self.granularity == "channel":
-            norms = self.weight.square().flatten(1).sum(1)
-            if self.bias is not None:
-                norms = norms + self.bias.square()
-            return (norms * p).sum()
-        return (self.weight.square() * p).sum()
-
-    def parameter_count(self) -> int:
-        """Parameters of the equivalent ``nn.Conv1d`` (gate logits excluded).
-
-        Examples
-        --------
-        >>> L0Conv1d(2, 4, 3).parameter_count()
-        28
-        """
-        return self.weight.numel() + (0 if self.bias is None else self.bias.numel())
-
-    def active_parameter_count(self) -> int:
-        """Parameters left once the eval-mode gates are applied (this layer's gates only).
-
-        Examples
-        --------
-        >>> L0Conv1d(2, 4, 3, init_sparsity=0.01).active_parameter_count()
-        28
-        """
-        active = int((self.deterministic_gates() > 0).sum().item())
-        if self.granularity == "channel":
-            return active * (self.fan_in + (0 if self.bias is None else 1))
-        return active + (0 if self.bias is None else self.out_channels)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-            f"groups={self.groups}, bias={self.bias is not None}, "
-            f"granularity={self.granularity!r}, gate={self.gate_type!r}"
-        )
+        self._init_conv(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            gate, granularity, temperature, init_sparsity, gate_kwargs, device, dtype, generator,
+        )  # fmt: skip
