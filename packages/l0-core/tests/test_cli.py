@@ -68,3 +68,25 @@ def test_l0_console_script_is_installed_and_lists_plugins():
         [str(script), "plugins"], capture_output=True, text=True, env=_env(), check=True
     )
     assert "gates: hard_concrete" in result.stdout
+
+
+def test_plugins_command_imports_the_installed_family_packages_first(tmp_path, monkeypatch, capsys):
+    import l0_core.cli as cli
+
+    (tmp_path / "fake_l0_family.py").write_text(
+        "from l0_core import hookimpl, register_plugin\n"
+        "class Schedules:\n"
+        "    @hookimpl\n"
+        "    def l0_register_schedules(self, register):\n"
+        "        register('fake_family_schedule', lambda p, t0, t1: t0)\n"
+        "register_plugin(Schedules(), name='fake-family')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "_FAMILY", ("not_installed_l0_sibling", "fake_l0_family"))
+    try:
+        assert main(["plugins"]) == 0
+        out = capsys.readouterr().out
+    finally:
+        unregister_plugin("fake-family")
+        sys.modules.pop("fake_l0_family", None)
+    assert "fake-family\n    schedules: fake_family_schedule\n" in out

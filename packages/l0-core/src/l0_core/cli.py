@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .plugins import list_plugins
 
+#: sibling packages that register built-in plugins when imported
+_FAMILY = ("l0_nn", "l0_gates", "l0_calibrate")
+
 
 def _plugins(out) -> int:
+    for module in _FAMILY:  # list what the installed l0 packages register too
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
     for info in list_plugins():
         version = f" {info.version}" if info.version else ""
         dist = f" ({info.distribution}{version})" if info.distribution else ""
