@@ -165,6 +165,16 @@ def _auto_work(rank: int, world: int, files: dict) -> dict:
         SparseCalibrationWeights(local.shape[1], **MODEL).fit(local, Y, epochs=2, lr=bad_lr)
     except ValueError as exc:
         out["one_rank_error"] = str(exc)
+    try:  # the last rank cannot read the file
+        path = files["npz"] if rank < world - 1 else files["npz"] + ".missing.npz"
+        SparseCalibrationWeights(ColumnShard.even(N).n_local, **MODEL).fit(path, Y, epochs=2)
+    except (ValueError, OSError) as exc:
+        out["file_error"] = f"{type(exc).__name__}: {exc}"
+    try:  # calibrate: the last rank's design weights are invalid
+        design = np.ones(local.shape[1]) * (-1.0 if rank == world - 1 else 1.0)
+        calibrate(local, Y, design_weights=design, epochs=2)
+    except ValueError as exc:
+        out["design_error"] = str(exc)
     # a target count above this rank's own columns but within the total
     big = SparseCalibrationWeights(local.shape[1], **MODEL)
     big.fit(local, Y, **dict(COUNT_FIT, epochs=10, refit_epochs=2, target_count=150))
@@ -664,6 +674,22 @@ def test_a_bad_argument_on_one_rank_stops_every_rank(world: int, ranks: dict) ->
     for r in others:
         assert f"rank {world - 1} rejected its fit arguments" in r["one_rank_error"]
         assert "lr" in r["one_rank_error"]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_file_one_rank_cannot_read_stops_every_rank(world: int, ranks: dict) -> None:
+    *others, last = ranks[world]
+    assert "missing" in last["file_error"]
+    for r in others:
+        assert f"rank {world - 1} failed reading its columns of M" in r["file_error"]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_bad_design_weights_on_one_rank_stop_every_calibrate(world: int, ranks: dict) -> None:
+    *others, last = ranks[world]
+    assert last["design_error"].startswith("design_weights must be positive")
+    for r in others:
+        assert f"rank {world - 1} failed checking its design_weights" in r["design_error"]
 
 
 @pytest.mark.parametrize("world", [2, 3])

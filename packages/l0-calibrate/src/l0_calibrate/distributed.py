@@ -49,6 +49,7 @@ from .distributed_reducer import (
     _dist,
     cut_to_shard,
     group_initialized,
+    stop_together,
     use_sharding,
 )
 from .inputs import check_nonneg_float, check_positive_int
@@ -415,17 +416,19 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
         if isinstance(M, (str, os.PathLike)):
             from .distributed_io import load_columns, matrix_shape
 
-            n_file = matrix_shape(M)[1]
-            if n_file != self.n_total:
-                s = self.shard
-                raise ValueError(
-                    f"M: {os.fspath(M)!r} has {n_file} households but the model's columns total "
-                    f"{self.n_total} (this rank holds [{s.start}, {s.stop}) of {s.world_size} ranks' "
-                    "columns). Inside a process group SparseCalibrationWeights(n_features) takes "
-                    "this rank's column count; for a file, build the model with "
-                    f"ShardedCalibrationWeights({n_file}) (the even split), or pass each rank's count"
-                )
-            M = load_columns(M, self.shard)
+            with stop_together("reading its columns of M", self._reducer.group):
+                n_file = matrix_shape(M)[1]
+                if n_file != self.n_total:
+                    s = self.shard
+                    raise ValueError(
+                        f"M: {os.fspath(M)!r} has {n_file} households but the model's columns total "
+                        f"{self.n_total} (this rank holds [{s.start}, {s.stop}) of {s.world_size} "
+                        "ranks' columns). Inside a process group SparseCalibrationWeights(n_features) "
+                        "takes this rank's column count; for a file, build the model with "
+                        f"ShardedCalibrationWeights({n_file}) (the even split), or pass each rank's "
+                        "count"
+                    )
+                M = load_columns(M, self.shard)
         bound = inspect.signature(SparseCalibrationWeights.fit).bind(self, M, y, *args, **kwargs)
         if not self._reducer.is_main:
             bound.arguments["verbose"] = False

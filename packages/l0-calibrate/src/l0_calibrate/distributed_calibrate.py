@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .distributed_reducer import ColumnShard, ProcessGroupReducer, cut_to_shard
+from .distributed_reducer import ColumnShard, ProcessGroupReducer, cut_to_shard, stop_together
 from .frontend import CalibrationResult, _exact_estimates, _report
 from .inputs import as_vector, is_dataframe, prepare_problem
 
@@ -192,38 +192,43 @@ def calibrate_sharded(
 
     from .distributed import ShardedCalibrationWeights
 
-    if method not in (None, "gates"):
-        if method == "select":
-            raise ValueError(
-                "method='select' needs all households in one process and cannot run column-sharded; "
-                "pass method='gates' (the default inside a process group), or distributed=False to "
-                "run an independent select fit on every rank"
+    shard: ColumnShard | None = None
+    # a rank whose own arguments fail must not leave the others waiting in a collective
+    with stop_together("checking its calibrate arguments"):
+        if method not in (None, "gates"):
+            if method == "select":
+                raise ValueError(
+                    "method='select' needs all households in one process and cannot run column-sharded; "
+                    "pass method='gates' (the default inside a process group), or distributed=False to "
+                    "run an independent select fit on every rank"
+                )
+            raise ValueError(f"method must be 'select' or 'gates', got {method!r}")
+        if (holdout_matrix is None) != (holdout_totals is None):
+            raise ValueError("pass both holdout_matrix and holdout_totals, or neither")
+        if lambda_l0 is None:
+            lambda_l0 = 0.0 if target_count is not None else 0.01
+        if polish is None:
+            polish = target_count is not None
+
+        if isinstance(estimate_matrix, (str, os.PathLike)):
+            from .distributed_io import load_columns, matrix_shape
+
+            shard = ColumnShard.even(matrix_shape(estimate_matrix)[1])
+            estimate_matrix = load_columns(estimate_matrix, shard)
+        else:
+            n_local = int(
+                estimate_matrix.shape[0] if is_dataframe(estimate_matrix) else estimate_matrix.shape[1]
             )
-        raise ValueError(f"method must be 'select' or 'gates', got {method!r}")
-    if (holdout_matrix is None) != (holdout_totals is None):
-        raise ValueError("pass both holdout_matrix and holdout_totals, or neither")
-    if lambda_l0 is None:
-        lambda_l0 = 0.0 if target_count is not None else 0.01
-    if polish is None:
-        polish = target_count is not None
-
-    if isinstance(estimate_matrix, (str, os.PathLike)):
-        from .distributed_io import load_columns, matrix_shape
-
-        shard = ColumnShard.even(matrix_shape(estimate_matrix)[1])
-        estimate_matrix = load_columns(estimate_matrix, shard)
-    else:
-        n_local = int(
-            estimate_matrix.shape[0] if is_dataframe(estimate_matrix) else estimate_matrix.shape[1]
-        )
+    if shard is None:
         shard = ColumnShard.from_local_count(n_local)
     n_local, n_total = shard.n_local, shard.n_total
     init = None
-    if design_weights is not None:
-        local = cut_to_shard(design_weights, shard, "design_weights")
-        init = as_vector(local, "design_weights", n_local, what="one per household")
-        if (init <= 0).any():
-            raise ValueError("design_weights must be positive; drop zero-weight households first")
+    with stop_together("checking its design_weights"):
+        if design_weights is not None:
+            local = cut_to_shard(design_weights, shard, "design_weights")
+            init = as_vector(local, "design_weights", n_local, what="one per household")
+            if (init <= 0).any():
+                raise ValueError("design_weights must be positive; drop zero-weight households first")
     model = ShardedCalibrationWeights(
         n_total,
         init_keep_prob=0.5 if init_keep_prob is None else init_keep_prob,

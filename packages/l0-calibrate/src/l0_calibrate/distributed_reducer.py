@@ -129,6 +129,59 @@ def _rank_and_size(group: Any = None) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+class stop_together:
+    """Context manager: if a rank fails inside the block, every rank of the group raises.
+
+    Without it, a rank whose own input checks raise leaves the others waiting
+    in their next collective until the process-group timeout. On leaving
+    the block every rank takes part in one ``all_gather_object`` of "did I
+    fail": the failing rank re-raises its error, the others raise a
+    ``ValueError`` naming it. Outside a process group (or with one rank) it
+    changes nothing. Only ``Exception`` subclasses are shared; a
+    ``KeyboardInterrupt`` still stops this process alone.
+
+    Parameters
+    ----------
+    what : str
+        What the block does, for the message of the other ranks.
+    group : ProcessGroup, optional
+        Default: the whole world.
+
+    Examples
+    --------
+    >>> with stop_together("reading the matrix"):
+    ...     x = 1 + 1
+    >>> x
+    2
+    """
+
+    def __init__(self, what: str, group: Any = None) -> None:
+        self.what = what
+        self.group = group
+
+    def __enter__(self) -> stop_together:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> bool:
+        if kind is not None and not issubclass(kind, Exception):
+            return False
+        rank, world = _rank_and_size(self.group)
+        if world == 1:
+            return False
+        mine = None if error is None else f"{type(error).__name__}: {error}"
+        gathered: list[Any] = [None] * world
+        _dist().all_gather_object(gathered, mine, group=self.group)
+        if error is not None:
+            return False  # re-raise this rank's own error
+        for other, message in enumerate(gathered):
+            if message is not None:
+                raise ValueError(
+                    f"rank {other} failed {self.what} ({message}); every rank stops here -- fix "
+                    "that rank's input and launch again"
+                )
+        return False
+
+
 # ------------------------------------------------------------------ layout
 @dataclass(frozen=True)
 class ColumnShard:
