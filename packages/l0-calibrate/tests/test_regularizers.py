@@ -125,3 +125,31 @@ def test_ratio_bound_penalty_is_the_mean_squared_excess_over_kept_weights():
     # ratios 0.05 (below 0.25 by 0.2), 1.5 (inside), 10 (above 4 by 6) over 3 kept weights
     expected = (0.2**2 + 6.0**2) / 3
     assert ratio_bound_penalty(w, ref, 4).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "penalty",
+    [
+        lambda w, q, reduce: calibration_distance(w, q, "raking", active_only=True, reduce=reduce),
+        lambda w, q, reduce: calibration_distance(w, q, "chi2", reduce=reduce),
+        lambda w, q, reduce: dispersion_penalty(w, reference=q, reduce=reduce),
+        lambda w, q, reduce: ratio_bound_penalty(w, q, 3.0, reduce=reduce),
+    ],
+)
+def test_reduce_combines_the_sums_of_two_halves_into_the_whole(penalty):
+    # what a column-sharded fit does: each part's sums, all-reduced, then the formula
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(40, generator=g, dtype=torch.float64) * 8
+    w[::5] = 0.0
+    q = torch.rand(40, generator=g, dtype=torch.float64) + 0.5
+    seen: list[torch.Tensor] = []
+
+    def keep(sums: torch.Tensor) -> torch.Tensor:
+        seen.append(sums.detach().clone())
+        return sums
+
+    penalty(w[25:], q[25:], keep)
+    combined = penalty(w[:25], q[:25], lambda sums: sums + seen[0])
+    whole = penalty(w, q, None)
+    assert combined.item() == pytest.approx(whole.item(), rel=1e-12)
+    assert penalty(w[:25], q[:25], None).item() != pytest.approx(whole.item(), rel=1e-6)

@@ -160,70 +160,23 @@ def _weight_penalties(
     ref = d * (red.n_total / target_count) if target_count else d
     if opts.max_weight_ratio is not None:
         reg.ratio_bounds(opts.max_weight_ratio)  # validates before work starts
-    if red.sharded:
-        return _sharded_penalties(red, ref, opts)
+    # sharded: each penalty's sums over households are all-reduced, so every rank
+    # evaluates the single-process formula on all households (and gets its gradient)
+    reduce = red.all_reduce_sum if red.sharded else None
     out: list[tuple[float, WeightPenalty]] = []
     if opts.lambda_distance > 0:
         kind = opts.distance
-        out.append((opts.lambda_distance, lambda w: reg.calibration_distance(w, ref, kind, active_only=True)))
+        out.append(
+            (
+                opts.lambda_distance,
+                lambda w: reg.calibration_distance(w, ref, kind, active_only=True, reduce=reduce),
+            )
+        )
     if opts.lambda_dispersion > 0:
-        out.append((opts.lambda_dispersion, lambda w: reg.dispersion_penalty(w, reference=ref)))
+        out.append((opts.lambda_dispersion, lambda w: reg.dispersion_penalty(w, reference=ref, reduce=reduce)))
     if opts.max_weight_ratio is not None:
         bound = opts.max_weight_ratio
-        out.append((opts.lambda_ratio, lambda w: reg.ratio_bound_penalty(w, ref, bound)))
-    return out
-
-
-def _sharded_penalties(red: Any, ref: Tensor, opts: FitOptions) -> list[tuple[float, WeightPenalty]]:
-    """The weight penalties of a column-sharded fit: local sums, all-reduced, then the same formula.
-
-    Each penalty is a function of a few sums over households (of the kept
-    weights' distances, counts, ``sum x`` and ``sum x^2``); every rank sums
-    its columns, the sums are all-reduced (differentiably: see
-    :func:`l0_calibrate.distributed_reducer.all_reduce_sum`), and every rank
-    evaluates the single-process formula on them, so the value is the same
-    everywhere and the gradient of each rank's weights is the single-process one.
-    """
-    from . import regularizers as reg
-
-    out: list[tuple[float, WeightPenalty]] = []
-    if opts.lambda_distance > 0:
-        kind = opts.distance
-
-        def distance(w: Tensor) -> Tensor:
-            # calibration_distance(w, ref, kind, active_only=True): sum d G(r) / sum d over kept
-            mask = (w != 0).to(w.dtype)
-            total = reg.calibration_distance(w, ref, kind, active_only=True, normalize=False)
-            sums = red.all_reduce_sum(torch.stack([total, (ref * mask).sum()]))
-            return sums[0] / sums[1].clamp_min(torch.finfo(w.dtype).tiny)
-
-        out.append((opts.lambda_distance, distance))
-    if opts.lambda_dispersion > 0:
-
-        def dispersion(w: Tensor) -> Tensor:
-            # dispersion_penalty(w, reference=ref): n sum(x^2) / sum(x)^2 - 1 over non-zero x = w / ref
-            x = w / ref
-            n = (x != 0).sum().to(w.dtype)
-            sums = red.all_reduce_sum(torch.stack([n, x.sum(), (x * x).sum()]))
-            if float(sums[0].item()) < 1 or float(sums[1].detach().abs().item()) == 0.0:
-                return (sums * 0).sum()
-            return sums[0] * sums[2] / (sums[1] * sums[1]) - 1.0
-
-        out.append((opts.lambda_dispersion, dispersion))
-    if opts.max_weight_ratio is not None:
-        lo, hi = reg.ratio_bounds(opts.max_weight_ratio)
-
-        def ratio(w: Tensor) -> Tensor:
-            # ratio_bound_penalty(w, ref, bound): squared hinge, mean over non-zero weights
-            r = w / ref
-            mask = (w != 0).to(w.dtype)
-            over = torch.relu(r - hi) if math.isfinite(hi) else torch.zeros_like(r)
-            under = torch.relu(lo - r)
-            local = torch.stack([((over * over + under * under) * mask).sum(), mask.sum()])
-            sums = red.all_reduce_sum(local)
-            return sums[0] / sums[1].clamp_min(1.0)
-
-        out.append((opts.lambda_ratio, ratio))
+        out.append((opts.lambda_ratio, lambda w: reg.ratio_bound_penalty(w, ref, bound, reduce=reduce)))
     return out
 
 

@@ -39,7 +39,7 @@ without dropping (all kept) the reference is ``d`` itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import numpy as np
@@ -94,6 +94,7 @@ def calibration_distance(
     *,
     active_only: bool = False,
     normalize: bool = True,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Calibration distance between weights ``w`` and design weights ``d`` (differentiable).
 
@@ -114,6 +115,10 @@ def calibration_distance(
     normalize : bool, default True
         Divide by ``sum(d)`` (over the summed units), giving a mean distance
         per unit of design weight; ``False`` returns the raw sum.
+    reduce : callable, optional
+        Applied to the stacked sums over units before the formula (e.g. an
+        all-reduce over the ranks of a column-sharded fit, so that every
+        rank gets the penalty of all households); None: this ``w`` is all.
 
     Returns
     -------
@@ -146,12 +151,19 @@ def calibration_distance(
     else:
         total = (d * per_unit).sum()
         norm = d.sum()
+    if reduce is not None:
+        total, norm = reduce(torch.stack([total, norm]))
     if not normalize:
         return total
     return total / norm.clamp_min(torch.finfo(w.dtype).tiny)
 
 
-def dispersion_penalty(w: Tensor, *, reference: Tensor | None = None) -> Tensor:
+def dispersion_penalty(
+    w: Tensor,
+    *,
+    reference: Tensor | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """Squared coefficient of variation of the non-zero weights (design effect minus 1).
 
     For the ``n`` non-zero entries ``x`` of ``w`` (or of ``w / reference``),
@@ -168,6 +180,10 @@ def dispersion_penalty(w: Tensor, *, reference: Tensor | None = None) -> Tensor:
     reference : Tensor, optional
         Positive reference weights (e.g. design weights); the dispersion of
         the adjustment ``w / reference`` is measured instead.
+    reduce : callable, optional
+        Applied to the stacked sums over units before the formula (e.g. an
+        all-reduce over the ranks of a column-sharded fit, so that every
+        rank gets the penalty of all households); None: this ``w`` is all.
 
     Returns
     -------
@@ -192,9 +208,12 @@ def dispersion_penalty(w: Tensor, *, reference: Tensor | None = None) -> Tensor:
         x = w / reference.to(device=w.device, dtype=w.dtype)
     n = (x != 0).sum().to(w.dtype)
     s1 = x.sum()
+    s2 = (x * x).sum()
+    if reduce is not None:
+        n, s1, s2 = reduce(torch.stack([n, s1, s2]))
     if float(n.item()) < 1 or float(s1.detach().abs().item()) == 0.0:
         return (x * 0).sum()
-    return n * (x * x).sum() / (s1 * s1) - 1.0
+    return n * s2 / (s1 * s1) - 1.0
 
 
 def ratio_bounds(
@@ -322,7 +341,13 @@ def clip_weight_ratio(w: Any, reference: Any, max_weight_ratio: RatioBound) -> A
     return np.where(w_arr != 0, out, 0.0)
 
 
-def ratio_bound_penalty(w: Tensor, reference: Tensor, max_weight_ratio: RatioBound) -> Tensor:
+def ratio_bound_penalty(
+    w: Tensor,
+    reference: Tensor,
+    max_weight_ratio: RatioBound,
+    *,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """Squared hinge on ``w / reference`` leaving ``[lo, hi]``, mean over non-zero weights.
 
     A differentiable way to enforce ``max_weight_ratio`` during gate training
@@ -340,5 +365,8 @@ def ratio_bound_penalty(w: Tensor, reference: Tensor, max_weight_ratio: RatioBou
     mask = (w != 0).to(w.dtype)
     over = torch.relu(r - hi) if math.isfinite(hi) else torch.zeros_like(r)
     under = torch.relu(lo - r)
-    n = mask.sum().clamp_min(1.0)
-    return ((over * over + under * under) * mask).sum() / n
+    total = ((over * over + under * under) * mask).sum()
+    n = mask.sum()
+    if reduce is not None:
+        total, n = reduce(torch.stack([total, n]))
+    return total / n.clamp_min(1.0)
