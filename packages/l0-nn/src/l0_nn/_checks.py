@@ -54,34 +54,23 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
-def check_pair(name: str, value: Any, minimum: int) -> tuple[int, int]:
-    """Normalise an ``int`` or a pair of ints (each ``>= minimum``) to a pair."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+def check_int_tuple(name: str, value: Any, minimum: int, size: int) -> tuple[int, ...]:
+    """Normalise an ``int`` or ``size`` ints (each ``>= minimum``) to a ``size``-tuple.
+
+    ``size`` is the convolution's number of spatial dimensions (1 or 2).
+    """
+    items = (value,) * size if isinstance(value, int) and not isinstance(value, bool) else value
     ok = (
-        isinstance(pair, (tuple, list))
-        and len(pair) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in pair)
+        isinstance(items, (tuple, list))
+        and len(items) == size
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in items)
     )
     if not ok:
+        several = {1: "a 1-tuple of one", 2: "a pair of them"}.get(size, f"{size} of them")
         raise ValueError(
-            f"{name} must be an int >= {minimum} or a pair of them, got {value!r}; e.g. {name}=3"
+            f"{name} must be an int >= {minimum} or {several}, got {value!r}; e.g. {name}=3"
         )
-    return int(pair[0]), int(pair[1])
-
-
-def check_single(name: str, value: Any, minimum: int) -> tuple[int]:
-    """Normalise an ``int`` or a 1-tuple of an int (``>= minimum``) to a 1-tuple."""
-    one = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
-    ok = (
-        isinstance(one, (tuple, list))
-        and len(one) == 1
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in one)
-    )
-    if not ok:
-        raise ValueError(
-            f"{name} must be an int >= {minimum} or a 1-tuple of one, got {value!r}; e.g. {name}=3"
-        )
-    return (int(one[0]),)
+    return tuple(int(v) for v in items)
 
 
 def check_factory(

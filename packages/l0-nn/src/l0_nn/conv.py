@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_pair, check_positive_int, check_single
+from ._checks import check_choice, check_int_tuple, check_positive_int
 from .base import DEFAULT_INIT_SPARSITY, L0Layer, uniform_init_
 
 __all__ = ["L0Conv2d", "L0DepthwiseConv2d"]
@@ -43,7 +43,7 @@ class _L0ConvNd(L0Layer):
         dtype: torch.dtype | None,
         generator: torch.Generator | None,
     ) -> None:
-        size = check_pair if self._dims == 2 else check_single
+        dims = self._dims
         example = self._example
         self.in_channels = check_positive_int("in_channels", in_channels, example)
         self.out_channels = check_positive_int("out_channels", out_channels, example)
@@ -53,16 +53,16 @@ class _L0ConvNd(L0Layer):
                 f"groups={groups} must divide in_channels={in_channels} and "
                 f"out_channels={out_channels}"
             )
-        self.kernel_size = size("kernel_size", kernel_size, 1)
-        self.stride = size("stride", stride, 1)
-        self.dilation = size("dilation", dilation, 1)
+        self.kernel_size = check_int_tuple("kernel_size", kernel_size, 1, dims)
+        self.stride = check_int_tuple("stride", stride, 1, dims)
+        self.dilation = check_int_tuple("dilation", dilation, 1, dims)
         if isinstance(padding, str):
             check_choice("padding", padding, ("same", "valid"))
-            if padding == "same" and self.stride != (1,) * self._dims:
+            if padding == "same" and self.stride != (1,) * dims:
                 raise ValueError("padding='same' needs stride=1; pass an int padding instead")
             self.padding: tuple[int, ...] | str = padding
         else:
-            self.padding = size("padding", padding, 0)
+            self.padding = check_int_tuple("padding", padding, 0, dims)
         if not isinstance(bias, bool):
             raise TypeError(f"bias must be True or False, got {bias!r}")
         self.granularity = check_choice("granularity", granularity, ("channel", "weight"))
