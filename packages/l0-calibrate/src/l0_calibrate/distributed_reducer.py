@@ -129,6 +129,16 @@ def _rank_and_size(group: Any = None) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+def _raise_any_failure(failures: list[Any], what: str) -> None:
+    """Raise a ValueError naming the first rank whose entry in ``failures`` is a message."""
+    for rank, message in enumerate(failures):
+        if message is not None:
+            raise ValueError(
+                f"rank {rank} {what} ({message}); every rank stops here -- fix that rank's input "
+                "and launch again"
+            )
+
+
 class stop_together:
     """Context manager: if a rank fails inside the block, every rank of the group raises.
 
@@ -171,15 +181,9 @@ class stop_together:
         mine = None if error is None else f"{type(error).__name__}: {error}"
         gathered: list[Any] = [None] * world
         _dist().all_gather_object(gathered, mine, group=self.group)
-        if error is not None:
-            return False  # re-raise this rank's own error
-        for other, message in enumerate(gathered):
-            if message is not None:
-                raise ValueError(
-                    f"rank {other} failed {self.what} ({message}); every rank stops here -- fix "
-                    "that rank's input and launch again"
-                )
-        return False
+        if error is None:
+            _raise_any_failure(gathered, f"failed {self.what}")
+        return False  # with an error of its own, this rank re-raises it
 
 
 # ------------------------------------------------------------------ layout
@@ -676,17 +680,11 @@ class ProcessGroupReducer(LocalReducer):
             if error is not None:
                 raise error
             return
-        mine = None if error is None else (type(error).__name__, str(error))
+        mine = None if error is None else f"{type(error).__name__}: {error}"
         gathered = self.all_gather_object((mine, options))
         if error is not None:
             raise error
-        for rank, (theirs, _) in enumerate(gathered):
-            if theirs is not None:
-                kind, message = theirs
-                raise ValueError(
-                    f"rank {rank} rejected its fit arguments ({kind}: {message}); every rank stops "
-                    "here -- fix that rank's input and launch again"
-                )
+        _raise_any_failure([failure for failure, _ in gathered], "rejected its fit arguments")
         reference = gathered[0][1]
         differ = sorted(
             name

@@ -681,7 +681,7 @@ def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> S
         error = exc
     # sharded: every rank learns whether another rejected its arguments or was given other
     # options, so that none is left waiting in a collective (single process: re-raises)
-    red.agree(error, _shared_options(args, opts) if error is None else {})
+    red.agree(error, _shared_options(args, opts) if red.sharded and error is None else {})
     red.reduce_problem(
         problem,
         target_groups=args["target_groups"],
