@@ -28,6 +28,7 @@ PACKAGES = {
 }
 ALL_IMPORTS = [imp for _, imp in PACKAGES.values()] + ["l0"]
 TORCH = shlex.split(os.environ.get("L0_NOX_TORCH", "torch==2.13.0"))
+TORCH_DIR = ROOT / ".nox" / "_torch"
 PYTEST = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 
 nox.options.sessions = ["core", "nn", "gates", "calibrate", "all", "plugin"]
@@ -41,8 +42,29 @@ def _pip(session: nox.Session, *args: str) -> None:
 
 
 def _install_torch(session: nox.Session) -> None:
-    """torch first, so that nothing later pulls a (multi-GB) build of its own choosing."""
-    _pip(session, *TORCH)
+    """torch first, so that nothing later pulls a (multi-GB) build of its own choosing.
+
+    torch is installed once per nox run into ``.nox/_torch`` (``pip install
+    --target``) and every session sees it through a ``.pth`` file in its own
+    site-packages: pip then counts torch as installed and never fetches another
+    build, and the 800 MB copy happens once instead of once per session.
+    Set ``L0_NOX_SHARED_TORCH=0`` to install torch into each session instead.
+    """
+    if os.environ.get("L0_NOX_SHARED_TORCH", "1") == "0":
+        _pip(session, *TORCH)
+        return
+    spec = " ".join(TORCH)
+    marker = TORCH_DIR / ".l0-requirement"
+    if not marker.is_file() or marker.read_text() != spec:
+        session.log(f"installing {spec} once into {TORCH_DIR}")
+        _pip(session, "--upgrade", "--target", str(TORCH_DIR), *TORCH)
+        marker.write_text(spec)
+    purelib = session.run(
+        "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", silent=True
+    )
+    if not purelib:  # `nox --install-only` style runs: nothing to link
+        return
+    Path(purelib.strip(), "_l0_shared_torch.pth").write_text(f"{TORCH_DIR}\n")
 
 
 def _assert_not_importable(session: nox.Session, modules: list[str]) -> None:
