@@ -1,60 +1,20 @@
-"""Argument checks shared by the l0-nn layers (clear messages, raised before any work)."""
+"""l0-nn's domain-specific argument checks, built on :mod:`l0_core.checks`.
+
+The generic checks (ints, floats, probabilities, choices, devices) live in
+``l0_core.checks``; this module only adds the convolution size tuples, the
+factory-argument triple and ``gate_kwargs``.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from l0_core.checks import check_device, check_dtype, check_generator
 
 
-def check_positive_int(name: str, value: Any, example: str) -> int:
-    """Return ``value`` if it is a positive ``int``; raise otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}; {example}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}; {example}")
-    return value
-
-
-def check_non_negative_int(name: str, value: Any, example: str) -> int:
-    """Return ``value`` if it is an ``int >= 0``; raise otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__}; {example}")
-    if value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}; {example}")
-    return value
-
-
-def check_positive_float(name: str, value: Any, example: str) -> float:
-    """Return ``float(value)`` if it is a positive finite number; raise otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive number, got {type(value).__name__}; {example}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}; {example}")
-    return value
-
-
-def check_probability(name: str, value: Any, example: str) -> float:
-    """Return ``float(value)`` if it lies strictly between 0 and 1; raise otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number in (0, 1), got {type(value).__name__}; {example}")
-    value = float(value)
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value!r}; {example}")
-    return value
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``choices``; raise otherwise."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def check_int_tuple(name: str, value: Any, minimum: int, size: int) -> tuple[int, ...]:
+def check_int_tuple(value: Any, name: str, minimum: int, size: int) -> tuple[int, ...]:
     """Normalise an ``int`` or ``size`` ints (each ``>= minimum``) to a ``size``-tuple.
 
     ``size`` is the convolution's number of spatial dimensions (1 or 2).
@@ -77,22 +37,12 @@ def check_factory(
     device: torch.device | str | None,
     dtype: torch.dtype | None,
     generator: torch.Generator | None,
-) -> None:
-    """Validate the ``device``/``dtype``/``generator`` factory arguments."""
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating point torch.dtype, got {dtype!r}")
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"generator must be a torch.Generator, got {type(generator).__name__}; "
-                "use torch.Generator().manual_seed(0)"
-            )
-        target = torch.device(device) if device is not None else torch.device("cpu")
-        if generator.device.type != target.type:
-            raise ValueError(
-                f"generator lives on {generator.device} but the layer is created on {target}; "
-                f"pass torch.Generator(device={target.type!r}).manual_seed(...)"
-            )
+) -> torch.device | None:
+    """Validate the ``device``/``dtype``/``generator`` factory arguments; return the device."""
+    checked = check_device(device)
+    check_dtype(dtype)
+    check_generator(generator, device=checked)
+    return checked
 
 
 def check_gate_kwargs(gate_kwargs: Any) -> dict[str, Any]:

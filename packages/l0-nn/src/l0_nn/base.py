@@ -13,9 +13,10 @@ from l0_core import (
     make_gate,
     set_gate_temperature,
 )
+from l0_core.checks import check_float, check_probability
 from torch import Tensor, nn
 
-from ._checks import check_factory, check_gate_kwargs, check_positive_float, check_probability
+from ._checks import check_factory, check_gate_kwargs
 
 __all__ = ["L0Layer", "DEFAULT_INIT_SPARSITY", "uniform_init_"]
 
@@ -65,9 +66,15 @@ class L0Layer(nn.Module):
         dtype: torch.dtype | None,
         generator: torch.Generator | None,
     ) -> None:
-        temperature = check_positive_float("temperature", temperature, "use e.g. temperature=2/3")
+        temperature = check_float(
+            temperature,
+            "temperature",
+            min_val=0.0,
+            include_boundaries="neither",
+            hint="use e.g. temperature=2/3",
+        )
         self.init_sparsity = check_probability(
-            "init_sparsity", init_sparsity, "it is the initial P(gate == 0), e.g. 0.1"
+            init_sparsity, "init_sparsity", hint="it is the initial P(gate == 0), e.g. 0.1"
         )
         kwargs = check_gate_kwargs(gate_kwargs)
         check_factory(device, dtype, generator)

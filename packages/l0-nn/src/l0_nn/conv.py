@@ -7,9 +7,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from l0_core.checks import check_choice, check_int
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_int_tuple, check_positive_int
+from ._checks import check_int_tuple
 from .base import DEFAULT_INIT_SPARSITY, L0Layer, uniform_init_
 
 __all__ = ["L0Conv2d", "L0DepthwiseConv2d"]
@@ -45,27 +46,29 @@ class _L0ConvNd(L0Layer):
     ) -> None:
         dims = self._dims
         example = self._example
-        self.in_channels = check_positive_int("in_channels", in_channels, example)
-        self.out_channels = check_positive_int("out_channels", out_channels, example)
-        self.groups = check_positive_int("groups", groups, "use groups=1 for a dense convolution")
+        self.in_channels = check_int(in_channels, "in_channels", min_val=1, hint=example)
+        self.out_channels = check_int(out_channels, "out_channels", min_val=1, hint=example)
+        self.groups = check_int(
+            groups, "groups", min_val=1, hint="use groups=1 for a dense convolution"
+        )
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"groups={groups} must divide in_channels={in_channels} and "
                 f"out_channels={out_channels}"
             )
-        self.kernel_size = check_int_tuple("kernel_size", kernel_size, 1, dims)
-        self.stride = check_int_tuple("stride", stride, 1, dims)
-        self.dilation = check_int_tuple("dilation", dilation, 1, dims)
+        self.kernel_size = check_int_tuple(kernel_size, "kernel_size", 1, dims)
+        self.stride = check_int_tuple(stride, "stride", 1, dims)
+        self.dilation = check_int_tuple(dilation, "dilation", 1, dims)
         if isinstance(padding, str):
-            check_choice("padding", padding, ("same", "valid"))
+            check_choice(padding, "padding", ("same", "valid"))
             if padding == "same" and self.stride != (1,) * dims:
                 raise ValueError("padding='same' needs stride=1; pass an int padding instead")
             self.padding: tuple[int, ...] | str = padding
         else:
-            self.padding = check_int_tuple("padding", padding, 0, dims)
+            self.padding = check_int_tuple(padding, "padding", 0, dims)
         if not isinstance(bias, bool):
             raise TypeError(f"bias must be True or False, got {bias!r}")
-        self.granularity = check_choice("granularity", granularity, ("channel", "weight"))
+        self.granularity = check_choice(granularity, "granularity", ("channel", "weight"))
         weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
         shape = (out_channels,) if granularity == "channel" else weight_shape
         self._build_gates(
@@ -294,8 +297,10 @@ class L0DepthwiseConv2d(L0Conv2d):
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        check_positive_int("in_channels", in_channels, "e.g. L0DepthwiseConv2d(32, 3)")
-        check_positive_int("depth_multiplier", depth_multiplier, "use 1 for a plain depthwise conv")
+        check_int(in_channels, "in_channels", min_val=1, hint="e.g. L0DepthwiseConv2d(32, 3)")
+        check_int(
+            depth_multiplier, "depth_multiplier", min_val=1, hint="use 1 for a plain depthwise conv"
+        )
         super().__init__(
             in_channels,
             in_channels * depth_multiplier,

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from l0_core.checks import check_choice, check_int
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_positive_int
 from .base import DEFAULT_INIT_SPARSITY, L0Layer, uniform_init_
 
 __all__ = ["L0Linear"]
@@ -82,11 +82,11 @@ class L0Linear(L0Layer):
     ) -> None:
         super().__init__()
         example = "e.g. L0Linear(784, 300)"
-        self.in_features = check_positive_int("in_features", in_features, example)
-        self.out_features = check_positive_int("out_features", out_features, example)
+        self.in_features = check_int(in_features, "in_features", min_val=1, hint=example)
+        self.out_features = check_int(out_features, "out_features", min_val=1, hint=example)
         if not isinstance(bias, bool):
             raise TypeError(f"bias must be True or False, got {bias!r}")
-        self.granularity = check_choice("granularity", granularity, ("input", "output", "weight"))
+        self.granularity = check_choice(granularity, "granularity", ("input", "output", "weight"))
         shape = {
             "input": (in_features,),
             "output": (out_features,),

@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from l0_core.checks import check_int
 from torch import Tensor, nn
 
-from ._checks import check_positive_int
 from .base import DEFAULT_INIT_SPARSITY
 from .linear import L0Linear, LinearGranularity
 
@@ -102,8 +102,8 @@ class SparseMLP(nn.Sequential):
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        check_positive_int("input_dim", input_dim, "e.g. SparseMLP(784, 256, 10)")
-        check_positive_int("output_dim", output_dim, "e.g. SparseMLP(784, 256, 10)")
+        check_int(input_dim, "input_dim", min_val=1, hint="e.g. SparseMLP(784, 256, 10)")
+        check_int(output_dim, "output_dim", min_val=1, hint="e.g. SparseMLP(784, 256, 10)")
         if isinstance(hidden_dim, int) and not isinstance(hidden_dim, bool):
             hidden = [hidden_dim]
         elif isinstance(hidden_dim, Sequence) and not isinstance(hidden_dim, str):
@@ -114,7 +114,7 @@ class SparseMLP(nn.Sequential):
                 "e.g. hidden_dim=[300, 100]"
             )
         for i, h in enumerate(hidden):
-            check_positive_int(f"hidden_dim[{i}]", h, "e.g. hidden_dim=[300, 100]")
+            check_int(h, f"hidden_dim[{i}]", min_val=1, hint="e.g. hidden_dim=[300, 100]")
         make_act = _activation_factory(activation)
         sizes = [input_dim, *hidden, output_dim]
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())

@@ -16,15 +16,10 @@ from l0_core import (
     make_gate,
     sparse_matvec,
 )
+from l0_core.checks import check_device, check_float, check_int, check_probability
 from torch import Tensor, nn
 
-from ._checks import (
-    check_factory,
-    check_non_negative_int,
-    check_positive_float,
-    check_positive_int,
-    check_probability,
-)
+from ._checks import check_factory
 
 __all__ = ["SparseL0Linear"]
 
@@ -85,16 +80,24 @@ class SparseL0Linear(nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.n_features = check_positive_int("n_features", n_features, "e.g. SparseL0Linear(100)")
+        self.n_features = check_int(
+            n_features, "n_features", min_val=1, hint="e.g. SparseL0Linear(100)"
+        )
         if not isinstance(fit_intercept, bool):
             raise TypeError(f"fit_intercept must be True or False, got {fit_intercept!r}")
         self.fit_intercept = fit_intercept
-        temperature = check_positive_float("temperature", temperature, "use e.g. 2/3")
-        self.init_keep_prob = check_probability("init_keep_prob", init_keep_prob, "e.g. 0.5")
+        temperature = check_float(
+            temperature,
+            "temperature",
+            min_val=0.0,
+            include_boundaries="neither",
+            hint="use e.g. 2/3",
+        )
+        self.init_keep_prob = check_probability(init_keep_prob, "init_keep_prob", hint="e.g. 0.5")
         if seed is not None:
-            check_non_negative_int("seed", seed, "e.g. seed=0")
+            check_int(seed, "seed", min_val=0, hint="e.g. seed=0")
         self.seed = seed
-        device = torch.device(device)
+        device = check_device(device) or torch.device("cpu")
         self._generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         check_factory(device, dtype, self._generator)
         cls = get_gate_class(gate)
@@ -220,10 +223,16 @@ class SparseL0Linear(nn.Module):
             raise TypeError(f"lambda_reg must be a number >= 0, got {lambda_reg!r}")
         if not math.isfinite(lambda_reg) or lambda_reg < 0:
             raise ValueError(f"lambda_reg must be a finite number >= 0, got {lambda_reg!r}")
-        lr = check_positive_float("lr", lr, "e.g. lr=0.01")
-        gate_lr = lr if gate_lr is None else check_positive_float("gate_lr", gate_lr, "e.g. 0.05")
-        check_positive_int("epochs", epochs, "e.g. epochs=1000")
-        check_positive_int("verbose_freq", verbose_freq, "e.g. verbose_freq=100")
+        lr = check_float(lr, "lr", min_val=0.0, include_boundaries="neither", hint="e.g. lr=0.01")
+        gate_lr = (
+            lr
+            if gate_lr is None
+            else check_float(
+                gate_lr, "gate_lr", min_val=0.0, include_boundaries="neither", hint="e.g. 0.05"
+            )
+        )
+        check_int(epochs, "epochs", min_val=1, hint="e.g. epochs=1000")
+        check_int(verbose_freq, "verbose_freq", min_val=1, hint="e.g. verbose_freq=100")
         op = self._operator(X)
         target = self._target(y, op.shape[0])
         self._reset(target)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from l0_core import deterministic_gates, is_gate, is_gated_layer, iter_gates
+from l0_core.checks import check_float
 from torch import nn
 
 from .base import L0Layer
@@ -52,14 +52,6 @@ def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in gate_ids]
 
 
-def _check_rate(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
-    return float(value)
-
-
 def param_groups(
     model: nn.Module,
     *,
@@ -98,9 +90,9 @@ def param_groups(
     [0.001, 0.1]
     """
     _check_model(model)
-    lr = _check_rate("lr", lr)
-    gate_lr = _check_rate("gate_lr", gate_lr)
-    weight_decay = _check_rate("weight_decay", weight_decay)
+    lr = check_float(lr, "lr", min_val=0.0)
+    gate_lr = check_float(gate_lr, "gate_lr", min_val=0.0)
+    weight_decay = check_float(weight_decay, "weight_decay", min_val=0.0)
     weights = weight_parameters(model)
     gates = gate_parameters(model)
     if not weights and not gates:
