@@ -149,7 +149,7 @@ def test_nan_features_are_rejected():
 
 @pytest.mark.parametrize("max_features", [0, -1])
 def test_a_non_positive_max_features_is_rejected(max_features):
-    with pytest.raises(ValueError, match="max_features must be a positive integer"):
+    with pytest.raises(ValueError, match=f"max_features must be >= 1, got {max_features}"):
         FeatureGate(10, max_features)
 
 

@@ -86,7 +86,9 @@ def test_an_unknown_gate_name_lists_the_available_ones():
 
 @pytest.mark.parametrize("size", [0, -3])
 def test_a_non_positive_size_is_rejected(size):
-    with pytest.raises(ValueError, match="size must be a positive integer"):
+    with pytest.raises(
+        ValueError, match=rf"size must be >= 1, got {size}; pass e.g. L0Gate\(size=100\)"
+    ):
         L0Gate(size)
 
 
@@ -95,23 +97,30 @@ def test_a_non_integer_size_is_rejected():
         L0Gate(2.5)
 
 
-@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
-def test_a_non_positive_temperature_is_rejected(temperature):
-    with pytest.raises(ValueError, match="temperature must be a positive finite number"):
+@pytest.mark.parametrize(
+    "temperature, problem",
+    [
+        (0.0, "must be > 0.0, got 0.0"),
+        (-1.0, "must be > 0.0, got -1.0"),
+        (float("nan"), "must be a finite number"),
+    ],
+)
+def test_a_non_positive_temperature_is_rejected(temperature, problem):
+    with pytest.raises(ValueError, match=f"temperature {problem}"):
         L0Gate(3, temperature=temperature)
 
 
-@pytest.mark.parametrize("init_mean", [0.0, 1.0, 1.5])
-def test_init_mean_outside_the_open_unit_interval_is_rejected(init_mean):
-    with pytest.raises(
-        ValueError, match="init_mean must be a probability strictly between 0 and 1"
-    ):
+@pytest.mark.parametrize("init_mean, bound", [(0.0, "> 0.0"), (1.0, "< 1.0"), (1.5, "< 1.0")])
+def test_init_mean_outside_the_open_unit_interval_is_rejected(init_mean, bound):
+    with pytest.raises(ValueError, match=f"init_mean must be {bound}, got {init_mean}"):
         L0Gate(3, init_mean=init_mean)
 
 
 def test_a_negative_seed_is_rejected():
-    with pytest.raises(ValueError, match="seed must be None or a non-negative int"):
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1; pass e.g. seed=0"):
         L0Gate(3, seed=-1)
+    with pytest.raises(TypeError, match="seed must be an int, got str"):
+        L0Gate(3, seed="0")
 
 
 def test_apply_gates_rejects_a_tensor_of_the_wrong_size():

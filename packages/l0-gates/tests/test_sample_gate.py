@@ -220,7 +220,7 @@ def test_a_target_outside_one_to_n_is_rejected(target):
 
 @pytest.mark.parametrize("n", [0, -10])
 def test_a_non_positive_number_of_samples_is_rejected(n):
-    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+    with pytest.raises(ValueError, match=f"n_samples must be >= 1, got {n}"):
         SampleGate(n, 1)
 
 

@@ -12,18 +12,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from l0_core.checks import check_seed
 from torch import Tensor
 
 __all__ = [
     "Table",
     "as_index_output",
     "as_table",
-    "check_positive_float",
-    "check_positive_int",
-    "check_seed",
-    "check_temperature",
     "data_kind",
-    "resolve_device",
+    "resolve_seed",
     "take_columns",
     "take_rows",
     "to_float_tensor",
@@ -61,99 +58,24 @@ def data_kind(data: object, argument: str = "data") -> str:
     )
 
 
-def check_positive_int(value: object, argument: str, example: str) -> int:
-    """Validate a strictly positive ``int`` (``bool`` rejected).
+def resolve_seed(seed: object, argument: str = "seed") -> int:
+    """Return ``seed`` checked by :func:`l0_core.checks.check_seed`, or draw one when ``None``.
 
-    Examples
-    --------
-    >>> check_positive_int(3, "n", "n=3")
-    3
-    """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"{argument} must be an int, got {type(value).__name__}; pass e.g. {example}"
-        )
-    if value <= 0:
-        raise ValueError(
-            f"{argument} must be a positive integer, got {value!r}; pass e.g. {example}"
-        )
-    return int(value)
-
-
-def check_temperature(value: object, argument: str = "temperature") -> float:
-    """Validate a strictly positive, finite temperature.
-
-    Examples
-    --------
-    >>> check_temperature(0.25)
-    0.25
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{argument} must be a number, got {type(value).__name__}; pass e.g. 0.25")
-    value = float(value)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"{argument} must be a positive finite number, got {value!r}; pass e.g. 0.25"
-        )
-    return value
-
-
-def check_positive_float(value: object, argument: str, example: str) -> float:
-    """Validate a strictly positive, finite number.
-
-    Examples
-    --------
-    >>> check_positive_float(0.1, "lr", "lr=0.1")
-    0.1
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(
-            f"{argument} must be a number, got {type(value).__name__}; pass e.g. {example}"
-        )
-    value = float(value)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"{argument} must be a positive finite number, got {value!r}; pass e.g. {example}"
-        )
-    return value
-
-
-def check_seed(seed: object, argument: str = "seed") -> int:
-    """Return ``seed`` as an int, drawing one from torch's global RNG when ``None``.
-
-    Drawing from the global generator means ``torch.manual_seed`` before
+    Drawing from torch's global generator means ``torch.manual_seed`` before
     construction also makes results reproducible.
 
     Examples
     --------
-    >>> check_seed(7)
+    >>> resolve_seed(7)
     7
+    >>> _ = torch.manual_seed(0); a = resolve_seed(None)
+    >>> _ = torch.manual_seed(0); a == resolve_seed(None)
+    True
     """
-    if seed is None:
+    checked = check_seed(seed, argument)
+    if checked is None:
         return int(torch.randint(0, 2**62, (1,)).item())
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(
-            f"{argument} must be None or a non-negative int, got {seed!r}; pass e.g. 0"
-        )
-    return int(seed)
-
-
-def resolve_device(device: torch.device | str | None) -> torch.device | None:
-    """Validate a device argument (``None`` stays ``None``).
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if device is None:
-        return None
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}"
-        ) from exc
+    return checked
 
 
 def to_float_tensor(

@@ -6,9 +6,10 @@ from typing import Any
 
 import torch
 from l0_core import deterministic_gates, gate_temperature, set_gate_temperature
+from l0_core.checks import check_device, check_dtype, check_float, check_int, check_probability
 from torch import Tensor, nn
 
-from ._data import check_positive_int, check_seed, check_temperature, resolve_device
+from ._data import resolve_seed
 from ._training import build_gate
 
 __all__ = ["L0Gate"]
@@ -68,25 +69,19 @@ class L0Gate(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.size = check_positive_int(size, "size", "L0Gate(size=100)")
-        temperature = check_temperature(temperature)
-        if (
-            isinstance(init_mean, bool)
-            or not isinstance(init_mean, (int, float))
-            or not 0 < init_mean < 1
-        ):
-            raise ValueError(
-                f"init_mean must be a probability strictly between 0 and 1, got {init_mean!r}; "
-                "pass e.g. 0.5"
-            )
-        if dtype is not None and (
-            not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
-        ):
-            raise TypeError(f"dtype must be a floating point torch.dtype, got {dtype!r}")
-        self.init_mean = float(init_mean)
+        self.size = check_int(size, "size", min_val=1, hint="pass e.g. L0Gate(size=100)")
+        temperature = check_float(
+            temperature,
+            "temperature",
+            min_val=0.0,
+            include_boundaries="neither",
+            hint="pass e.g. 0.25",
+        )
+        self.init_mean = check_probability(init_mean, "init_mean", hint="pass e.g. 0.5")
+        dtype = check_dtype(dtype)
         self.gate_type = gate
-        self.seed = check_seed(seed)
-        self.device_arg = resolve_device(device)
+        self.seed = resolve_seed(seed)
+        self.device_arg = check_device(device)
         self.dtype_arg = dtype
         self.gates = build_gate(
             gate,
@@ -113,7 +108,16 @@ class L0Gate(nn.Module):
         >>> g = L0Gate(3, seed=0); g.set_temperature(0.2); round(g.temperature, 6)
         0.2
         """
-        set_gate_temperature(self.gates, check_temperature(temperature))
+        set_gate_temperature(
+            self.gates,
+            check_float(
+                temperature,
+                "temperature",
+                min_val=0.0,
+                include_boundaries="neither",
+                hint="pass e.g. 0.25",
+            ),
+        )
 
     def forward(self) -> Tensor:
         """Same as :meth:`get_gates`.

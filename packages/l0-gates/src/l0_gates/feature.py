@@ -7,13 +7,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from l0_core.checks import check_float, check_int
 from torch import Tensor, nn
 
 from ._data import (
     _is_pandas,
     as_index_output,
-    check_positive_float,
-    check_positive_int,
     take_columns,
 )
 from ._sketch import column_sketch, reconstruction_error, redundancy_guarded_top_k
@@ -105,11 +104,17 @@ class FeatureGate(L0Gate):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        p = check_positive_int(
-            n_features, "n_features", "FeatureGate(n_features=1000, max_features=50)"
+        p = check_int(
+            n_features,
+            "n_features",
+            min_val=1,
+            hint="pass e.g. FeatureGate(n_features=1000, max_features=50)",
         )
-        k = check_positive_int(
-            max_features, "max_features", "FeatureGate(n_features=1000, max_features=50)"
+        k = check_int(
+            max_features,
+            "max_features",
+            min_val=1,
+            hint="pass e.g. FeatureGate(n_features=1000, max_features=50)",
         )
         super().__init__(
             p,
@@ -210,14 +215,20 @@ class FeatureGate(L0Gate):
             raise ValueError(f"task must be 'auto', 'regression' or 'classification', got {task!r}")
         if model not in ("linear", "mlp"):
             raise ValueError(f"model must be 'linear' or 'mlp', got {model!r}")
-        check_positive_int(hidden, "hidden", "hidden=32")
+        check_int(hidden, "hidden", min_val=1, hint="pass e.g. hidden=32")
         if epochs is not None:
-            check_positive_int(epochs, "epochs", "epochs=300")
-        check_positive_float(lr, "lr", "lr=0.1")
+            check_int(epochs, "epochs", min_val=1, hint="pass e.g. epochs=300")
+        check_float(lr, "lr", min_val=0.0, include_boundaries="neither", hint="pass e.g. lr=0.1")
         if controller_lr is not None:
-            check_positive_float(controller_lr, "controller_lr", "controller_lr=1.0")
+            check_float(
+                controller_lr,
+                "controller_lr",
+                min_val=0.0,
+                include_boundaries="neither",
+                hint="pass e.g. controller_lr=1.0",
+            )
         if rank is not None:
-            check_positive_int(rank, "rank", "rank=100")
+            check_int(rank, "rank", min_val=1, hint="pass e.g. rank=100")
         device = self._fit_device(X)
         x = feature_matrix(X, self.n_features, "X", device)
         prepared = None if y is None else prepare_target(y, x.shape[0], task, x.device)

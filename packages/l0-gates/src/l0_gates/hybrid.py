@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
+from l0_core.checks import check_device, check_float, check_int
 from torch import Tensor, nn
 
-from ._data import as_index_output, check_positive_int, check_seed, check_temperature, take_rows
+from ._data import as_index_output, resolve_seed, take_rows
 from ._training import gate_generator
 from .moments import _weights_or_ones
 from .sample import SampleGate
 
 __all__ = ["HybridGate"]
-
-
-def _check_fraction(value: object, argument: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{argument} must be a number in [0, 1], got {type(value).__name__}")
-    value = float(value)
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{argument} must lie in [0, 1], got {value!r}")
-    return value
 
 
 class HybridGate(nn.Module):
@@ -99,9 +90,14 @@ class HybridGate(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        n = check_positive_int(n_items, "n_items", "HybridGate(n_items=10000, target_items=1000)")
-        l0_fraction = _check_fraction(l0_fraction, "l0_fraction")
-        random_fraction = _check_fraction(random_fraction, "random_fraction")
+        n = check_int(
+            n_items,
+            "n_items",
+            min_val=1,
+            hint="pass e.g. HybridGate(n_items=10000, target_items=1000)",
+        )
+        l0_fraction = check_float(l0_fraction, "l0_fraction", min_val=0.0, max_val=1.0)
+        random_fraction = check_float(random_fraction, "random_fraction", min_val=0.0, max_val=1.0)
         if l0_fraction + random_fraction > 1.0 + 1e-9:
             raise ValueError(
                 f"l0_fraction + random_fraction must be at most 1, got {l0_fraction} + {random_fraction}"
@@ -109,10 +105,19 @@ class HybridGate(nn.Module):
             )
         if target_items is None:
             target_items = max(1, int(n * 0.2))
-        target = check_positive_int(target_items, "target_items", "target_items=1000")
+        target = check_int(
+            target_items, "target_items", min_val=1, hint="pass e.g. target_items=1000"
+        )
         if target > n:
             raise ValueError(f"target_items must be at most n_items={n}, got {target}")
-        temperature = check_temperature(temperature)
+        temperature = check_float(
+            temperature,
+            "temperature",
+            min_val=0.0,
+            include_boundaries="neither",
+            hint="pass e.g. 0.25",
+        )
+        device = check_device(device)
         self.n_items = n
         self.l0_fraction = l0_fraction
         self.random_fraction = random_fraction
@@ -129,7 +134,7 @@ class HybridGate(nn.Module):
                 f"target_items={target} with l0_fraction={l0_fraction} and random_fraction={random_fraction} "
                 "selects no item; raise target_items or the fractions"
             )
-        self.seed = check_seed(seed)
+        self.seed = resolve_seed(seed)
         self.l0_gate: SampleGate | None = (
             SampleGate(n, self.n_l0, temperature, gate=gate, seed=self.seed, device=device)
             if self.n_l0 > 0
@@ -181,7 +186,11 @@ class HybridGate(nn.Module):
                 f"data has {n_rows} rows but the gate was built for n_items={self.n_items}; "
                 "build a HybridGate with n_items=len(data)"
             )
-        rs = self.seed + 1 if random_seed is None else check_seed(random_seed, "random_seed")
+        rs = (
+            self.seed + 1
+            if random_seed is None
+            else check_int(random_seed, "random_seed", min_val=0, hint="pass e.g. random_seed=0")
+        )
         base = _weights_or_ones(weights, self.n_items, "weights")
         if self.l0_gate is not None:
             fitted = self.l0_gate._fitted_base

@@ -7,13 +7,12 @@ from typing import Any
 
 import torch
 from l0_core import TargetSparsityController
+from l0_core.checks import check_float, check_int
 from torch import Tensor
 
 from ._data import (
     as_index_output,
     as_table,
-    check_positive_float,
-    check_positive_int,
     take_rows,
     values_like,
 )
@@ -91,8 +90,11 @@ class SampleGate(L0Gate):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        n = check_positive_int(
-            n_samples, "n_samples", "SampleGate(n_samples=10000, target_samples=1000)"
+        n = check_int(
+            n_samples,
+            "n_samples",
+            min_val=1,
+            hint="pass e.g. SampleGate(n_samples=10000, target_samples=1000)",
         )
         k = TargetSparsityController.resolve_target(target_samples, n, argument="target_samples")
         super().__init__(
@@ -167,9 +169,15 @@ class SampleGate(L0Gate):
         >>> gate.indices_.shape, gate.fit_error_ < 1e-6
         (torch.Size([30]), True)
         """
-        check_positive_int(epochs, "epochs", "epochs=600")
-        check_positive_float(lr, "lr", "lr=0.1")
-        check_positive_float(controller_lr, "controller_lr", "controller_lr=3.0")
+        check_int(epochs, "epochs", min_val=1, hint="pass e.g. epochs=600")
+        check_float(lr, "lr", min_val=0.0, include_boundaries="neither", hint="pass e.g. lr=0.1")
+        check_float(
+            controller_lr,
+            "controller_lr",
+            min_val=0.0,
+            include_boundaries="neither",
+            hint="pass e.g. controller_lr=3.0",
+        )
         _check_moments(moments)
         device = self._fit_device(data)
         table = as_table(data, "data", categorical=categorical, device=device)
