@@ -107,8 +107,9 @@ def test_a_tiny_fraction_still_keeps_one_item():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"n_total": 0}, "n_total must be a positive integer"),
-        ({"n_total": 10, "lr": 0.0}, "lr must be a positive number"),
+        ({"n_total": 0}, "n_total must be >= 1, got 0"),
+        ({"n_total": 10, "lr": 0.0}, r"lr must be > 0\.0, got 0\.0"),
+        ({"n_total": 10, "lr": float("inf")}, "lr must be a finite number, got inf"),
     ],
 )
 def test_bad_sizes_and_rates_are_rejected(kwargs, message):
@@ -190,12 +191,44 @@ def test_set_target_moves_the_target_and_keeps_the_multipliers():
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"damping": -1.0}, ValueError, "damping must be a finite number >= 0"),
-        ({"damping": float("nan")}, ValueError, "damping must be a finite number >= 0"),
-        ({"max_multiplier": 0.0}, ValueError, "max_multiplier must be a positive finite number"),
+        ({"damping": -1.0}, ValueError, r"damping must be >= 0\.0, got -1\.0"),
+        ({"damping": float("nan")}, ValueError, "damping must be a finite number, got nan"),
+        ({"max_multiplier": 0.0}, ValueError, r"max_multiplier must be > 0\.0, got 0\.0"),
+        ({"max_multiplier": float("inf")}, ValueError, "max_multiplier must be a finite number"),
         ({"reset_on_cross": 1}, TypeError, "reset_on_cross must be True or False"),
+        ({"quadratic": "yes"}, TypeError, "quadratic must be True or False"),
     ],
 )
 def test_bad_controller_options_are_rejected(kwargs, error, message):
     with pytest.raises(error, match=message):
         TargetSparsityController(1, 10, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_count_is_refused_by_name_and_leaves_the_multipliers_alone(bad):
+    ctl = TargetSparsityController(5, 10)
+    ctl.penalty(torch.tensor(8.0))
+    ctl.step()
+    before = (ctl.lambda1.item(), ctl.lambda2.item())
+    with pytest.raises(ValueError, match=f"expected_active must be finite, got {bad}"):
+        ctl.penalty(torch.tensor(bad))
+    ctl.step()  # the last finite gap is reused, so the state stays finite
+    assert ctl.lambda1.item() == pytest.approx(before[0] + ctl.lr * 0.3)
+    assert torch.isfinite(ctl.lambda1) and torch.isfinite(ctl.lambda2)
+
+
+def test_the_count_must_be_a_scalar_tensor():
+    ctl = TargetSparsityController(5, 10)
+    with pytest.raises(TypeError, match="expected_active must be a scalar torch.Tensor, got float"):
+        ctl.penalty(5.0)
+    with pytest.raises(ValueError, match=r"expected_active must be a scalar, got shape \(2,\)"):
+        ctl.penalty(torch.ones(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_count_is_compared_with_the_target_in_float32(dtype):
+    ctl = TargetSparsityController(30_000, 100_000)
+    count = torch.tensor(45_568.0, dtype=dtype)
+    term = ctl.penalty(count)
+    assert term.dtype == torch.float32
+    assert ctl._last_gap == pytest.approx(count.double().item() / 100_000 - 0.3, abs=1e-9)

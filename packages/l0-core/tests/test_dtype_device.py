@@ -26,8 +26,24 @@ def test_parameters_buffer_samples_and_penalty_use_the_requested_dtype(dtype):
     assert gate.log_alpha.dtype == dtype and gate.temperature.dtype == dtype
     assert gate.train()().dtype == dtype
     assert gate.eval()().dtype == dtype
-    assert gate.l0_penalty().dtype == dtype
-    assert compute_l0_penalty(gate).dtype == dtype
+    # Penalties of half-precision gates accumulate (and come back) in float32 (issue 12).
+    penalty_dtype = torch.float32 if dtype in LOW_PRECISION else dtype
+    assert gate.l0_penalty().dtype == penalty_dtype
+    assert compute_l0_penalty(gate).dtype == penalty_dtype
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_an_l0_penalty_over_more_gates_than_float16_can_count_is_finite(dtype):
+    n = 100_000  # > 65,504, the largest float16
+    gate = HardConcrete(n, init_mean=0.9, init_std=0.0, dtype=dtype)
+    expected = gate.prob_active().double().sum().item()  # independent float64 sum
+    for penalty in (gate.l0_penalty(), compute_l0_penalty(gate)):
+        assert torch.isfinite(penalty)
+        assert penalty.item() == pytest.approx(expected, rel=1e-4)
+    penalty = compute_l0l2_penalty(gate, l0_lambda=1.0, l2_lambda=0.0)
+    assert penalty.item() == pytest.approx(expected, rel=1e-4)
+    penalty.backward()
+    assert gate.log_alpha.grad.dtype == dtype and torch.isfinite(gate.log_alpha.grad).all()
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
@@ -81,11 +97,13 @@ def test_module_to_float64_converts_the_temperature_buffer_too():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_penalties_and_controller_follow_a_float64_or_bfloat16_model(dtype, row_gated_linear):
     model = nn.Sequential(row_gated_linear(4, 3, dtype=dtype), nn.ReLU())
+    # half precision accumulates in float32 (issue 12); float64 stays float64
+    acc = torch.float32 if dtype in LOW_PRECISION else dtype
     for penalty in (compute_l0_penalty, compute_l2_penalty):
-        assert penalty(model).dtype == dtype
-    assert compute_l0l2_penalty(model, l0_lambda=1e-3, l2_lambda=1e-4).dtype == dtype
+        assert penalty(model).dtype == acc
+    assert compute_l0l2_penalty(model, l0_lambda=1e-3, l2_lambda=1e-4).dtype == acc
     ctl = TargetSparsityController(1, 3)
-    assert ctl.penalty(compute_l0_penalty(model)).dtype == dtype
+    assert ctl.penalty(compute_l0_penalty(model)).dtype == acc
     assert update_temperatures(model, 0.2) == 1
 
 

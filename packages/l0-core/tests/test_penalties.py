@@ -124,9 +124,16 @@ def test_penalty_functions_reject_a_non_module(penalty):
 
 
 @pytest.mark.parametrize("name", ["l0_lambda", "l2_lambda"])
-@pytest.mark.parametrize("value", [-1.0, float("nan"), "big"])
-def test_l0l2_penalty_rejects_bad_strengths(model, name, value):
-    with pytest.raises(ValueError, match=f"{name} must be a non-negative finite number"):
+@pytest.mark.parametrize(
+    ("value", "error", "problem"),
+    [
+        (-1.0, ValueError, r"must be >= 0\.0, got -1\.0"),
+        (float("nan"), ValueError, "must be a finite number, got nan"),
+        ("big", TypeError, "must be a number, got str"),
+    ],
+)
+def test_l0l2_penalty_rejects_bad_strengths(model, name, value, error, problem):
+    with pytest.raises(error, match=f"{name} {problem}"):
         compute_l0l2_penalty(model, **{name: value})
 
 

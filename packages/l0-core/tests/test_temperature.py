@@ -118,17 +118,18 @@ def test_an_unknown_schedule_name_lists_the_available_ones():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"initial_temp": 0.0}, "initial_temp must be a positive finite number"),
-        ({"final_temp": -1.0}, "final_temp must be a positive finite number"),
-        ({"final_temp": float("inf")}, "final_temp must be a positive finite number"),
-        ({"total_epochs": 0}, "total_epochs must be a positive integer"),
-        ({"total_epochs": 10.0}, "total_epochs must be a positive integer"),
+        ({"initial_temp": 0.0}, ValueError, r"initial_temp must be > 0\.0, got 0\.0"),
+        ({"final_temp": -1.0}, ValueError, r"final_temp must be > 0\.0, got -1\.0"),
+        ({"final_temp": float("inf")}, ValueError, "final_temp must be a finite number, got inf"),
+        ({"total_epochs": 0}, ValueError, "total_epochs must be >= 1, got 0"),
+        ({"total_epochs": 10.0}, TypeError, r"total_epochs must be an int, got float \(10\.0\)"),
+        ({"schedule": 3}, TypeError, "schedule must be a registered schedule name or a function"),
     ],
 )
-def test_scheduler_rejects_bad_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_scheduler_rejects_bad_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
         TemperatureScheduler(**kwargs)
 
 
@@ -189,9 +190,16 @@ def test_set_gate_temperature_writes_into_a_tensor_buffer_without_set_temperatur
     assert gate.temperature.item() == pytest.approx(0.3)
 
 
-@pytest.mark.parametrize("temp", [0.0, -1.0, float("nan")])
-def test_set_gate_temperature_rejects_non_positive_values(temp):
-    with pytest.raises(ValueError, match="temperature must be a positive number"):
+@pytest.mark.parametrize(
+    ("temp", "problem"),
+    [
+        (0.0, r"must be > 0\.0, got 0\.0"),
+        (-1.0, r"must be > 0\.0, got -1\.0"),
+        (float("nan"), "must be a finite number"),
+    ],
+)
+def test_set_gate_temperature_rejects_non_positive_values(temp, problem):
+    with pytest.raises(ValueError, match=f"temperature {problem}"):
         set_gate_temperature(HardConcrete(2), temp)
 
 
@@ -209,3 +217,35 @@ def test_scheduler_with_update_temperatures_anneals_the_model_as_in_a_training_l
 def test_update_temperatures_rejects_a_non_module():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got list"):
         update_temperatures([HardConcrete(2)], 0.5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, 0.0, float("inf"), "hot"])
+def test_a_schedule_returning_a_bad_temperature_is_refused_naming_it_and_the_epoch(bad):
+    def broken(progress, initial, final):
+        return bad if progress > 0.4 else initial
+
+    scheduler = TemperatureScheduler(1.0, 0.1, total_epochs=11, schedule=broken)
+    assert scheduler.get_temperature(4) == 1.0
+    with pytest.raises(
+        ValueError, match=r"temperature schedule <function .*broken.*> returned .* at epoch 5"
+    ):
+        scheduler.get_temperature(5)
+
+
+def test_a_registered_schedule_returning_nan_is_refused_naming_it():
+    from l0_core import hookimpl, register_plugin, unregister_plugin
+
+    class Plugin:
+        @hookimpl
+        def l0_register_schedules(self, register):
+            register("nan_after_start", lambda p, a, b: float("nan"))
+
+    name = register_plugin(Plugin(), name="test-nan-schedule")
+    try:
+        scheduler = TemperatureScheduler(schedule="nan_after_start", total_epochs=10)
+        with pytest.raises(
+            ValueError, match=r"temperature schedule 'nan_after_start' returned nan at epoch 3"
+        ):
+            scheduler.get_temperature(3)
+    finally:
+        unregister_plugin(name)

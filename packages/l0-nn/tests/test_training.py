@@ -108,3 +108,36 @@ def test_target_sparsity_controller_penalty_pushes_the_expected_weights_down_tow
     end = model.expected_parameter_count().item() / total
     assert start > 0.8 and end < 0.6
     assert ctl.lambda1.item() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_sparse_mlp_controller_recipe_stays_finite_in_half_precision(dtype):
+    # docs/nn.md's recipe, widened past 65,504 weights (the float16 limit) and in half
+    # precision; Adam's eps is raised to 1e-4 as half-precision training requires.
+    import torch.nn.functional as F
+    from l0_core import TargetSparsityController
+    from l0_nn import SparseMLP
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 64, generator=gen).to(dtype)
+    y = torch.randint(0, 10, (256,), generator=gen)
+    model = SparseMLP(64, [600, 100], 10, init_sparsity=0.05, generator=gen, dtype=dtype)
+    n_total = model.parameter_count()
+    assert n_total > 65_504
+    count = model.expected_parameter_count()
+    assert count.dtype == torch.float32
+    # independent float64 computation of the same expectation (input gates, biases kept)
+    p = [layer.prob_active().double().sum().item() for layer in model.gated_layers()]
+    exact = p[0] * p[1] + p[1] + p[1] * p[2] + p[2] + p[2] * 10 + 10
+    assert count.item() == pytest.approx(exact, rel=1e-5)
+    opt = torch.optim.Adam(param_groups(model, lr=1e-3, gate_lr=0.05), eps=1e-4)
+    ctl = TargetSparsityController(0.2, n_total=n_total)
+    for _ in range(10):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x).float(), y) + ctl.penalty(model.expected_parameter_count())
+        assert torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+        ctl.step()
+    assert all(torch.isfinite(t).all() for t in model.parameters())
+    assert torch.isfinite(ctl.lambda1) and ctl.lambda1.item() > 0  # above target: pushes down

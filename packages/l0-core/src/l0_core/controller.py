@@ -35,6 +35,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .checks import check_float, check_int
+from .precision import accumulation_dtype
+
 __all__ = ["TargetSparsityController"]
 
 
@@ -113,35 +116,26 @@ class TargetSparsityController(nn.Module):
         max_multiplier: float | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(n_total, bool) or not isinstance(n_total, int) or n_total < 1:
-            raise ValueError(f"n_total must be a positive integer, got {n_total!r}")
-        self.n_total = n_total
+        self.n_total = check_int(n_total, "n_total", min_val=1, hint="pass the number of gates")
         self.target_count = self.resolve_target(target, n_total)
-        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        self.lr = float(lr)
+        self.lr = check_float(lr, "lr", min_val=0.0, include_boundaries="neither", hint="e.g. 0.05")
+        for flag, value in (("quadratic", quadratic), ("reset_on_cross", reset_on_cross)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be True or False, got {value!r}")
         self.quadratic = quadratic
-        if not isinstance(reset_on_cross, bool):
-            raise TypeError(f"reset_on_cross must be True or False, got {reset_on_cross!r}")
         self.reset_on_cross = reset_on_cross
-        if (
-            isinstance(damping, bool)
-            or not isinstance(damping, (int, float))
-            or not math.isfinite(damping)
-            or damping < 0
-        ):
-            raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
-        self.damping = float(damping)
-        if max_multiplier is not None and (
-            isinstance(max_multiplier, bool)
-            or not isinstance(max_multiplier, (int, float))
-            or not math.isfinite(max_multiplier)
-            or max_multiplier <= 0
-        ):
-            raise ValueError(
-                f"max_multiplier must be a positive finite number or None, got {max_multiplier!r}"
+        self.damping = check_float(damping, "damping", min_val=0.0, hint="e.g. damping=1.0")
+        self.max_multiplier = (
+            None
+            if max_multiplier is None
+            else check_float(
+                max_multiplier,
+                "max_multiplier",
+                min_val=0.0,
+                include_boundaries="neither",
+                hint="pass a positive bound or None",
             )
-        self.max_multiplier = None if max_multiplier is None else float(max_multiplier)
+        )
         self._prev_gap: float | None = None
         self.register_buffer("lambda1", torch.zeros(()))
         self.register_buffer("lambda2", torch.zeros(()))
@@ -189,7 +183,13 @@ class TargetSparsityController(nn.Module):
         Returns
         -------
         Tensor
-            Scalar to add to the loss, on ``expected_active``'s device and dtype.
+            Scalar to add to the loss, on ``expected_active``'s device and dtype
+            (float32 for a float16/bfloat16 count, so the gap keeps its precision).
+
+        Raises
+        ------
+        ValueError
+            If ``expected_active`` is not a finite scalar (a diverged model).
 
         Examples
         --------
@@ -197,9 +197,25 @@ class TargetSparsityController(nn.Module):
         >>> ctl.penalty(torch.tensor(5.0)).item()
         0.0
         """
-        s = expected_active / self.n_total
+        if not isinstance(expected_active, Tensor):
+            raise TypeError(
+                f"expected_active must be a scalar torch.Tensor, got {type(expected_active).__name__}; "
+                "pass e.g. compute_l0_penalty(model)"
+            )
+        if expected_active.numel() != 1:
+            raise ValueError(
+                f"expected_active must be a scalar, got shape {tuple(expected_active.shape)}; "
+                "pass the summed count, e.g. compute_l0_penalty(model)"
+            )
+        s = expected_active.to(accumulation_dtype(expected_active.dtype)) / self.n_total
         gap = s - self.target_fraction
-        self._last_gap = float(gap.detach().item())
+        last_gap = float(gap.detach().item())
+        if not math.isfinite(last_gap):
+            raise ValueError(
+                f"expected_active must be finite, got {expected_active.detach().item()}; "
+                "the model's gates or the count diverged (in float16, sum the count in float32)"
+            )
+        self._last_gap = last_gap
         l1 = self.lambda1.to(device=gap.device, dtype=gap.dtype)
         if self.damping:
             l1 = l1 + self.damping * gap.detach()

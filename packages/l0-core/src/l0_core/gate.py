@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from .checks import check_float
+
 __all__ = [
     "Gate",
     "GatedLayer",
@@ -234,12 +236,13 @@ def set_gate_temperature(gate: torch.nn.Module, temperature: float) -> None:
     >>> gate_temperature(g)
     0.25
     """
-    temperature = float(temperature)
-    if not temperature > 0 or temperature != temperature:
-        raise ValueError(
-            f"temperature must be a positive number, got {temperature!r}; "
-            "pass a value such as 2/3 or 0.1"
-        )
+    temperature = check_float(
+        temperature,
+        "temperature",
+        min_val=0.0,
+        include_boundaries="neither",
+        hint="pass a value such as 2/3 or 0.1",
+    )
     if hasattr(gate, "set_temperature"):
         gate.set_temperature(temperature)
     elif isinstance(gate.temperature, Tensor):

@@ -22,19 +22,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .checks import check_choice, check_device, check_dtype, check_float, check_int
+from .precision import accumulate_sum
+
 __all__ = ["HardConcrete", "hard_concrete_sample", "log_alpha_for_prob_active"]
 
 Estimator = Literal["median", "paper"]
-
-
-def _check_positive_float(name: str, value: float, hint: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}; {hint}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}; {hint}")
-    return value
 
 
 def log_alpha_for_prob_active(
@@ -182,20 +175,22 @@ class HardConcrete(nn.Module):
         super().__init__()
         shape = (n_items, *more_dims)
         for i, d in enumerate(shape):
-            if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
-                name = "n_items" if i == 0 else f"more_dims[{i - 1}]"
-                raise ValueError(
-                    f"{name} must be a positive integer, got {d!r}; "
-                    "pass the number of gates, e.g. HardConcrete(1000)"
-                )
-        temperature = _check_positive_float("temperature", temperature, "use e.g. 2/3")
-        stretch = _check_positive_float("stretch", stretch, "use e.g. 0.1")
-        if init_std < 0 or not math.isfinite(init_std):
-            raise ValueError(f"init_std must be >= 0, got {init_std!r}")
-        if estimator not in ("median", "paper"):
-            raise ValueError(f"estimator must be 'median' or 'paper', got {estimator!r}")
-        if dtype is not None and not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating point dtype, got {dtype}")
+            name = "n_items" if i == 0 else f"more_dims[{i - 1}]"
+            check_int(d, name, min_val=1, hint="pass the number of gates, e.g. HardConcrete(1000)")
+        temperature = check_float(
+            temperature,
+            "temperature",
+            min_val=0.0,
+            include_boundaries="neither",
+            hint="use e.g. 2/3",
+        )
+        stretch = check_float(
+            stretch, "stretch", min_val=0.0, include_boundaries="neither", hint="use e.g. 0.1"
+        )
+        init_std = check_float(init_std, "init_std", min_val=0.0, hint="use e.g. 0.01")
+        check_choice(estimator, "estimator", ("median", "paper"))
+        device = check_device(device)
+        dtype = check_dtype(dtype)
         self.shape = torch.Size(shape)
         self.init_mean = float(init_mean)
         self.init_std = float(init_std)
@@ -244,7 +239,13 @@ class HardConcrete(nn.Module):
         >>> g = HardConcrete(2); g.set_temperature(0.1); round(g.temperature.item(), 3)
         0.1
         """
-        temperature = _check_positive_float("temperature", temperature, "use e.g. 0.1")
+        temperature = check_float(
+            temperature,
+            "temperature",
+            min_val=0.0,
+            include_boundaries="neither",
+            hint="use e.g. 0.1",
+        )
         with torch.no_grad():
             self.temperature.fill_(temperature)
 
@@ -296,7 +297,7 @@ class HardConcrete(nn.Module):
         >>> round(g.l0_penalty().item(), 4)
         3.0
         """
-        return self.prob_active().sum()
+        return accumulate_sum(self.prob_active())
 
     def sample(self) -> Tensor:
         """Draw a reparameterised training-mode sample (regardless of mode).

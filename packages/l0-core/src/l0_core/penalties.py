@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checks import check_float
 from .gate import deterministic_gates, is_gate, is_gated_layer
+from .precision import accumulation_dtype
 
 __all__ = [
     "PenaltyTracker",
@@ -49,13 +51,14 @@ def iter_gated_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str
 
 
 def _zero(model: nn.Module) -> Tensor:
+    """A scalar zero to accumulate penalties in (float32 for a half-precision model)."""
     for p in model.parameters():
-        return p.new_zeros(())
+        return p.new_zeros((), dtype=accumulation_dtype(p.dtype))
     for b in model.buffers():
         return (
             b.new_zeros((), dtype=torch.get_default_dtype())
             if not b.is_floating_point()
-            else b.new_zeros(())
+            else b.new_zeros((), dtype=accumulation_dtype(b.dtype))
         )
     return torch.zeros(())
 
@@ -137,9 +140,8 @@ def compute_l0l2_penalty(
     >>> round(compute_l0l2_penalty(g, l0_lambda=0.1, l2_lambda=1.0).item(), 4)
     0.5
     """
-    for name, value in (("l0_lambda", l0_lambda), ("l2_lambda", l2_lambda)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
+    l0_lambda = check_float(l0_lambda, "l0_lambda", min_val=0.0, hint="e.g. l0_lambda=1e-3")
+    l2_lambda = check_float(l2_lambda, "l2_lambda", min_val=0.0, hint="e.g. l2_lambda=1e-4")
     _check_model(model)
     total = _zero(model)
     if l0_lambda:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from .checks import check_float, check_int
 from .gate import is_gate, set_gate_temperature
 
 __all__ = [
@@ -102,14 +103,18 @@ class TemperatureScheduler:
         total_epochs: int = 100,
         schedule: str | ScheduleFn = "exponential",
     ) -> None:
-        for name, value in (("initial_temp", initial_temp), ("final_temp", final_temp)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if isinstance(total_epochs, bool) or not isinstance(total_epochs, int) or total_epochs < 1:
-            raise ValueError(f"total_epochs must be a positive integer, got {total_epochs!r}")
-        self.initial_temp = float(initial_temp)
-        self.final_temp = float(final_temp)
-        self.total_epochs = total_epochs
+        self.initial_temp = check_float(
+            initial_temp, "initial_temp", min_val=0.0, include_boundaries="neither", hint="e.g. 1.0"
+        )
+        self.final_temp = check_float(
+            final_temp, "final_temp", min_val=0.0, include_boundaries="neither", hint="e.g. 0.1"
+        )
+        self.total_epochs = check_int(total_epochs, "total_epochs", min_val=1, hint="e.g. 100")
+        if not isinstance(schedule, str) and not callable(schedule):
+            raise TypeError(
+                f"schedule must be a registered schedule name or a function "
+                f"(progress, initial, final) -> temperature, got {type(schedule).__name__}"
+            )
         self.schedule = schedule
         self._fn = get_schedule(schedule)
 
@@ -121,8 +126,7 @@ class TemperatureScheduler:
         >>> TemperatureScheduler(total_epochs=11).progress(5)
         0.5
         """
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch!r}")
+        epoch = check_int(epoch, "epoch", min_val=0)
         if self.total_epochs == 1:
             return 1.0
         return min(1.0, epoch / (self.total_epochs - 1))
@@ -140,7 +144,17 @@ class TemperatureScheduler:
             return self.initial_temp
         if p >= 1.0:
             return self.final_temp
-        return float(self._fn(p, self.initial_temp, self.final_temp))
+        value = self._fn(p, self.initial_temp, self.final_temp)
+        try:
+            temp = float(value)
+        except (TypeError, ValueError):
+            temp = math.nan
+        if not (math.isfinite(temp) and temp > 0):
+            raise ValueError(
+                f"temperature schedule {self.schedule!r} returned {value!r} at epoch {epoch} "
+                f"(progress {p:.4g}); a schedule must return a positive finite temperature"
+            )
+        return temp
 
     def __repr__(self) -> str:
         return (

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from l0_core.checks import check_choice, check_int
+from l0_core.precision import accumulate_sum
 from torch import Tensor, nn
 
 from ._checks import check_int_tuple
@@ -139,13 +140,13 @@ class _L0ConvNd(L0Layer):
         >>> conv.l2_penalty().item()
         1.0
         """
-        p = self.prob_active()
+        p = self.prob_active()  # penalties of half-precision layers accumulate in float32
         if self.granularity == "channel":
             norms = self.weight.square().flatten(1).sum(1)
             if self.bias is not None:
                 norms = norms + self.bias.square()
-            return (norms * p).sum()
-        return (self.weight.square() * p).sum()
+            return accumulate_sum(norms * p)
+        return accumulate_sum(self.weight.square() * p)
 
     def parameter_count(self) -> int:
         """Parameters of the equivalent torch convolution (gate logits excluded).

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from l0_core.checks import check_choice, check_int
+from l0_core.precision import accumulate_sum
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SPARSITY, L0Layer, uniform_init_
@@ -156,15 +157,15 @@ class L0Linear(L0Layer):
         >>> layer.l2_penalty().item()  # 0.5 * 4 + 0.5 * 4
         4.0
         """
-        p = self.prob_active()
+        p = self.prob_active()  # penalties of half-precision layers accumulate in float32
         if self.granularity == "input":
-            return (self.weight.square().sum(0) * p).sum()
+            return accumulate_sum(self.weight.square().sum(0) * p)
         if self.granularity == "output":
             norms = self.weight.square().sum(1)
             if self.bias is not None:
                 norms = norms + self.bias.square()
-            return (norms * p).sum()
-        return (self.weight.square() * p).sum()
+            return accumulate_sum(norms * p)
+        return accumulate_sum(self.weight.square() * p)
 
     def parameter_count(self) -> int:
         """Parameters of the equivalent ``nn.Linear`` (gate logits excluded).

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from l0_core.checks import check_int
+from l0_core.precision import accumulation_dtype
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SPARSITY
@@ -224,7 +225,9 @@ class SparseMLP(nn.Sequential):
         9.5
         """
         layers = self.gated_layers()
+        # summed in float32 for half-precision layers: a count over 65,504 is inf in float16
         probs = [layer.prob_active() for layer in layers]
+        probs = [p.to(accumulation_dtype(p.dtype)) for p in probs]
         total = probs[0].new_zeros(())
         for i, layer in enumerate(layers):
             has_bias = layer.bias is not None

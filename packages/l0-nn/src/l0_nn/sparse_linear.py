@@ -17,6 +17,7 @@ from l0_core import (
     sparse_matvec,
 )
 from l0_core.checks import check_device, check_float, check_int, check_probability
+from l0_core.precision import accumulate_sum
 from torch import Tensor, nn
 
 from ._checks import check_factory
@@ -371,7 +372,7 @@ class SparseL0Linear(nn.Module):
         >>> SparseL0Linear(2).l2_penalty().item()
         0.0
         """
-        return (self.weight.square() * self.gates.prob_active()).sum()
+        return accumulate_sum(self.weight.square() * self.gates.prob_active())
 
     def parameter_count(self) -> int:
         """Coefficients plus intercept (gate logits excluded).
