@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 
 import l0_core.sparse as sparse_mod
 import numpy as np
@@ -241,3 +242,82 @@ def test_forward_copy_in_column_blocks_gives_the_dense_product(monkeypatch, sour
     np.testing.assert_allclose(
         moved.matvec(w[:, 0].float()).numpy(), dense @ w[:, 0].numpy(), rtol=1e-5, atol=1e-5
     )
+
+
+def _bad_scipy(kind):
+    if kind == "coo-col":
+        m = sp.coo_matrix((np.ones(2), (np.array([0, 1]), np.array([0, 1]))), shape=(2, 3))
+        m.col[1] = 99  # corrupted after construction: scipy no longer checks
+        return m, r"its column indices contain the index 99, out of range for size 3"
+    if kind == "coo-row":
+        m = sp.coo_matrix((np.ones(2), (np.array([0, 1]), np.array([0, 1]))), shape=(2, 3))
+        m.row[0] = -4
+        return m, r"its row indices contain the negative index -4"
+    if kind == "csr-col":
+        m = sp.csr_matrix((np.ones(2), np.array([0, 99]), np.array([0, 1, 2])), shape=(2, 3))
+        return m, r"its column indices contain the index 99, out of range for size 3"
+    if kind == "csr-negative":
+        m = sp.csr_matrix((np.ones(2), np.array([0, -1]), np.array([0, 1, 2])), shape=(2, 3))
+        return m, r"its column indices contain the negative index -1"
+    if kind == "csr-indptr":
+        m = sp.csr_matrix((np.ones(2), np.array([0, 1]), np.array([0, 2, 1])), shape=(2, 3))
+        return m, r"its indptr is not non-decreasing"
+    m = sp.csc_matrix((np.ones(2), np.array([0, 7]), np.array([0, 1, 2, 2])), shape=(2, 3))
+    return m, r"its row indices contain the index 7, out of range for size 2"
+
+
+@pytest.mark.parametrize(
+    "kind", ["coo-col", "coo-row", "csr-col", "csr-negative", "csr-indptr", "csc-row"]
+)
+def test_a_scipy_matrix_with_bad_indices_is_refused_by_name_not_a_crash(kind):
+    matrix, message = _bad_scipy(kind)
+    with pytest.raises(ValueError, match=f"^W is not a valid sparse matrix: {message}"):
+        SparseOperator.from_any(matrix, argument="W")
+
+
+def _bad_torch(kind):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if kind == "coo":
+            t = torch.sparse_coo_tensor(torch.tensor([[0, 1], [0, 99]]), torch.ones(2), (2, 3))
+            return t, r"its column indices contain the index 99"
+        if kind == "coo-negative":
+            t = torch.sparse_coo_tensor(torch.tensor([[0, 1], [0, 1]]), torch.ones(2), (2, 3))
+            t._indices()[0, 1] = -1
+            return t, r"its row indices contain the negative index -1"
+        if kind == "csr":
+            t = torch.sparse_csr_tensor(
+                torch.tensor([0, 1, 2]), torch.tensor([0, 99]), torch.ones(2), (2, 3)
+            )
+            return t, r"its col_indices contain the index 99"
+        t = torch.sparse_csr_tensor(
+            torch.tensor([0, 2, 1]), torch.tensor([0, 1]), torch.ones(2), (2, 3)
+        )
+        return t, r"its crow_indices is not non-decreasing"
+
+
+@pytest.mark.parametrize("kind", ["coo", "coo-negative", "csr", "csr-indptr"])
+def test_a_torch_sparse_tensor_with_bad_indices_is_refused_by_name_not_a_crash(kind):
+    matrix, message = _bad_torch(kind)
+    with pytest.raises(ValueError, match=f"^M is not a valid sparse matrix: {message}"):
+        as_sparse_operator(matrix)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_operators_are_refused_by_name_and_half_inputs_are_converted(dtype):
+    with pytest.raises(TypeError, match=rf"dtype={dtype} is not supported for a SparseOperator"):
+        as_sparse_operator(np.eye(3), dtype=dtype)
+    op = as_sparse_operator(torch.eye(3, dtype=dtype) * 2)  # values converted to float32
+    assert op.matvec(torch.ones(3)).tolist() == [2.0, 2.0, 2.0]
+
+
+def test_a_list_of_lists_is_a_type_error_that_says_how_to_convert_it():
+    with pytest.raises(
+        TypeError, match=r"got list; convert it with numpy.asarray\(M, dtype=float\)"
+    ):
+        as_sparse_operator([[1.0, 0.0], [0.0, 1.0]])
+
+
+def test_an_unusable_device_is_refused_by_name():
+    with pytest.raises(ValueError, match="device must name a torch device"):
+        as_sparse_operator(np.eye(2), device="gpu0")

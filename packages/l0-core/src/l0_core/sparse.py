@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import check_device, check_dtype
+
 __all__ = ["SparseOperator", "as_sparse_operator", "sparse_matvec"]
 
 _INT32_MAX = 2**31 - 1
@@ -76,6 +78,91 @@ def _check_finite(values: Tensor, argument: str) -> None:
         raise ValueError(
             f"{argument} contains {n_bad} NaN or infinite value(s); "
             "replace them (e.g. with 0) before calling"
+        )
+
+
+def _index_error(argument: str, what: str, detail: str) -> ValueError:
+    return ValueError(
+        f"{argument} is not a valid sparse matrix: {what} {detail}; "
+        "rebuild it from valid (row, column, value) triplets"
+    )
+
+
+def _check_range_of(idx: Any, bound: int, argument: str, what: str) -> None:
+    """Every entry of ``idx`` (numpy array or tensor) lies in ``[0, bound)``."""
+    if len(idx) == 0:
+        return
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0:
+        raise _index_error(argument, what, f"contain the negative index {lo}")
+    if hi >= bound:
+        raise _index_error(argument, what, f"contain the index {hi}, out of range for size {bound}")
+
+
+def _check_compressed(
+    indptr: Any, indices: Any, n_major: int, n_minor: int, argument: str, names: tuple[str, str]
+) -> None:
+    """Check a CSR/CSC triple (``indptr``, ``indices``) before any library walks it."""
+    ptr_name, idx_name = names
+    if len(indptr) != n_major + 1:
+        raise _index_error(
+            argument, ptr_name, f"has length {len(indptr)}, expected {n_major + 1} for this shape"
+        )
+    if int(indptr[0]) != 0 or int(indptr[-1]) > len(indices):
+        raise _index_error(
+            argument,
+            ptr_name,
+            f"must start at 0 and end at most at {len(indices)}, "
+            f"got {int(indptr[0])}..{int(indptr[-1])}",
+        )
+    steps = indptr[1:] - indptr[:-1]
+    if len(steps) and int(steps.min()) < 0:
+        raise _index_error(argument, ptr_name, "is not non-decreasing")
+    _check_range_of(indices[: int(indptr[-1])], n_minor, argument, idx_name)
+
+
+def _check_scipy_indices(matrix: Any, argument: str) -> None:
+    """Refuse out-of-range or negative indices before scipy's C code reads them (it may crash)."""
+    n_rows, n_cols = matrix.shape
+    fmt = getattr(matrix, "format", None)
+    if fmt == "coo":
+        if len(matrix.row) != len(matrix.col) or len(matrix.row) != len(matrix.data):
+            raise _index_error(argument, "row, col and data", "have different lengths")
+        _check_range_of(matrix.row, n_rows, argument, "its row indices")
+        _check_range_of(matrix.col, n_cols, argument, "its column indices")
+    elif fmt in ("csr", "csc"):
+        major, minor = (n_rows, n_cols) if fmt == "csr" else (n_cols, n_rows)
+        names = ("its indptr", "its column indices" if fmt == "csr" else "its row indices")
+        if len(matrix.indices) != len(matrix.data):
+            raise _index_error(argument, "indices and data", "have different lengths")
+        _check_compressed(matrix.indptr, matrix.indices, major, minor, argument, names)
+
+
+def _check_torch_indices(matrix: Tensor, argument: str) -> None:
+    """The same checks for torch COO/CSR/CSC tensors (built without invariant checks)."""
+    n_rows, n_cols = matrix.shape
+    if matrix.layout == torch.sparse_coo:
+        idx = matrix._indices()
+        if idx.numel():
+            _check_range_of(idx[0], n_rows, argument, "its row indices")
+            _check_range_of(idx[1], n_cols, argument, "its column indices")
+    elif matrix.layout == torch.sparse_csr:
+        _check_compressed(
+            matrix.crow_indices(),
+            matrix.col_indices(),
+            n_rows,
+            n_cols,
+            argument,
+            ("its crow_indices", "its col_indices"),
+        )
+    elif matrix.layout == torch.sparse_csc:
+        _check_compressed(
+            matrix.ccol_indices(),
+            matrix.row_indices(),
+            n_cols,
+            n_rows,
+            argument,
+            ("its ccol_indices", "its row_indices"),
         )
 
 
@@ -211,6 +298,8 @@ class SparseOperator:
         >>> SparseOperator.from_any(np.eye(3)).shape
         (3, 3)
         """
+        dtype = check_dtype(dtype) or torch.float32
+        device = check_device(device)
         if isinstance(matrix, SparseOperator):
             op = matrix
             if op.csr_t.dtype != dtype or (
@@ -218,8 +307,12 @@ class SparseOperator:
             ):
                 return op.to(device=device, dtype=dtype)
             return op
-        if not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating point dtype, got {dtype}")
+        if dtype in (torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"dtype={dtype} is not supported for a SparseOperator (torch has no half-precision "
+                "sparse matrix-vector product on CPU); pass dtype=torch.float32 (a float16 "
+                f"{argument} is converted) or torch.float64"
+            )
         csr = None
         if _is_scipy_sparse(matrix):
             csr_t, csr = cls._from_scipy(matrix, dtype, argument, transpose_copy)
@@ -231,9 +324,14 @@ class SparseOperator:
                 raise TypeError(f"{argument} must be numeric, got dtype {arr.dtype}")
             csr_t = cls._from_torch(torch.from_numpy(np.ascontiguousarray(arr)), dtype, argument)
         else:
+            hint = (
+                f"; convert it with numpy.asarray({argument}, dtype=float)"
+                if isinstance(matrix, (list, tuple))
+                else ""
+            )
             raise TypeError(
                 f"{argument} must be a scipy.sparse matrix or array, a torch tensor (dense, COO, "
-                f"CSR or CSC) or a numpy array; got {type(matrix).__name__}"
+                f"CSR or CSC) or a numpy array; got {type(matrix).__name__}{hint}"
             )
         target = torch.device(device) if device is not None else csr_t.device
         if csr_t.device != target:
@@ -261,6 +359,7 @@ class SparseOperator:
             raise TypeError(f"{argument} must be numeric, got dtype {data_dtype}")
         if np.issubdtype(data_dtype, np.complexfloating):
             raise TypeError(f"{argument} must be real, got dtype {data_dtype}")
+        _check_scipy_indices(matrix, argument)
 
         def callers(arr: np.ndarray) -> bool:
             return any(
@@ -320,6 +419,7 @@ class SparseOperator:
                 csr_t = matrix.detach().t().to(dtype).to_sparse_csr()
         elif matrix.layout in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc):
             mt = matrix.detach()
+            _check_torch_indices(mt, argument)
             if mt.layout == torch.sparse_coo:
                 mt = mt.coalesce()
             with warnings.catch_warnings():
