@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import types
 import warnings
 
@@ -480,3 +481,81 @@ def test_no_warning_is_emitted_by_the_builtins_alone(fresh_plugin_manager, monke
         warnings.simplefilter("error")
         for kind in ("gates", "schedules", "losses"):
             available(kind)
+
+
+# -- plugins can't take the process down (issue 12) ---------------------------------------
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), GeneratorExit(), ValueError("bad")])
+def test_a_plugin_raising_any_base_exception_at_import_only_warns(fake_entry_points, exc):
+    def broken():
+        raise exc
+
+    good = plugin_module("good_se", l0_register_schedules=schedules_hook(("test-good-se", half)))
+    fake_entry_points.add("exiting-plugin", broken)
+    fake_entry_points.add("good-plugin", lambda: good)
+    with pytest.warns(
+        L0PluginWarning,
+        match=rf"l0 plugin 'exiting-plugin' .* failed to import and was skipped: "
+        rf"{type(exc).__name__}",
+    ):
+        names = available("schedules")
+    assert "test-good-se" in names
+    assert isinstance(make_gate("hard_concrete", 2), HardConcrete)  # the process goes on
+
+
+def test_a_plugin_hook_raising_system_exit_only_warns(fake_entry_points):
+    def exiting(register):
+        register("test-before-exit", half)
+        raise SystemExit(3)
+
+    fake_entry_points.add(
+        "exit-hook", lambda: plugin_module("exit_hook", l0_register_schedules=exiting)
+    )
+    with pytest.warns(
+        L0PluginWarning,
+        match=r"l0 plugin 'exit-hook' failed in l0_register_schedules: SystemExit: 3",
+    ):
+        names = available("schedules")
+    assert "test-before-exit" in names and "linear" in names
+
+
+def test_keyboard_interrupt_in_a_plugin_still_interrupts(fake_entry_points):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    fake_entry_points.add("ctrl-c", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        available("gates")
+
+
+@pytest.mark.parametrize(
+    ("kind", "obj", "problem"),
+    [
+        ("gates", lambda *a, **k: None, "a gate must be a torch.nn.Module subclass, got function"),
+        ("gates", int, "a gate must be a torch.nn.Module subclass, got class <class 'int'>"),
+        ("schedules", 0.5, "a schedule must be callable, got float 0.5"),
+        ("losses", "mse", "a loss must be callable, got str 'mse'"),
+    ],
+)
+def test_a_registration_of_the_wrong_type_warns_and_lookup_names_the_plugin(kind, obj, problem):
+    hook = {"gates": "l0_register_gates", "schedules": "l0_register_schedules"}.get(
+        kind, "l0_register_losses"
+    )
+
+    class Plugin:
+        pass
+
+    def register_it(self, register):
+        register("test-wrong-type", obj)
+
+    setattr(Plugin, hook, hookimpl(register_it))
+    name = register_plugin(Plugin(), name="wrong-type-plugin")
+    try:
+        expected = f"l0 plugin 'wrong-type-plugin' registered {kind[:-1] if kind != 'losses' else 'loss'} 'test-wrong-type', but {problem}"
+        with pytest.warns(L0PluginWarning, match=re.escape(expected)):
+            assert "test-wrong-type" not in available(kind)
+        with pytest.raises(TypeError, match=re.escape(expected)):
+            lookup(kind, "test-wrong-type")
+    finally:
+        unregister_plugin(name)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
+import torch
 
 from .hookspecs import PROJECT_NAME, L0HookSpecs
 
@@ -80,6 +81,23 @@ _lock = threading.RLock()
 _pm: pluggy.PluginManager | None = None
 _dists: dict[str, tuple[str | None, str | None]] = {}
 _cache: dict[str, tuple[tuple, dict[str, tuple[Any, str]]]] = {}
+#: ``kind -> name -> message`` for registrations refused by type (see :func:`lookup`).
+_refused: dict[str, dict[str, str]] = {}
+
+
+def _refusal(kind: str, obj: Any) -> str | None:
+    """Why ``obj`` cannot be registered as a ``kind`` entry (None when it can)."""
+    if kind == "gates":
+        if not isinstance(obj, type) or not issubclass(obj, torch.nn.Module):
+            return f"a gate must be a torch.nn.Module subclass, got {_describe(obj)}"
+    elif not callable(obj):
+        return f"a {_SINGULAR[kind]} must be callable, got {_describe(obj)}"
+    return None
+
+
+def _describe(obj: Any) -> str:
+    kind = "class" if isinstance(obj, type) else type(obj).__name__
+    return f"{kind} {obj!r}"[:120]
 
 
 def _warn(msg: str) -> None:
@@ -103,7 +121,9 @@ def _validate_plugin(pm: pluggy.PluginManager, plugin: object, name: str) -> boo
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> bool:
     try:
         pm.register(plugin, name=name)
-    except Exception as exc:  # pluggy validation or duplicate plugin names
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # pluggy validation, duplicate names, a SystemExit
         _warn(f"l0 plugin {name!r} could not be registered: {exc}")
         return False
     return _validate_plugin(pm, plugin, name)
@@ -120,7 +140,9 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit included: a plugin never ends the process
             _warn(
                 f"l0 plugin {ep.name!r} ({ep.value}) failed to import and was skipped: "
                 f"{type(exc).__name__}: {exc}"
@@ -257,6 +279,7 @@ def _build(kind: str) -> dict[str, tuple[Any, str]]:
         return cached[1]
     hook_name = KINDS[kind]
     entries: dict[str, tuple[Any, str]] = {}
+    refused: dict[str, str] = {}
     caller = getattr(pm.hook, hook_name)
     # Built-ins first, then the rest in registration order (pluggy calls the
     # last registered first, so walk the implementations ourselves).
@@ -268,12 +291,18 @@ def _build(kind: str) -> dict[str, tuple[Any, str]]:
         def register(name: str, obj: Any, _plugin: str = plugin_name) -> None:
             if not isinstance(name, str) or not name:
                 _warn(
-                    f"l0 plugin {_plugin!r} registered a {kind[:-1]} with an invalid name {name!r}"
+                    f"l0 plugin {_plugin!r} registered a {_SINGULAR[kind]} with an invalid name {name!r}"
                 )
+                return
+            refusal = _refusal(kind, obj)
+            if refusal is not None:
+                message = f"l0 plugin {_plugin!r} registered {_SINGULAR[kind]} {name!r}, but {refusal}"
+                refused[name] = message
+                _warn(f"{message}; it is ignored. Fix the plugin.")
                 return
             if name in entries:
                 _warn(
-                    f"l0 plugin {_plugin!r} registered {kind[:-1]} {name!r}, "
+                    f"l0 plugin {_plugin!r} registered {_SINGULAR[kind]} {name!r}, "
                     f"already registered by {entries[name][1]!r}; the second one is ignored. "
                     "Rename it in the plugin."
                 )
@@ -282,12 +311,15 @@ def _build(kind: str) -> dict[str, tuple[Any, str]]:
 
         try:
             impl.function(register)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit included: a plugin never ends the process
             _warn(
                 f"l0 plugin {plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}; "
                 "what it registered before the error is kept"
             )
     _cache[kind] = (key, entries)
+    _refused[kind] = refused
     return entries
 
 
@@ -332,6 +364,10 @@ def lookup(kind: str, name: str, *, argument: str | None = None) -> Any:
     """
     _check_kind(kind)
     entries = _build(kind)
+    if isinstance(name, str) and name not in entries and name in _refused.get(kind, {}):
+        raise TypeError(
+            f"{_refused[kind][name]}; fix the plugin or choose another {_SINGULAR[kind]}"
+        )
     if not isinstance(name, str) or name not in entries:
         arg = argument or _SINGULAR[kind]
         raise ValueError(
