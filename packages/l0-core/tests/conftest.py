@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
 import pytest
 import torch
 from l0_core import HardConcrete
@@ -10,7 +14,7 @@ from torch import Tensor, nn
 
 
 @pytest.fixture
-def fresh_plugin_manager(monkeypatch):
+def fresh_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """Make the next ``get_plugin_manager()`` build a new manager (restored afterwards).
 
     Entry points are read again when the new manager is built, so a test can
@@ -25,38 +29,52 @@ def fresh_plugin_manager(monkeypatch):
 class FakeEntryPoint:
     """Stands in for ``importlib.metadata.EntryPoint`` (name, value, dist, load)."""
 
-    def __init__(self, name, loader, dist_name="fake-dist", version="9.9.9"):
+    def __init__(
+        self,
+        name: str,
+        loader: Callable[[], Any],
+        dist_name: str = "fake-dist",
+        version: str = "9.9.9",
+    ) -> None:
         self.name = name
         self.value = f"fake_module_{name}:plugin"
         self.group = "l0"
         self._loader = loader
         self.dist = type("Dist", (), {"name": dist_name, "version": version})()
 
-    def load(self):
+    def load(self) -> Any:
         return self._loader()
 
 
 class _EntryPointList(list):
     """A list of fake entry points that also records the groups asked for."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.calls: list[str | None] = []
 
-    def add(self, name, loader, dist_name="fake-dist", version="9.9.9"):
+    def add(
+        self,
+        name: str,
+        loader: Callable[[], Any],
+        dist_name: str = "fake-dist",
+        version: str = "9.9.9",
+    ) -> None:
         """Append an entry point called ``name`` whose ``load()`` calls ``loader``."""
         self.append(FakeEntryPoint(name, loader, dist_name, version))
 
 
 @pytest.fixture
-def fake_entry_points(monkeypatch, fresh_plugin_manager):
+def fake_entry_points(
+    monkeypatch: pytest.MonkeyPatch, fresh_plugin_manager: ModuleType
+) -> _EntryPointList:
     """Install a list of fake entry points for the group ``l0``; returns the list to fill."""
     import importlib.metadata
 
     points = _EntryPointList()
     calls = points.calls
 
-    def entry_points(**params):
+    def entry_points(**params: Any) -> list[FakeEntryPoint]:
         calls.append(params.get("group"))
         if params.get("group") == "l0":
             return list(points)
@@ -73,7 +91,14 @@ class RowGatedLinear(nn.Module):
     (weights and bias entry) times the probability that its gate is active.
     """
 
-    def __init__(self, in_features, out_features, init_mean=0.5, dtype=None, generator=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        init_mean: float = 0.5,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, dtype=dtype)
         self.gate = HardConcrete(
@@ -99,14 +124,14 @@ class RowGatedLinear(nn.Module):
 
 
 @pytest.fixture
-def row_gated_linear():
+def row_gated_linear() -> type[RowGatedLinear]:
     return RowGatedLinear
 
 
 class FloatTemperatureGate(nn.Module):
     """A gate whose temperature is a plain float attribute (allowed by the protocol)."""
 
-    def __init__(self, n: int, temperature: float = 0.5):
+    def __init__(self, n: int, temperature: float = 0.5) -> None:
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(n))
         self.temperature = temperature
@@ -122,5 +147,5 @@ class FloatTemperatureGate(nn.Module):
 
 
 @pytest.fixture
-def float_temperature_gate():
+def float_temperature_gate() -> type[FloatTemperatureGate]:
     return FloatTemperatureGate

@@ -50,6 +50,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_python_dash_m_l0_core_plugins_prints_the_builtins():
     result = subprocess.run(
         [sys.executable, "-m", "l0_core", "plugins"],
@@ -61,6 +62,7 @@ def test_python_dash_m_l0_core_plugins_prints_the_builtins():
     assert "l0_core.builtins" in result.stdout and "hard_concrete" in result.stdout
 
 
+@pytest.mark.slow
 def test_l0_console_script_is_installed_and_lists_plugins():
     script = Path(sys.executable).with_name("l0")
     assert script.exists(), f"the l0 console script should be installed next to {sys.executable}"

@@ -16,6 +16,7 @@ def train(gate, ctl, steps, lr=0.1):
         ctl.step()
 
 
+@pytest.mark.slow
 def test_controller_drives_the_expected_count_to_a_target_count():
     torch.manual_seed(0)
     gate = HardConcrete(200, init_mean=0.9, generator=torch.Generator().manual_seed(0))
@@ -130,6 +131,7 @@ def trajectory(ctl, steps=1500):
     return counts
 
 
+@pytest.mark.slow
 def test_anti_windup_and_damping_stop_the_adam_overshoot():
     plain = trajectory(TargetSparsityController(100, 1000))
     tamed = trajectory(TargetSparsityController(100, 1000, reset_on_cross=True, damping=1.0))

@@ -463,6 +463,7 @@ def test_add_builtin_plugin_registers_a_module_even_with_autoload_off(
     assert [p.name for p in list_plugins()].count("test_l0_sibling_builtins") == 1
 
 
+@pytest.mark.slow
 def test_import_of_l0_core_builds_no_plugin_manager_and_reads_no_entry_points():
     import subprocess
     import sys

@@ -203,6 +203,7 @@ def test_to_changes_dtype_and_keeps_both_copies():
     assert op.dtype == torch.float64 and op.csr.dtype == torch.float64
 
 
+@pytest.mark.slow
 def test_torch_input_does_not_import_scipy():
     code = (
         "import sys, torch; from l0_core import SparseOperator; "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,7 +71,7 @@ class _Plugin:
 
 
 @pytest.fixture
-def logistic_gate_name():
+def logistic_gate_name() -> Iterator[str]:
     name = register_plugin(_Plugin(), name="l0-gates-test-plugin")
     try:
         yield "logistic_test_gate"
@@ -78,10 +80,10 @@ def logistic_gate_name():
 
 
 @pytest.fixture
-def make_skewed():
+def make_skewed() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     return skewed_data
 
 
 @pytest.fixture
-def make_redundant():
+def make_redundant() -> Callable[..., Any]:
     return redundant_columns

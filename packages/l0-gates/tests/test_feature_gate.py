@@ -71,6 +71,7 @@ def test_feature_importance_is_the_probability_of_being_kept(redundant):
     assert importance[cols].median() > importance[others].median()
 
 
+@pytest.mark.slow
 def test_linear_supervised_selection_finds_the_features_that_predict_y():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 40, generator=g)
@@ -90,6 +91,7 @@ def test_classification_targets_are_detected_and_their_features_found():
     assert (gate.predict(x.numpy()) == labels).mean() > 0.9
 
 
+@pytest.mark.slow
 def test_the_mlp_finds_features_with_no_linear_signal():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 40, generator=g)

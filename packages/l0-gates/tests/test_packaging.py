@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 def test_runtime_dependencies_exclude_pandas_and_scipy():
     requires = importlib.metadata.requires("l0-gates") or []
@@ -15,6 +17,7 @@ def test_runtime_dependencies_exclude_pandas_and_scipy():
     assert names == {"l0-core", "torch", "numpy"}
 
 
+@pytest.mark.slow
 def test_importing_the_package_loads_neither_pandas_nor_scipy():
     code = "import sys, l0_gates; print(sorted(m for m in ('pandas', 'scipy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

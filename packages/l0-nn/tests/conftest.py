@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from l0_nn import L0Layer
 
 
 @pytest.fixture
-def single_thread():
+def single_thread() -> Iterator[None]:
     """Run with one intra-op thread (sparse CSR kernels stall on a busy 2-core box), then restore."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -114,6 +114,7 @@ def test_the_l0_penalty_is_the_expected_number_of_kept_features():
     assert model.l0_penalty().item() == pytest.approx(3.0, abs=0.05)  # 0.01 jitter on log_alpha
 
 
+@pytest.mark.slow
 def test_importing_l0_nn_does_not_import_scipy():
     import subprocess
     import sys
