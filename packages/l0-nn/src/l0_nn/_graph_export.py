@@ -48,6 +48,7 @@ from .export import (
     _kind,
     _layer_constants,
     _layer_requirement,
+    _plain,
     _propagate_constants,
     _rebuild,
     _slice_norm,
@@ -220,7 +221,7 @@ class _GraphExport:
             module = self.modules[str(n.target)]
             a = n.args[0] if len(n.args) == 1 and not n.kwargs else None
             if self.tracked(a) and self.tracked(n):
-                kind = _kind(module, self.values[a].shape, out.shape)
+                kind = _kind(_plain(module), self.values[a].shape, out.shape)
                 if kind in _RESHAPED and self.calls[n.target] > 1:
                     kind = "barrier"  # one module, several inputs: keep it whole
                 return kind, [a]
@@ -312,7 +313,7 @@ class _GraphExport:
             mask = torch.zeros(c, dtype=torch.bool, device=self.dev)
             val = torch.zeros(c, dtype=dtype, device=self.dev)
             if kind in ("linear", "conv", "depthwise"):
-                module = self.modules[str(n.target)]
+                module = _plain(self.modules[str(n.target)])
                 self.weights[n] = _weights(module)
                 mask, val = _layer_constants(
                     kind, module, self.weights[n], self.is_const[ins[0]], self.const[ins[0]]
@@ -468,7 +469,13 @@ class _GraphExport:
                 if kind != "depthwise" and not bool(self.need[n][act].all()):
                     src, act = select(a, self.need[n], n), self.need[n]
                 new, keep = _rebuild(
-                    module, kind, self.weights[n], act, self.req[n], self.is_const[a], self.const[a]
+                    _plain(module),
+                    kind,
+                    self.weights[n],
+                    act,
+                    self.req[n],
+                    self.is_const[a],
+                    self.const[a],
                 )
                 attrs[target] = new
                 costs.append(_cost(target, module, new, self.values[n].shape))

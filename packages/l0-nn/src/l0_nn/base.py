@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -22,6 +22,28 @@ __all__ = ["L0Layer", "DEFAULT_INIT_SPARSITY", "uniform_init_"]
 
 #: Default initial probability that a gate is exactly zero.
 DEFAULT_INIT_SPARSITY = 0.1
+
+
+#: The function ``export_pruned`` (set by :mod:`l0_nn.export` when it is imported, which
+#: ``import l0_nn`` always does), so that the layers never import the exporter.
+_EXPORTER: list[Callable[..., nn.Module]] = []
+
+
+def register_exporter(fn: Callable[..., nn.Module]) -> None:
+    """Install ``fn`` as the function behind :meth:`L0Layer.export` (done by ``l0_nn.export``).
+
+    Examples
+    --------
+    >>> from l0_nn import export_pruned
+    >>> register_exporter(export_pruned)  # what l0_nn.export does on import
+    """
+    _EXPORTER[:] = [fn]
+
+
+def _exporter() -> Callable[..., nn.Module]:
+    if not _EXPORTER:  # pragma: no cover - l0_nn/__init__ imports l0_nn.export
+        raise RuntimeError("l0_nn.export is not loaded; import l0_nn first")
+    return _EXPORTER[0]
 
 
 class L0Layer(nn.Module):
@@ -231,6 +253,33 @@ class L0Layer(nn.Module):
             w, b = self._gated(z)  # type: ignore[attr-defined]
             return w.detach().clone(), None if b is None else b.detach().clone()
 
+    def to_plain(self) -> nn.Module:
+        """The plain torch module this layer computes in eval mode (gates folded into the weights).
+
+        Same shapes as the layer (nothing is sliced; :func:`l0_nn.export_pruned`
+        does that); a removed group's weights are exactly 0. The exporter
+        relies on this instead of knowing the layer classes.
+
+        Examples
+        --------
+        >>> from l0_nn import L0Linear
+        >>> layer = L0Linear(3, 2).eval()
+        >>> plain = layer.to_plain()
+        >>> type(plain).__name__, torch.equal(plain(torch.ones(1, 3)), layer(torch.ones(1, 3)))
+        ('Linear', True)
+        """
+        w, b = self.effective_weight_and_bias()
+        plain = self._plain_module(bias=b is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            plain.weight.copy_(w)
+            if b is not None:
+                plain.bias.copy_(b)
+        return plain.train(self.training)
+
+    def _plain_module(self, *, bias: bool, device: torch.device, dtype: torch.dtype) -> nn.Module:
+        """An uninitialised plain module of this layer's shapes (subclasses implement it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its plain equivalent")
+
     def prune_(self, threshold: float | None = None) -> int:
         """Zero, in place, the weights (and gated biases) of the groups the gates remove.
 
@@ -271,9 +320,7 @@ class L0Layer(nn.Module):
         >>> type(L0Linear(3, 2, init_sparsity=0.01).export().layer).__name__
         'Linear'
         """
-        from .export import export_pruned
-
-        return export_pruned(self, example_input)
+        return _exporter()(self, example_input)
 
     def removed_groups(self, threshold: float | None = None) -> Tensor:
         """Boolean mask (gate shape) of the groups the gates remove.

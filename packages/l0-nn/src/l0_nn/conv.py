@@ -127,6 +127,13 @@ class _L0ConvNd(L0Layer):
         )
 
     # --------------------------------------------------------- GatedLayer
+    def _plain_module(self, *, bias: bool, device: torch.device, dtype: torch.dtype) -> nn.Module:
+        conv = nn.Conv1d if self._dims == 1 else nn.Conv2d
+        return conv(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+            self.dilation, self.groups, bias, device=device, dtype=dtype,
+        )  # fmt: skip
+
     def l2_penalty(self) -> Tensor:
         """Expected squared L2 norm of the gated weights (each group's norm times P(active)).
 

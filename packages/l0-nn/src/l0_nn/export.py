@@ -34,10 +34,7 @@ import torch
 from l0_core import is_gate, is_gated_layer
 from torch import Tensor, nn
 
-from .base import L0Layer
-from .conv import L0Conv2d
-from .conv1d import L0Conv1d
-from .linear import L0Linear
+from .base import L0Layer, register_exporter
 
 __all__ = ["ExportReport", "IndexSelect", "LayerCost", "export_pruned"]
 
@@ -213,16 +210,20 @@ def _chain(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     return [(prefix or "layer", model)]
 
 
+def _plain(module: nn.Module) -> nn.Module:
+    """What the exporter reasons about: a gated layer's plain equivalent, other modules as they are."""
+    return module.to_plain() if isinstance(module, L0Layer) else module
+
+
 def _weights(module: nn.Module) -> tuple[Tensor, Tensor | None]:
-    if isinstance(module, L0Layer):
-        return module.effective_weight_and_bias()
+    """Weight and bias of a plain linear/conv module (see :func:`_plain`), detached copies."""
     bias = module.bias.detach().clone() if module.bias is not None else None
     return module.weight.detach().clone(), bias
 
 
 def _kind(module: nn.Module, shape_in: torch.Size, shape_out: torch.Size) -> str:
     nd_in, nd_out = len(shape_in), len(shape_out)
-    if isinstance(module, (L0Linear, nn.Linear)):
+    if isinstance(module, nn.Linear):
         return "linear" if nd_in == 2 else "barrier"
     conv_nd = _conv_dims(module)
     if conv_nd:
@@ -264,14 +265,10 @@ def _kind(module: nn.Module, shape_in: torch.Size, shape_out: torch.Size) -> str
 
 
 def _conv_dims(module: nn.Module) -> int:
-    """2 for a 2-D convolution, 1 for a 1-D one (gated, or plain with zero padding), else 0."""
-    if isinstance(module, L0Conv2d) or (
-        isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
-    ):
+    """2 for a 2-D convolution, 1 for a 1-D one (with zero padding), else 0."""
+    if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
         return 2
-    if isinstance(module, L0Conv1d) or (
-        isinstance(module, nn.Conv1d) and module.padding_mode == "zeros"
-    ):
+    if isinstance(module, nn.Conv1d) and module.padding_mode == "zeros":
         return 1
     return 0
 
@@ -282,7 +279,8 @@ def _channels(shape: torch.Size) -> int | None:
 
 def _default_example(chain: list[tuple[str, nn.Module]], ref: Tensor) -> Tensor:
     for _name, module in chain:
-        if isinstance(module, (L0Linear, nn.Linear)):
+        module = _plain(module)
+        if isinstance(module, nn.Linear):
             return ref.new_zeros((1, module.in_features))
         if not isinstance(module, (nn.Flatten, *_ELEMENTWISE, *_NORMS)):
             break
@@ -504,12 +502,11 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
             ) from exc
         shapes.append(x.shape)
     n = len(chain)
-    kinds = [_kind(m, shapes[i], shapes[i + 1]) for i, (_, m) in enumerate(chain)]
+    plain = [_plain(m) for _, m in chain]
+    kinds = [_kind(m, shapes[i], shapes[i + 1]) for i, m in enumerate(plain)]
     chans = [_channels(s) for s in shapes]
     weights: dict[int, tuple[Tensor, Tensor | None]] = {
-        i: _weights(m)
-        for i, (_, m) in enumerate(chain)
-        if kinds[i] in ("linear", "conv", "depthwise")
+        i: _weights(m) for i, m in enumerate(plain) if kinds[i] in ("linear", "conv", "depthwise")
     }
     dev = example.device
     dtype = next((w.dtype for w, _ in weights.values()), example.dtype)
@@ -526,7 +523,7 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
     for i, (_, module) in enumerate(chain):
         kind, cin, cout = kinds[i], is_const[i], const[i]
         if kind in ("linear", "conv", "depthwise"):
-            out_const, val = _layer_constants(kind, module, weights[i], cin, cout)
+            out_const, val = _layer_constants(kind, plain[i], weights[i], cin, cout)
             is_const.append(out_const)
             const.append(val)
         elif kind in ("channelwise", "norm"):
@@ -576,7 +573,7 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
             act = req[i].clone()
         if kind in ("linear", "conv", "depthwise"):
             new, act_out = _rebuild(
-                module, kind, weights[i], act, req[i + 1], is_const[i], const[i]
+                plain[i], kind, weights[i], act, req[i + 1], is_const[i], const[i]
             )
             costs.append(_cost(name, module, new, shapes[i + 1]))
         elif kind == "norm":
@@ -669,29 +666,12 @@ def _slice_norm(module: nn.Module, act: Tensor) -> nn.Module:
 
 def _as_plain(module: nn.Module) -> nn.Module:
     """A module kept whole: gated layers become their plain equivalents."""
-    if isinstance(module, L0Linear):
-        w, b = module.effective_weight_and_bias()
-        new = nn.Linear(
-            module.in_features, module.out_features, b is not None, device=w.device, dtype=w.dtype
-        )
-    elif isinstance(module, (L0Conv2d, L0Conv1d)):
-        w, b = module.effective_weight_and_bias()
-        conv = nn.Conv1d if isinstance(module, L0Conv1d) else nn.Conv2d
-        new = conv(
-            module.in_channels, module.out_channels, module.kernel_size, module.stride,
-            module.padding, module.dilation, module.groups, b is not None,
-            device=w.device, dtype=w.dtype,
-        )  # fmt: skip
-    else:
-        return copy.deepcopy(module)
-    new.weight.copy_(w)
-    if b is not None:
-        new.bias.copy_(b)
-    return new
+    return module.to_plain() if isinstance(module, L0Layer) else copy.deepcopy(module)
 
 
 def _flops(module: nn.Module, out_shape: torch.Size) -> int:
-    if isinstance(module, (nn.Linear, L0Linear)):
+    module = _plain(module)
+    if isinstance(module, nn.Linear):
         return 2 * module.in_features * module.out_features
     weight = module.weight
     spatial = int(out_shape[2:].numel()) if len(out_shape) > 2 else 1
@@ -699,7 +679,8 @@ def _flops(module: nn.Module, out_shape: torch.Size) -> int:
 
 
 def _io(module: nn.Module) -> tuple[int, int]:
-    if isinstance(module, (nn.Linear, L0Linear)):
+    module = _plain(module)
+    if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     return module.in_channels, module.out_channels
 
@@ -739,3 +720,6 @@ def _report(model: nn.Module, exported: nn.Module, costs: list[LayerCost]) -> Ex
         flops_after=sum(c.flops_after for c in costs),
         gated_active_params=_count(model, active=True),
     )
+
+
+register_exporter(export_pruned)  # L0Layer.export() calls it; the layers never import us

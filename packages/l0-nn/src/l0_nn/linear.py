@@ -143,6 +143,9 @@ class L0Linear(L0Layer):
         return F.linear(input, weight, bias)
 
     # --------------------------------------------------------- GatedLayer
+    def _plain_module(self, *, bias: bool, device: torch.device, dtype: torch.dtype) -> nn.Linear:
+        return nn.Linear(self.in_features, self.out_features, bias, device=device, dtype=dtype)
+
     def l2_penalty(self) -> Tensor:
         """Expected squared L2 norm of the gated weights (Louizos et al., 2017, eq. 13).
 

@@ -12,7 +12,9 @@ from l0_core.precision import accumulation_dtype
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SPARSITY
+from .export import export_pruned
 from .linear import L0Linear, LinearGranularity
+from .training import layer_sparsity_stats
 
 __all__ = ["SparseMLP"]
 
@@ -205,8 +207,6 @@ class SparseMLP(nn.Sequential):
         >>> SparseMLP(4, 3, 2, init_sparsity=0.01).active_parameter_count()
         23
         """
-        from .export import export_pruned
-
         return export_pruned(self).export_report.params_after
 
     def expected_parameter_count(self) -> Tensor:
@@ -252,8 +252,6 @@ class SparseMLP(nn.Sequential):
         >>> type(small[1]).__name__
         'Linear'
         """
-        from .export import export_pruned
-
         return export_pruned(self, example_input)
 
     # ---------------------------------------------- l0-python 0.6 aliases
@@ -285,6 +283,4 @@ class SparseMLP(nn.Sequential):
         >>> sorted(SparseMLP(4, 3, 2).get_sparsity_stats())
         ['fc1', 'fc2']
         """
-        from .training import layer_sparsity_stats
-
         return layer_sparsity_stats(self)
