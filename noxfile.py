@@ -1,6 +1,6 @@
 """Test, lint and docs sessions for the l0 monorepo.
 
-``nox`` with no arguments runs the test sessions: each package alone (with
+``nox`` with no arguments runs ``arch`` (import-linter contracts and mypy) and the test sessions: each package alone (with
 only l0-core beside it), everything together through ``l0-python``, and the
 example plugin installed the way a user would install it. ``nox -s lint`` and
 ``nox -s docs`` run ruff and a strict mkdocs build.
@@ -31,7 +31,7 @@ TORCH = shlex.split(os.environ.get("L0_NOX_TORCH", "torch==2.13.0"))
 TORCH_DIR = ROOT / ".nox" / "_torch"
 PYTEST = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 
-nox.options.sessions = ["core", "nn", "gates", "calibrate", "all", "plugin"]
+nox.options.sessions = ["arch", "core", "nn", "gates", "calibrate", "all", "plugin"]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
 
@@ -159,6 +159,21 @@ def plugin(session: nox.Session) -> None:
     session.run(
         *PYTEST, "tests", "--doctest-modules", "--pyargs", "l0_plugin_example", *session.posargs
     )
+
+
+@nox.session
+def arch(session: nox.Session) -> None:
+    """Layers enforced: import-linter contracts and mypy on packages/*/src (config: pyproject.toml).
+
+    The packages are read from source (PYTHONPATH / mypy_path), not installed; torch is
+    installed for its type information.
+    """
+    _install_torch(session)
+    _pip(session, "mypy>=1.10", "import-linter>=2.0", "numpy", "pluggy>=1.3")
+    src = [str(ROOT / "packages" / dist / "src") for dist, _ in PACKAGES.values()]
+    session.env["PYTHONPATH"] = os.pathsep.join(src)
+    session.run("lint-imports", *session.posargs)
+    session.run("mypy", *session.posargs)
 
 
 @nox.session

@@ -38,8 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.node import Argument, Node, map_arg
 
-from .base import L0Layer
-from .export import (
+from ._export_ops import (
     IndexSelect,
     LayerCost,
     _as_plain,
@@ -54,6 +53,7 @@ from .export import (
     _slice_norm,
     _weights,
 )
+from .base import L0Layer
 
 __all__: list[str] = []
 
