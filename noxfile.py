@@ -1,8 +1,9 @@
 """Test, lint and docs sessions for the l0 monorepo.
 
-``nox`` with no arguments runs ``arch`` (import-linter contracts and mypy) and the test sessions: each package alone (with
-only l0-core beside it), everything together through ``l0-python``, and the
-example plugin installed the way a user would install it. ``nox -s lint`` and
+``nox`` with no arguments runs ``arch`` (import-linter contracts and mypy)
+and the test sessions: each package alone (with only l0-core beside it),
+everything together through ``l0-python``, and the example plugin installed
+the way a user would install it. ``nox -s lint`` and
 ``nox -s docs`` run ruff and a strict mkdocs build.
 
 torch is installed first in every session, pinned to ``torch==2.13.0`` (pip
@@ -172,7 +173,7 @@ def arch(session: nox.Session) -> None:
     _pip(session, "mypy>=1.10", "import-linter>=2.0", "numpy", "pluggy>=1.3")
     src = [str(ROOT / "packages" / dist / "src") for dist, _ in PACKAGES.values()]
     session.env["PYTHONPATH"] = os.pathsep.join(src)
-    session.run("lint-imports", *session.posargs)
+    session.run("lint-imports")
     session.run("mypy", *session.posargs)
 
 

@@ -141,3 +141,13 @@ def test_cuda_and_cpu_prob_active_agree():
     gpu = HardConcrete(100, device="cuda")
     gpu.load_state_dict(cpu.state_dict())
     assert torch.allclose(gpu.prob_active().cpu(), cpu.prob_active(), atol=1e-6)
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
+def test_a_cuda_gate_without_cuda_is_refused_by_name():
+    with pytest.raises(
+        ValueError, match="device='cuda' but this torch build or machine has no CUDA"
+    ):
+        HardConcrete(3, device="cuda")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from l0_core import HardConcrete, compute_l0_penalty, is_gate, update_temperatures
-from l0_gates import L0Gate
+from l0_gates import HybridGate, L0Gate
 
 
 def test_l0_gate_implements_the_core_gate_protocol_so_core_penalties_find_it():
@@ -131,3 +131,17 @@ def test_apply_gates_rejects_a_tensor_of_the_wrong_size():
 def test_apply_gates_rejects_a_non_tensor():
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         L0Gate(4, seed=0).apply_gates([1, 2, 3, 4])
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
+def test_a_cuda_device_without_cuda_is_refused_by_name():
+    with pytest.raises(
+        ValueError, match="device='cuda' but this torch build or machine has no CUDA"
+    ):
+        L0Gate(3, device="cuda")
+    with pytest.raises(
+        ValueError, match="device='cuda' but this torch build or machine has no CUDA"
+    ):
+        HybridGate(100, 0.0, 1.0, target_items=10, device="cuda")

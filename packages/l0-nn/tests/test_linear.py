@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from l0_nn import L0Linear
+from l0_nn import L0Linear, SparseL0Linear
 
 from .conftest import hard_concrete_prob_active
 
@@ -184,3 +184,21 @@ def test_weights_receive_gradients_in_training_mode():
     layer = L0Linear(4, 2).train()
     F.mse_loss(layer(torch.randn(8, 4)), torch.zeros(8, 2)).backward()
     assert layer.weight.grad is not None and layer.gates.log_alpha.grad is not None
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
+@pytest.mark.parametrize(
+    "make", [lambda: L0Linear(3, 2, device="cuda"), lambda: SparseL0Linear(3, device="cuda")]
+)
+def test_a_cuda_device_without_cuda_is_refused_by_name(make):
+    with pytest.raises(
+        ValueError, match="device='cuda' but this torch build or machine has no CUDA"
+    ):
+        make()
+
+
+def test_a_device_that_is_not_a_device_is_refused_by_name():
+    with pytest.raises(ValueError, match="device must name a torch device such as 'cpu'"):
+        L0Linear(3, 2, device="gpu")

@@ -342,7 +342,7 @@ def check_finite_tensor(value: torch.Tensor, name: str, *, hint: str = "") -> to
     if value.is_floating_point() or value.is_complex():
         bad = ~torch.isfinite(value)
         if bool(bad.any()):
-            flat = bad.reshape(-1).nonzero()[0, 0].item()
+            flat = int(bad.reshape(-1).nonzero()[0, 0].item())
             index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), value.shape))
             where = index[0] if len(index) == 1 else index
             item = value.reshape(-1)[flat].item()

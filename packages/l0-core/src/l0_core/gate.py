@@ -214,7 +214,7 @@ def gate_temperature(gate: torch.nn.Module) -> float:
     >>> gate_temperature(HardConcrete(2, temperature=0.5))
     0.5
     """
-    t = gate.temperature
+    t: Any = gate.temperature  # a tensor buffer or a plain float (both allowed)
     return float(t.item()) if isinstance(t, Tensor) else float(t)
 
 
@@ -249,7 +249,7 @@ def set_gate_temperature(gate: torch.nn.Module, temperature: float) -> None:
         with torch.no_grad():
             gate.temperature.fill_(temperature)
     else:
-        gate.temperature = temperature
+        gate.temperature = temperature  # type: ignore[assignment]  # a float attribute
 
 
 def deterministic_gates(gate: torch.nn.Module) -> Tensor:

@@ -17,7 +17,7 @@ is the differentiable L0 penalty.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -199,7 +199,7 @@ class HardConcrete(nn.Module):
         self.estimator: Estimator = estimator
         self.generator = generator
         log_alpha_for_prob_active(self.init_mean, temperature, self.gamma, self.zeta)  # validates
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.log_alpha = nn.Parameter(torch.empty(shape, **factory))
         dt = self.log_alpha.dtype
         self.register_buffer("temperature", torch.tensor(temperature, device=device, dtype=dt))

@@ -548,11 +548,17 @@ class SparseOperator:
                 t.crow_indices().to(device),
                 t.col_indices().to(device),
                 t.values().to(device=device, dtype=dtype or t.dtype),
-                tuple(t.shape),
+                (int(t.shape[0]), int(t.shape[1])),
             )
 
-        blocks = None if self.csr_blocks is None else [(h0, move(t)) for h0, t in self.csr_blocks]
-        return SparseOperator(move(self.csr_t), csr_blocks=blocks)
+        blocks = (
+            None
+            if self.csr_blocks is None
+            else [(h0, moved) for h0, t in self.csr_blocks if (moved := move(t)) is not None]
+        )
+        csr_t = move(self.csr_t)
+        assert csr_t is not None  # csr_t is never None
+        return SparseOperator(csr_t, csr_blocks=blocks)
 
     def column_nnz(self) -> Tensor:
         """Non-zeros per column of ``M`` (per household).

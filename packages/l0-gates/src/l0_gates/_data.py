@@ -189,7 +189,8 @@ def as_table(
                 f"categorical lists column(s) {unknown} that are not in {argument}; "
                 f"its columns are {list(frame.columns)[:20]}"
             )
-        num_names, cat_names = [], []
+        num_names: list[Any] = []
+        cat_names: list[Any] = []
         for col in frame.columns:
             dt = frame[col].dtype
             is_cat = (

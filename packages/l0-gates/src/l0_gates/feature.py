@@ -237,6 +237,7 @@ class FeatureGate(L0Gate):
             ctl = 3.0 if controller_lr is None else controller_lr
             self._fit_unsupervised(x, epochs or 300, lr, ctl, center, standardize, rank)
         else:
+            assert prepared is not None  # y is given
             ctl = 1.0 if controller_lr is None else controller_lr
             default_epochs = 500 if model == "linear" else 1000
             self._fit_supervised(x, prepared, model, hidden, epochs or default_epochs, lr, ctl)

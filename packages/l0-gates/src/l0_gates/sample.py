@@ -280,6 +280,7 @@ class SampleGate(L0Gate):
             self.fit(data)
         else:
             self._check_rows(data)
+        assert self.indices_ is not None  # set by fit()
         return take_rows(data, self.indices_), as_index_output(self.indices_, data)
 
     def select_weighted_samples(self, data: Any, weights: Any = None) -> tuple[Any, Any, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from l0_core import is_gate, is_gated_layer
@@ -15,6 +16,14 @@ from torch import Tensor, nn
 from .base import L0Layer
 
 __all__ = ["ExportReport", "IndexSelect", "LayerCost"]
+
+
+def _some(mask: Tensor | None) -> Tensor:
+    """A channel mask that the pass needs; every layer it is asked for has a channel axis."""
+    if mask is None:  # pragma: no cover - the classification makes this impossible
+        raise RuntimeError("export_pruned: a channel mask is missing; please report this model")
+    return mask
+
 
 _ELEMENTWISE = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -253,9 +262,9 @@ def _default_example(chain: list[tuple[str, nn.Module]], ref: Tensor) -> Tensor:
 def _first_tensor(model: nn.Module) -> Tensor:
     for t in model.parameters():
         return t.detach()
-    for t in model.buffers():
-        if t.is_floating_point():
-            return t.detach()
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            return buf.detach()
     return torch.zeros(())
 
 
@@ -292,6 +301,7 @@ def _layer_constants(
         val = bias + w[:, cin] @ cout[cin].to(w.dtype)
     else:
         alive = ~cin | (cout != 0)
+        assert isinstance(module, (nn.Conv1d, nn.Conv2d))  # kind "conv"/"depthwise"
         groups = module.groups
         per = w.shape[1]
         nz = (w != 0).flatten(2).any(2)  # (out, in/groups)
@@ -332,7 +342,7 @@ def _rebuild(
     in_val: Tensor,
 ) -> tuple[nn.Module, Tensor]:
     w, b = wb
-    factory = {"device": w.device, "dtype": w.dtype}
+    factory: dict[str, Any] = {"device": w.device, "dtype": w.dtype}
     cols = act_in.nonzero().flatten()
     if kind == "depthwise":
         mult = w.shape[0] // act_in.numel()
@@ -350,7 +360,8 @@ def _rebuild(
         groups = cols.numel() if kind == "depthwise" else 1
         new_w = w[rows] if kind == "depthwise" else w[rows][:, cols]
         new_b = None if b is None else b[rows]
-        conv = nn.Conv1d if new_w.ndim == 3 else nn.Conv2d
+        assert isinstance(module, (nn.Conv1d, nn.Conv2d))  # kind "conv"/"depthwise"
+        conv: Any = nn.Conv1d if new_w.ndim == 3 else nn.Conv2d
         new = conv(
             cols.numel(),
             rows.numel(),
@@ -371,7 +382,8 @@ def _rebuild(
 def _slice_norm(module: nn.Module, act: Tensor) -> nn.Module:
     idx = act.nonzero().flatten()
     new = copy.deepcopy(module)
-    new.num_features = idx.numel()
+    assert isinstance(new, (nn.BatchNorm1d, nn.BatchNorm2d))  # kind "norm"
+    new.num_features = int(idx.numel())
     for pname in ("weight", "bias"):
         p = getattr(module, pname)
         if p is not None:
@@ -399,6 +411,7 @@ def _io(module: nn.Module) -> tuple[int, int]:
     module = _plain(module)
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d)), type(module)  # costs are for linear/conv
     return module.in_channels, module.out_channels
 
 

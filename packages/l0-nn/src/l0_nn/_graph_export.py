@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import operator
 from collections import Counter
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,7 @@ from ._export_ops import (
     _propagate_constants,
     _rebuild,
     _slice_norm,
+    _some,
     _weights,
 )
 from .base import L0Layer
@@ -192,7 +193,7 @@ class _GraphExport:
         self.keep: dict[Node, Tensor] = {}
 
     # ------------------------------------------------------------ helpers
-    def tracked(self, n: Any) -> bool:
+    def tracked(self, n: object) -> TypeGuard[Node]:
         return (
             isinstance(n, Node)
             and isinstance(self.values.get(n), Tensor)
@@ -378,11 +379,11 @@ class _GraphExport:
             kind, ins = self.kind[n], self.inputs[n]
             if self.tracked(n) and not bool(self.req[n].any()):
                 self.req[n][0] = True  # keep one channel so that no layer has zero size
-            out_req = self.req.get(n)
+            req_out = self.req.get(n)
             if kind in ("linear", "conv", "depthwise"):
                 a = ins[0]
                 r = _layer_requirement(
-                    kind, self.weights[n][0], self.is_const[a], self.const[a], out_req,
+                    kind, self.weights[n][0], self.is_const[a], self.const[a], _some(req_out),
                     self.values[a].shape, self.values[n].shape,
                 )  # fmt: skip
                 if not bool(r.any()):
@@ -391,18 +392,18 @@ class _GraphExport:
                 self.req[a] |= r
             elif kind in ("channelwise", "norm", "elementwise"):
                 for a in ins:
-                    self.req[a] |= out_req
+                    self.req[a] |= _some(req_out)
                 for a in _tensor_inputs(n, self.values):
                     if a not in ins and self.tracked(a):
                         self.req[a][:] = True
             elif kind == "flatten":
                 a = ins[0]
-                self.req[a] |= out_req.view(self.channels(a), -1).any(1)
+                self.req[a] |= _some(req_out).view(self.channels(a), -1).any(1)
             elif kind == "cat":
                 start = 0
                 for a in ins:
                     c = self.channels(a)
-                    self.req[a] |= out_req[start : start + c]
+                    self.req[a] |= _some(req_out)[start : start + c]
                     start += c
             elif kind == "meta":
                 if self._meta_reads_channels(n):

@@ -74,6 +74,8 @@ class L0Layer(nn.Module):
     """
 
     gates: nn.Module
+    weight: nn.Parameter
+    bias: nn.Parameter | None
     granularity: str
 
     def _build_gates(
@@ -303,15 +305,15 @@ class L0Layer(nn.Module):
         (0.0, 0.0)
         """
         removed = self.removed_groups(threshold)
-        keep = (~removed).to(self.weight.dtype)  # type: ignore[attr-defined]
+        keep = (~removed).to(self.weight.dtype)
         with torch.no_grad():
             weight, bias = self._gated(keep)  # type: ignore[attr-defined]
-            self.weight.copy_(weight)  # type: ignore[attr-defined]
-            if bias is not None:
-                self.bias.copy_(bias)  # type: ignore[attr-defined]
+            self.weight.copy_(weight)
+            if bias is not None and self.bias is not None:
+                self.bias.copy_(bias)
         return int(removed.sum().item())
 
-    def export(self, example_input: Tensor | None = None) -> nn.Sequential:
+    def export(self, example_input: Tensor | None = None) -> nn.Module:
         """Shorthand for :func:`l0_nn.export_pruned(self, example_input) <l0_nn.export_pruned>`.
 
         Examples

@@ -82,7 +82,7 @@ class _L0ConvNd(L0Layer):
             dtype=dtype,
             generator=generator,
         )
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels, **factory))
@@ -128,7 +128,7 @@ class _L0ConvNd(L0Layer):
 
     # --------------------------------------------------------- GatedLayer
     def _plain_module(self, *, bias: bool, device: torch.device, dtype: torch.dtype) -> nn.Module:
-        conv = nn.Conv1d if self._dims == 1 else nn.Conv2d
+        conv: Any = nn.Conv1d if self._dims == 1 else nn.Conv2d
         return conv(
             self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
             self.dilation, self.groups, bias, device=device, dtype=dtype,

@@ -49,6 +49,7 @@ from ._export_ops import (
     _rebuild,
     _report,
     _slice_norm,
+    _some,
     _weights,
 )
 from ._graph_export import export_graph
@@ -191,6 +192,7 @@ def export_pruned(model: nn.Module, example_input: Tensor | None = None) -> nn.M
     model.eval()
     try:
         if chain is not None:
+            assert example_input is not None  # a chain always has a default example
             return _export(chain, model, example_input)
 
         exported, costs = export_graph(model, example_input, _first_tensor(model))
@@ -233,7 +235,13 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
         None if chans[0] is None else torch.zeros(chans[0], dtype=dtype, device=dev)
     ]
     for i, (_, module) in enumerate(chain):
-        kind, cin, cout = kinds[i], is_const[i], const[i]
+        kind = kinds[i]
+        if kind == "barrier":
+            c = chans[i + 1]
+            is_const.append(full(i + 1, False))
+            const.append(None if c is None else torch.zeros(c, dtype=dtype, device=dev))
+            continue
+        cin, cout = _some(is_const[i]), _some(const[i])
         if kind in ("linear", "conv", "depthwise"):
             out_const, val = _layer_constants(kind, plain[i], weights[i], cin, cout)
             is_const.append(out_const)
@@ -242,29 +250,31 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
             v, m = _propagate_constants(module, cout, cin, shapes[i])
             is_const.append(m)
             const.append(torch.where(m, v, torch.zeros_like(v)))
-        elif kind == "flatten":
+        else:  # flatten
             s = shapes[i][2:].numel()
             is_const.append(cin.repeat_interleave(s))
             const.append(cout.repeat_interleave(s))
-        else:
-            is_const.append(full(i + 1, False))
-            const.append(
-                None if chans[i + 1] is None else torch.zeros(chans[i + 1], dtype=dtype, device=dev)
-            )
 
     # 3. backward: requirements
     req: list[Tensor | None] = [None] * (n + 1)
     req[n] = full(n, True)
     for i in range(n - 1, -1, -1):
-        kind, out_req, module = kinds[i], req[i + 1], chain[i][1]
+        kind = kinds[i]
+        r: Tensor | None
         if kind in ("linear", "conv", "depthwise"):
             r = _layer_requirement(
-                kind, weights[i][0], is_const[i], const[i], out_req, shapes[i], shapes[i + 1]
+                kind,
+                weights[i][0],
+                _some(is_const[i]),
+                _some(const[i]),
+                _some(req[i + 1]),
+                shapes[i],
+                shapes[i + 1],
             )
         elif kind in ("channelwise", "norm"):
-            r = out_req.clone()
+            r = _some(req[i + 1]).clone()
         elif kind == "flatten":
-            r = out_req.view(shapes[i][1], -1).any(1)
+            r = _some(req[i + 1]).view(shapes[i][1], -1).any(1)
         else:
             r = full(i, True)
         if r is not None and not bool(r.any()):
@@ -274,26 +284,35 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
     # 4. forward: rebuild
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     act = full(0, True)
+    act_out: Tensor | None
+    new: nn.Module
     costs: list[LayerCost] = []
     for i, (name, module) in enumerate(chain):
         kind = kinds[i]
         key = name.replace(".", "_")
-        if kind in ("linear", "conv") and not bool(req[i][act].all()):
+        if kind in ("linear", "conv") and not bool(_some(req[i])[_some(act)].all()):
             # The layer reads fewer channels than arrive (e.g. the model's own inputs):
             # pick them, so that its weight loses those columns.
-            layers[f"select_{key}"] = IndexSelect(req[i][act].nonzero().flatten())
-            act = req[i].clone()
+            layers[f"select_{key}"] = IndexSelect(_some(req[i])[_some(act)].nonzero().flatten())
+            act = _some(req[i]).clone()
         if kind in ("linear", "conv", "depthwise"):
             new, act_out = _rebuild(
-                plain[i], kind, weights[i], act, req[i + 1], is_const[i], const[i]
+                plain[i],
+                kind,
+                weights[i],
+                _some(act),
+                _some(req[i + 1]),
+                _some(is_const[i]),
+                _some(const[i]),
             )
             costs.append(_cost(name, module, new, shapes[i + 1]))
         elif kind == "norm":
-            new, act_out = _slice_norm(module, act), act
+            new, act_out = _slice_norm(module, _some(act)), act
         elif kind == "channelwise":
             new, act_out = copy.deepcopy(module), act
         elif kind == "flatten":
-            new, act_out = copy.deepcopy(module), act.repeat_interleave(shapes[i][2:].numel())
+            new = copy.deepcopy(module)
+            act_out = _some(act).repeat_interleave(shapes[i][2:].numel())
         else:
             new, act_out = _as_plain(module), full(i + 1, True)
             if isinstance(new, (nn.Linear, nn.Conv1d, nn.Conv2d)):
@@ -306,7 +325,7 @@ def _export(chain: list[tuple[str, nn.Module]], model: nn.Module, example: Tenso
 def _finish(model: nn.Module, exported: _M, costs: list[LayerCost]) -> _M:
     """Attach the :class:`ExportReport` to ``exported`` and log the totals."""
     report = _report(model, exported, costs)
-    exported.export_report = report  # type: ignore[attr-defined]
+    exported.export_report = report  # type: ignore[assignment]  # a plain attribute
     logger.info(
         "export_pruned: %d -> %d parameters, %d -> %d FLOPs per sample",
         report.params_before,

@@ -103,7 +103,7 @@ class L0Linear(L0Layer):
             dtype=dtype,
             generator=generator,
         )
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features, **factory))

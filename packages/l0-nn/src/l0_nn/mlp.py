@@ -12,7 +12,7 @@ from l0_core.precision import accumulation_dtype
 from torch import Tensor, nn
 
 from .base import DEFAULT_INIT_SPARSITY
-from .export import export_pruned
+from .export import ExportReport, export_pruned
 from .linear import L0Linear, LinearGranularity
 from .training import layer_sparsity_stats
 
@@ -207,7 +207,8 @@ class SparseMLP(nn.Sequential):
         >>> SparseMLP(4, 3, 2, init_sparsity=0.01).active_parameter_count()
         23
         """
-        return export_pruned(self).export_report.params_after
+        report: ExportReport = export_pruned(self).export_report  # type: ignore[assignment]
+        return report.params_after
 
     def expected_parameter_count(self) -> Tensor:
         """Differentiable expected parameter count of the exported model.
@@ -229,6 +230,8 @@ class SparseMLP(nn.Sequential):
         probs = [layer.prob_active() for layer in layers]
         probs = [p.to(accumulation_dtype(p.dtype)) for p in probs]
         total = probs[0].new_zeros(())
+        n_in: Tensor | int
+        n_out: Tensor | int
         for i, layer in enumerate(layers):
             has_bias = layer.bias is not None
             if self.granularity == "input":
@@ -252,7 +255,9 @@ class SparseMLP(nn.Sequential):
         >>> type(small[1]).__name__
         'Linear'
         """
-        return export_pruned(self, example_input)
+        exported = export_pruned(self, example_input)
+        assert isinstance(exported, nn.Sequential)  # a chain of layers exports as a Sequential
+        return exported
 
     # ---------------------------------------------- l0-python 0.6 aliases
     def get_l0_loss(self) -> Tensor:

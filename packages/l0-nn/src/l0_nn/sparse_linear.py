@@ -237,7 +237,7 @@ class SparseL0Linear(nn.Module):
         op = self._operator(X)
         target = self._target(y, op.shape[0])
         self._reset(target)
-        groups = [
+        groups: list[dict[str, Any]] = [
             {"params": [self.weight], "lr": lr},
             {"params": self.gates.parameters(), "lr": gate_lr},
         ]
@@ -262,7 +262,7 @@ class SparseL0Linear(nn.Module):
         return self
 
     def _reset(self, target: Tensor) -> None:
-        if self._generator is not None:
+        if self._generator is not None and self.seed is not None:
             self._generator.manual_seed(self.seed)
         reset = getattr(self.gates, "reset_parameters", None)
         if callable(reset):

@@ -110,9 +110,11 @@ def _has_l0_layer(module: nn.Module) -> bool:
 
 @torch.no_grad()
 def _gate_row(gates: list[nn.Module]) -> dict[str, Any]:
-    total = sum(int(g.prob_active().numel()) for g in gates)
-    active = sum(int((deterministic_gates(g) > 0).sum().item()) for g in gates)
-    expected = float(sum(float(g.prob_active().sum().item()) for g in gates))
+    total, active, expected = 0, 0, 0.0
+    for g in gates:
+        total += int(g.prob_active().numel())
+        active += int((deterministic_gates(g) > 0).sum().item())
+        expected += float(g.prob_active().sum().item())
     return {
         "total_gates": total,
         "active_gates": active,

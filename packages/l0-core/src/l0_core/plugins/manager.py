@@ -296,7 +296,9 @@ def _build(kind: str) -> dict[str, tuple[Any, str]]:
                 return
             refusal = _refusal(kind, obj)
             if refusal is not None:
-                message = f"l0 plugin {_plugin!r} registered {_SINGULAR[kind]} {name!r}, but {refusal}"
+                message = (
+                    f"l0 plugin {_plugin!r} registered {_SINGULAR[kind]} {name!r}, but {refusal}"
+                )
                 refused[name] = message
                 _warn(f"{message}; it is ignored. Fix the plugin.")
                 return
