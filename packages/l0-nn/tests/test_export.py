@@ -2,8 +2,10 @@ import pytest
 import torch
 from l0_nn import (
     IndexSelect,
+    L0Conv1d,
     L0Conv2d,
     L0DepthwiseConv2d,
+    L0Layer,
     L0Linear,
     SparseMLP,
     export_pruned,
@@ -187,3 +189,29 @@ def test_a_conv_model_without_example_input_raises_a_value_error():
 def test_an_example_input_of_the_wrong_shape_raises_a_value_error():
     with pytest.raises(ValueError, match="failed at '0'"):
         export_pruned(nn.Sequential(L0Conv2d(1, 2, 3)), example_input=torch.zeros(1, 3, 5, 5))
+
+
+@pytest.mark.parametrize(
+    ("make", "x_shape", "plain_type"),
+    [
+        (lambda: L0Linear(6, 4, granularity="input"), (3, 6), nn.Linear),
+        (lambda: L0Linear(6, 4, granularity="output"), (3, 6), nn.Linear),
+        (lambda: L0Linear(6, 4, granularity="weight"), (3, 6), nn.Linear),
+        (lambda: L0Conv2d(3, 5, 3, padding=1, stride=2), (2, 3, 8, 8), nn.Conv2d),
+        (lambda: L0DepthwiseConv2d(4, 3, depth_multiplier=2, padding=1), (2, 4, 6, 6), nn.Conv2d),
+        (lambda: L0Conv1d(3, 5, 3, dilation=2), (2, 3, 12), nn.Conv1d),
+    ],
+)
+def test_each_gated_layer_knows_its_plain_equivalent(make, x_shape, plain_type):
+    torch.manual_seed(0)
+    layer = make().eval()
+    with torch.no_grad():
+        layer.gates.log_alpha.normal_(0.0, 4.0)  # some gates exactly 0, some 1, some between
+    plain = layer.to_plain()
+    assert type(plain) is plain_type and not plain.training
+    assert not any(isinstance(m, L0Layer) for m in plain.modules())
+    x = torch.randn(*x_shape)
+    torch.testing.assert_close(plain(x), layer(x))
+    w, _ = layer.effective_weight_and_bias()
+    assert torch.equal(plain.weight, w)
+    assert layer.weight.data_ptr() != plain.weight.data_ptr()  # a copy: the layer is untouched
