@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._sparse_checks import check_scipy_indices, check_torch_indices
 from .checks import check_device, check_dtype
 
 __all__ = ["SparseOperator", "as_sparse_operator", "sparse_matvec"]
@@ -78,91 +79,6 @@ def _check_finite(values: Tensor, argument: str) -> None:
         raise ValueError(
             f"{argument} contains {n_bad} NaN or infinite value(s); "
             "replace them (e.g. with 0) before calling"
-        )
-
-
-def _index_error(argument: str, what: str, detail: str) -> ValueError:
-    return ValueError(
-        f"{argument} is not a valid sparse matrix: {what} {detail}; "
-        "rebuild it from valid (row, column, value) triplets"
-    )
-
-
-def _check_range_of(idx: Any, bound: int, argument: str, what: str) -> None:
-    """Every entry of ``idx`` (numpy array or tensor) lies in ``[0, bound)``."""
-    if len(idx) == 0:
-        return
-    lo, hi = int(idx.min()), int(idx.max())
-    if lo < 0:
-        raise _index_error(argument, what, f"contain the negative index {lo}")
-    if hi >= bound:
-        raise _index_error(argument, what, f"contain the index {hi}, out of range for size {bound}")
-
-
-def _check_compressed(
-    indptr: Any, indices: Any, n_major: int, n_minor: int, argument: str, names: tuple[str, str]
-) -> None:
-    """Check a CSR/CSC triple (``indptr``, ``indices``) before any library walks it."""
-    ptr_name, idx_name = names
-    if len(indptr) != n_major + 1:
-        raise _index_error(
-            argument, ptr_name, f"has length {len(indptr)}, expected {n_major + 1} for this shape"
-        )
-    if int(indptr[0]) != 0 or int(indptr[-1]) > len(indices):
-        raise _index_error(
-            argument,
-            ptr_name,
-            f"must start at 0 and end at most at {len(indices)}, "
-            f"got {int(indptr[0])}..{int(indptr[-1])}",
-        )
-    steps = indptr[1:] - indptr[:-1]
-    if len(steps) and int(steps.min()) < 0:
-        raise _index_error(argument, ptr_name, "is not non-decreasing")
-    _check_range_of(indices[: int(indptr[-1])], n_minor, argument, idx_name)
-
-
-def _check_scipy_indices(matrix: Any, argument: str) -> None:
-    """Refuse out-of-range or negative indices before scipy's C code reads them (it may crash)."""
-    n_rows, n_cols = matrix.shape
-    fmt = getattr(matrix, "format", None)
-    if fmt == "coo":
-        if len(matrix.row) != len(matrix.col) or len(matrix.row) != len(matrix.data):
-            raise _index_error(argument, "row, col and data", "have different lengths")
-        _check_range_of(matrix.row, n_rows, argument, "its row indices")
-        _check_range_of(matrix.col, n_cols, argument, "its column indices")
-    elif fmt in ("csr", "csc"):
-        major, minor = (n_rows, n_cols) if fmt == "csr" else (n_cols, n_rows)
-        names = ("its indptr", "its column indices" if fmt == "csr" else "its row indices")
-        if len(matrix.indices) != len(matrix.data):
-            raise _index_error(argument, "indices and data", "have different lengths")
-        _check_compressed(matrix.indptr, matrix.indices, major, minor, argument, names)
-
-
-def _check_torch_indices(matrix: Tensor, argument: str) -> None:
-    """The same checks for torch COO/CSR/CSC tensors (built without invariant checks)."""
-    n_rows, n_cols = matrix.shape
-    if matrix.layout == torch.sparse_coo:
-        idx = matrix._indices()
-        if idx.numel():
-            _check_range_of(idx[0], n_rows, argument, "its row indices")
-            _check_range_of(idx[1], n_cols, argument, "its column indices")
-    elif matrix.layout == torch.sparse_csr:
-        _check_compressed(
-            matrix.crow_indices(),
-            matrix.col_indices(),
-            n_rows,
-            n_cols,
-            argument,
-            ("its crow_indices", "its col_indices"),
-        )
-    elif matrix.layout == torch.sparse_csc:
-        _check_compressed(
-            matrix.ccol_indices(),
-            matrix.row_indices(),
-            n_cols,
-            n_rows,
-            argument,
-            ("its ccol_indices", "its row_indices"),
         )
 
 
@@ -359,7 +275,7 @@ class SparseOperator:
             raise TypeError(f"{argument} must be numeric, got dtype {data_dtype}")
         if np.issubdtype(data_dtype, np.complexfloating):
             raise TypeError(f"{argument} must be real, got dtype {data_dtype}")
-        _check_scipy_indices(matrix, argument)
+        check_scipy_indices(matrix, argument)
 
         def callers(arr: np.ndarray) -> bool:
             return any(
@@ -419,7 +335,7 @@ class SparseOperator:
                 csr_t = matrix.detach().t().to(dtype).to_sparse_csr()
         elif matrix.layout in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc):
             mt = matrix.detach()
-            _check_torch_indices(mt, argument)
+            check_torch_indices(mt, argument)
             if mt.layout == torch.sparse_coo:
                 mt = mt.coalesce()
             with warnings.catch_warnings():
