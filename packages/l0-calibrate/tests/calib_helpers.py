@@ -22,31 +22,12 @@ def make_problem(n_targets=12, n_households=60, per_col=4, seed=0, orders=3):
     return M, M @ w_true
 
 
-def dense_reference_fit(
-    M,
-    y,
-    *,
-    epochs,
-    lr,
-    lambda_l0,
-    lambda_l2,
-    loss,
-    log_alpha,
-    log_weight,
-    generator,
-    beta=2 / 3,
-    gamma=-0.1,
-    zeta=1.1,
-    group_weights=None,
-):
+def dense_reference_fit(M, y, *, epochs, lr, lambda_l0, lambda_l2, loss, log_alpha, log_weight,
+                        generator, beta=2 / 3, gamma=-0.1, zeta=1.1, group_weights=None):
     """l0-python 0.6.2's training loop, written densely with autograd (float64)."""
     Md = torch.tensor(M.toarray() if sp.issparse(M) else M, dtype=torch.float64)
     yt = torch.tensor(y, dtype=torch.float64)
-    gw = (
-        torch.ones_like(yt)
-        if group_weights is None
-        else torch.tensor(group_weights, dtype=torch.float64)
-    )
+    gw = torch.ones_like(yt) if group_weights is None else torch.tensor(group_weights, dtype=torch.float64)
     lw = torch.nn.Parameter(log_weight.clone().double())
     la = torch.nn.Parameter(log_alpha.clone().double())
     opt = torch.optim.Adam([lw, la], lr=lr)

@@ -14,26 +14,10 @@ pytestmark = pytest.mark.slow  # every test here runs whole calibrations through
 def test_run_reads_an_npz_matrix_and_csv_targets_and_writes_weights_and_report(tmp_path, capsys):
     M, y = make_problem(seed=2)
     sp.save_npz(tmp_path / "M.npz", M)
-    pd.DataFrame({"name": [f"t{i}" for i in range(12)], "value": y}).to_csv(
-        tmp_path / "t.csv", index=False
-    )
-    code = main(
-        [
-            "run",
-            "--matrix",
-            str(tmp_path / "M.npz"),
-            "--targets",
-            str(tmp_path / "t.csv"),
-            "--count",
-            "25",
-            "--epochs",
-            "150",
-            "--out",
-            str(tmp_path / "w.csv"),
-            "--report",
-            str(tmp_path / "r.csv"),
-        ]
-    )
+    pd.DataFrame({"name": [f"t{i}" for i in range(12)], "value": y}).to_csv(tmp_path / "t.csv", index=False)
+    code = main(["run", "--matrix", str(tmp_path / "M.npz"), "--targets", str(tmp_path / "t.csv"),
+                 "--count", "25", "--epochs", "150", "--out", str(tmp_path / "w.csv"),
+                 "--report", str(tmp_path / "r.csv")])
     assert code == 0
     w = pd.read_csv(tmp_path / "w.csv", index_col=0)["weight"].to_numpy()
     assert (w > 0).sum() == 25
@@ -45,28 +29,10 @@ def test_run_reads_an_npz_matrix_and_csv_targets_and_writes_weights_and_report(t
 def test_run_reads_a_households_by_targets_csv_table(tmp_path):
     M, y = make_problem(seed=3)
     names = [f"v{i}" for i in range(12)]
-    pd.DataFrame(M.toarray().T, columns=names, index=[f"h{j}" for j in range(60)]).to_csv(
-        tmp_path / "M.csv"
-    )
+    pd.DataFrame(M.toarray().T, columns=names, index=[f"h{j}" for j in range(60)]).to_csv(tmp_path / "M.csv")
     pd.DataFrame({"name": names[::-1], "value": y[::-1]}).to_csv(tmp_path / "t.csv", index=False)
-    assert (
-        main(
-            [
-                "run",
-                "--matrix",
-                str(tmp_path / "M.csv"),
-                "--targets",
-                str(tmp_path / "t.csv"),
-                "--count",
-                "0.5",
-                "--epochs",
-                "100",
-                "--out",
-                str(tmp_path / "w.csv"),
-            ]
-        )
-        == 0
-    )
+    assert main(["run", "--matrix", str(tmp_path / "M.csv"), "--targets", str(tmp_path / "t.csv"),
+                 "--count", "0.5", "--epochs", "100", "--out", str(tmp_path / "w.csv")]) == 0
     w = pd.read_csv(tmp_path / "w.csv", index_col=0)["weight"]
     assert w.index[0] == "h0" and (w > 0).sum() == 30
 
@@ -75,33 +41,18 @@ def test_run_reports_bad_input_with_a_clear_message_and_exit_code_2(tmp_path, ca
     M, y = make_problem()
     sp.save_npz(tmp_path / "M.npz", M)
     np.save(tmp_path / "t.npy", y[:-1])
-    code = main(
-        [
-            "run",
-            "--matrix",
-            str(tmp_path / "M.npz"),
-            "--targets",
-            str(tmp_path / "t.npy"),
-            "--out",
-            str(tmp_path / "w.csv"),
-        ]
-    )
+    code = main(["run", "--matrix", str(tmp_path / "M.npz"), "--targets", str(tmp_path / "t.npy"),
+                 "--out", str(tmp_path / "w.csv")])
     assert code == 2
     assert "targets has length 11 but 12 values are needed" in capsys.readouterr().out
 
 
 def test_demo_problem_targets_are_the_column_totals_of_the_indicator_table():
-    toy = pd.DataFrame(
-        {
-            "wage": [100.0, 200.0, 50.0],
-            "education": [12, 16, 8],
-            "experience": [5, 25, 45],
-            "ethnicity": ["cauc", "afam", "cauc"],
-            "smsa": ["yes", "no", "yes"],
-            "region": ["west", "south", "west"],
-            "parttime": ["no", "yes", "no"],
-        }
-    )
+    toy = pd.DataFrame({
+        "wage": [100.0, 200.0, 50.0], "education": [12, 16, 8], "experience": [5, 25, 45],
+        "ethnicity": ["cauc", "afam", "cauc"], "smsa": ["yes", "no", "yes"],
+        "region": ["west", "south", "west"], "parttime": ["no", "yes", "no"],
+    })
     matrix, targets, holdout, totals = build_demo_problem(toy)
     assert targets["people[west:cauc]"] == 2.0
     assert targets["wages[west]"] == 150.0

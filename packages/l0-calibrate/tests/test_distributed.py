@@ -159,9 +159,7 @@ def _auto_work(rank: int, world: int, files: dict) -> dict:
     except ValueError as exc:
         out["targets_error"] = str(exc)
     try:  # a different target_count on every rank
-        SparseCalibrationWeights(local.shape[1], **MODEL).fit(
-            local, Y, epochs=2, target_count=COUNT + rank
-        )
+        SparseCalibrationWeights(local.shape[1], **MODEL).fit(local, Y, epochs=2, target_count=COUNT + rank)
     except ValueError as exc:
         out["count_error"] = str(exc)
     try:  # a bad argument on the last rank only: nobody is left waiting in a collective
@@ -295,10 +293,7 @@ def _run_ranks(world: int, workdir: str, *args: object) -> list[dict]:
     results = ctx.Queue()
     store = os.path.join(workdir, f"store-{world}")
 
-    procs = [
-        ctx.Process(target=_rank_target, args=(r, world, store, results, args))
-        for r in range(world)
-    ]
+    procs = [ctx.Process(target=_rank_target, args=(r, world, store, results, args)) for r in range(world)]
     for p in procs:
         p.start()
     out: dict[int, dict] = {}
@@ -667,9 +662,7 @@ def test_ranks_with_different_targets_all_raise_naming_y(world: int, ranks: dict
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_ranks_with_different_target_counts_all_raise_naming_the_option(
-    world: int, ranks: dict
-) -> None:
+def test_ranks_with_different_target_counts_all_raise_naming_the_option(world: int, ranks: dict) -> None:
     for r in ranks[world]:
         msg = r["count_error"]
         assert "fit option target_count differs between the ranks" in msg
@@ -702,9 +695,7 @@ def test_bad_design_weights_on_one_rank_stop_every_calibrate(world: int, ranks: 
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_a_target_count_above_one_ranks_columns_counts_over_all_ranks(
-    world: int, ranks: dict
-) -> None:
+def test_a_target_count_above_one_ranks_columns_counts_over_all_ranks(world: int, ranks: dict) -> None:
     local_counts = [r["big_count_local"] for r in ranks[world]]
     assert min(AUTO_CUTS[world][i + 1] - AUTO_CUTS[world][i] for i in range(world)) < 150
     assert sum(local_counts) == 150
@@ -957,12 +948,7 @@ def test_loader_refuses_a_shard_laid_out_for_another_size(tmp_path) -> None:
 
 def _one_gpu_two_processes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Rank 1 of 2 on a host with one GPU; init_process_group records its backend and stops."""
-    for key, value in {
-        "WORLD_SIZE": "2",
-        "RANK": "1",
-        "LOCAL_RANK": "1",
-        "LOCAL_WORLD_SIZE": "2",
-    }.items():
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -989,8 +975,6 @@ def test_nccl_without_a_gpu_for_this_rank_says_how_many_processes_fit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen = _one_gpu_two_processes(monkeypatch)
-    with pytest.raises(
-        ValueError, match=r"backend='nccl' needs one GPU per process.*at most 1 process"
-    ):
+    with pytest.raises(ValueError, match=r"backend='nccl' needs one GPU per process.*at most 1 process"):
         init_distributed("nccl")
     assert seen == []

@@ -36,12 +36,8 @@ def test_fused_gradients_equal_autograd_including_clamped_gates(use_gates, dtype
     kw = dict(beta=0.4, gamma=-0.1, zeta=1.1)
     ws = HardConcreteWorkspace(n, torch.device("cpu"), dtype)
     w = ws.forward(lw, la, bound=20.0, generator=None, noise=u, use_gates=use_gates, **kw)
-    glw, gla, l0, l2 = ws.backward(
-        grad_w, la, bound=20.0, lambda_l0=0.3, lambda_l2=0.02, use_gates=use_gates, **kw
-    )
-    w_ref, glw_ref, gla_ref = autograd_reference(
-        lw, la, u, grad_w, lam0=0.3, lam2=0.02, use_gates=use_gates, **kw
-    )
+    glw, gla, l0, l2 = ws.backward(grad_w, la, bound=20.0, lambda_l0=0.3, lambda_l2=0.02, use_gates=use_gates, **kw)
+    w_ref, glw_ref, gla_ref = autograd_reference(lw, la, u, grad_w, lam0=0.3, lam2=0.02, use_gates=use_gates, **kw)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(w, w_ref, **tol)
     torch.testing.assert_close(glw, glw_ref, **tol)

@@ -39,9 +39,7 @@ def test_resuming_from_a_checkpoint_at_half_time_equals_the_uninterrupted_run_bi
             saved["ckpt"] = buf.getvalue()
 
     full.fit(M, y, epochs=80, callbacks=[grab], **kw)
-    resumed = SparseCalibrationWeights(
-        M.shape[1], seed=99
-    )  # different seed: state must override it
+    resumed = SparseCalibrationWeights(M.shape[1], seed=99)  # different seed: state must override it
     resumed.load_state_dict(torch.load(io.BytesIO(saved["ckpt"])))
     resumed.fit(M, y, epochs=40, **kw)
     assert torch.equal(full.log_weight, resumed.log_weight)
@@ -103,10 +101,7 @@ def test_target_count_fit_keeps_the_kept_weights_and_the_estimates_consistent():
     assert int((w > 0).sum()) == 20
 
 
-@pytest.mark.parametrize(
-    "bad, message",
-    [(0, "between 1 and 60"), (61, "between 1 and 60"), (1.5, r"fraction must lie in \(0, 1\]")],
-)
+@pytest.mark.parametrize("bad, message", [(0, "between 1 and 60"), (61, "between 1 and 60"), (1.5, r"fraction must lie in \(0, 1\]")])
 def test_target_count_out_of_range_is_rejected_before_any_work(bad, message):
     M, y = make_problem()
     model = SparseCalibrationWeights(M.shape[1], seed=0)
@@ -118,9 +113,7 @@ def test_target_count_out_of_range_is_rejected_before_any_work(bad, message):
 
 def test_unknown_loss_name_is_an_error_not_a_silent_mse():
     M, y = make_problem()
-    with pytest.raises(
-        ValueError, match=r"unknown loss 'relativ' for loss_type; available: .*'relative'"
-    ):
+    with pytest.raises(ValueError, match=r"unknown loss 'relativ' for loss_type; available: .*'relative'"):
         SparseCalibrationWeights(M.shape[1]).fit(M, y, loss_type="relativ")
 
 
@@ -212,9 +205,7 @@ def test_early_stopping_and_checkpoint_callbacks(tmp_path):
 def test_verbose_logs_progress_through_logging(caplog):
     M, y = make_problem()
     with caplog.at_level("INFO", logger="l0_calibrate"):
-        SparseCalibrationWeights(M.shape[1], seed=0).fit(
-            M, y, epochs=40, verbose=True, verbose_freq=20
-        )
+        SparseCalibrationWeights(M.shape[1], seed=0).fit(M, y, epochs=40, verbose=True, verbose_freq=20)
     lines = [r.getMessage() for r in caplog.records if r.name == "l0_calibrate"]
     assert len(lines) == 2 and "epoch    40" in lines[1] and "mean_rel_error" in lines[1]
 
@@ -237,10 +228,7 @@ def test_a_target_no_household_reaches_is_reported_by_name_and_the_rest_are_cali
     "change, message",
     [
         (lambda M, y: (_with_nan(M.toarray()), y), "M contains 1 NaN"),
-        (
-            lambda M, y: (M, np.where(np.arange(len(y)) == 2, np.inf, y)),
-            "y contains 1 NaN or infinite",
-        ),
+        (lambda M, y: (M, np.where(np.arange(len(y)) == 2, np.inf, y)), "y contains 1 NaN or infinite"),
         (lambda M, y: (M, y[:-1]), "y has length 11 but 12 values are needed"),
         (lambda M, y: (M[:, :-1], y), "M has 59 household columns but the model has n_features=60"),
     ],
@@ -329,7 +317,4 @@ def test_weight_penalties_are_added_to_the_gradient():
     spread = SparseCalibrationWeights(60, seed=0)
     spread.fit(M, y, epochs=10, lambda_dispersion=5.0, **FIT)
     assert not torch.equal(plain.log_weight, spread.log_weight)
-    assert (
-        math.isfinite(spread.history_[-1]["penalty_loss"])
-        and spread.history_[-1]["penalty_loss"] > 0
-    )
+    assert math.isfinite(spread.history_[-1]["penalty_loss"]) and spread.history_[-1]["penalty_loss"] > 0

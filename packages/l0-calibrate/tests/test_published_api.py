@@ -18,16 +18,8 @@ def test_fit_matches_an_independent_dense_autograd_run_of_the_published_loop():
     gen.set_state(model._generator.get_state())
     model.fit(M, y, lambda_l0=0.05, lambda_l2=1e-4, lr=0.02, epochs=40, loss_type="relative")
     lw_ref, la_ref = dense_reference_fit(
-        M,
-        y,
-        epochs=40,
-        lr=0.02,
-        lambda_l0=0.05,
-        lambda_l2=1e-4,
-        loss="relative",
-        log_alpha=la0,
-        log_weight=lw0,
-        generator=gen,
+        M, y, epochs=40, lr=0.02, lambda_l0=0.05, lambda_l2=1e-4, loss="relative",
+        log_alpha=la0, log_weight=lw0, generator=gen,
     )
     torch.testing.assert_close(model.log_weight.detach(), lw_ref, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(model.log_alpha.detach(), la_ref, rtol=1e-9, atol=1e-9)
@@ -44,17 +36,8 @@ def test_mse_fit_with_groups_matches_the_dense_loop_with_published_group_weights
     counts = np.bincount(groups)
     gw = (1.0 / counts[groups]) * np.where(groups == 2, 3.0, 1.0)
     lw_ref, _ = dense_reference_fit(
-        M,
-        y,
-        epochs=25,
-        lr=0.01,
-        lambda_l0=0.01,
-        lambda_l2=0.0,
-        loss="mse",
-        log_alpha=la0,
-        log_weight=lw0,
-        generator=gen,
-        group_weights=gw,
+        M, y, epochs=25, lr=0.01, lambda_l0=0.01, lambda_l2=0.0, loss="mse",
+        log_alpha=la0, log_weight=lw0, generator=gen, group_weights=gw,
     )
     torch.testing.assert_close(model.log_weight.detach(), lw_ref, rtol=1e-8, atol=1e-8)
 
@@ -154,27 +137,11 @@ def test_a_published_style_state_dict_without_fit_state_loads():
         ({"n_features": 3, "beta": 0.0}, ValueError, "beta must be a positive"),
         ({"n_features": 3, "gamma": 0.1}, ValueError, "gamma must be a negative"),
         ({"n_features": 3, "zeta": 0.9}, ValueError, "zeta must be a number > 1"),
-        (
-            {"n_features": 3, "init_weights": [1.0, -1.0, 2.0]},
-            ValueError,
-            "init_weights must be non-negative",
-        ),
-        (
-            {"n_features": 3, "init_weights": [1.0, np.nan, 2.0]},
-            ValueError,
-            "init_weights contains NaN",
-        ),
-        (
-            {"n_features": 3, "init_weights": [1.0, 2.0]},
-            ValueError,
-            r"init_weights array must have shape \(3,\)",
-        ),
+        ({"n_features": 3, "init_weights": [1.0, -1.0, 2.0]}, ValueError, "init_weights must be non-negative"),
+        ({"n_features": 3, "init_weights": [1.0, np.nan, 2.0]}, ValueError, "init_weights contains NaN"),
+        ({"n_features": 3, "init_weights": [1.0, 2.0]}, ValueError, r"init_weights array must have shape \(3,\)"),
         ({"n_features": 3, "init_keep_prob": 1.5}, ValueError, "init_keep_prob must lie in"),
-        (
-            {"n_features": 3, "log_alpha_jitter_sd": -1.0},
-            ValueError,
-            "log_alpha_jitter_sd must be a non-negative",
-        ),
+        ({"n_features": 3, "log_alpha_jitter_sd": -1.0}, ValueError, "log_alpha_jitter_sd must be a non-negative"),
     ],
 )
 def test_bad_constructor_arguments_raise_errors_naming_them(kwargs, error, message):
@@ -194,12 +161,5 @@ def test_accepts_every_matrix_format():
     model = SparseCalibrationWeights(M.shape[1], seed=0, dtype=torch.float64, init_keep_prob=0.9)
     dense = M.toarray()
     ref = dense @ model.get_weights(deterministic=True).detach().numpy()
-    for fmt in (
-        M,
-        sp.csr_array(M),
-        M.tocoo(),
-        dense,
-        torch.tensor(dense),
-        torch.tensor(dense).to_sparse(),
-    ):
+    for fmt in (M, sp.csr_array(M), M.tocoo(), dense, torch.tensor(dense), torch.tensor(dense).to_sparse()):
         np.testing.assert_allclose(model.predict(fmt).numpy(), ref, rtol=1e-10)
