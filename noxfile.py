@@ -32,7 +32,7 @@ TORCH = shlex.split(os.environ.get("L0_NOX_TORCH", "torch==2.13.0"))
 TORCH_DIR = ROOT / ".nox" / "_torch"
 PYTEST = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 
-nox.options.sessions = ["arch", "core", "nn", "gates", "calibrate", "all", "plugin"]
+nox.options.sessions = ["arch", "core", "nn", "gates", "calibrate", "all", "plugin", "clients"]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
 
@@ -160,6 +160,100 @@ def plugin(session: nox.Session) -> None:
     session.run(
         *PYTEST, "tests", "--doctest-modules", "--pyargs", "l0_plugin_example", *session.posargs
     )
+
+
+#: The published clients whose own, unmodified test suites run against our packages:
+#: (distribution, exact version, extra ``pip download`` options).
+CLIENTS = [
+    ("l0-python", "0.6.2", []),
+    # microcalibrate 0.22.3 declares Python >= 3.13 but runs on 3.11.
+    ("microcalibrate", "0.22.3", ["--ignore-requires-python"]),
+]
+#: What the client suites import beside our packages (microcalibrate is installed
+#: with --no-deps: its declared Python floor would stop pip).
+CLIENT_TEST_DEPS = [
+    "pytest",
+    "numpy",
+    "pandas",
+    "scipy",
+    "scikit-learn",
+    "tqdm",
+    "optuna",
+    "pydantic",
+]
+#: The only client tests not run: each tests a private implementation detail of
+#: l0-python 0.6.2, not its published behaviour.
+CLIENT_DESELECT: dict[str, str] = {
+    # "l0-python/tests/test_x.py::TestX::test_y": "checks the private ... of 0.6.2",
+}
+
+
+def _fetch_client(session: nox.Session, dist: str, version: str, extra: list[str], dest: Path):
+    """Download the client's sdist by exact version and unpack its tests (no copy lives here)."""
+    import tarfile
+
+    download = dest / "download"
+    session.run(
+        "python",
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        *extra,
+        f"{dist}=={version}",
+        "-d",
+        str(download),
+        silent=True,
+    )
+    (archive,) = download.glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        root = tar.getnames()[0].split("/")[0]
+        tar.extractall(dest, filter="data")
+    source = dest / root
+    if not (source / "tests").is_dir():
+        session.error(f"{dist} {version}: the sdist has no tests/ folder")
+    return source
+
+
+@nox.session
+def clients(session: nox.Session) -> None:
+    """The published clients' own test suites, unmodified, against our packages.
+
+    l0-python 0.6.2's ``tests/`` (our ``l0`` facade must be a drop-in for it) and
+    microcalibrate 0.22.3's ``tests/`` (PolicyEngine's calibrator, which imports
+    ``from l0 import HardConcrete``), both fetched from the package index at test
+    time. Only the tests listed in ``CLIENT_DESELECT`` are left out.
+    """
+    import shutil
+    import tempfile
+
+    _install_torch(session)
+    _pip(session, *(f"packages/{d}" for d, _ in PACKAGES.values()), ".", *CLIENT_TEST_DEPS)
+    _pip(session, "--no-deps", "--ignore-requires-python", "microcalibrate==0.22.3")
+    work = Path(tempfile.mkdtemp(prefix="l0-clients-"))
+    try:
+        for dist, version, extra in CLIENTS:
+            source = _fetch_client(session, dist, version, extra, work / dist)
+            if dist == "l0-python":
+                # Only its tests: 0.6.2's own `l0` package must not shadow ours.
+                run_dir = work / "l0-python-tests"
+                shutil.copytree(source / "tests", run_dir / "tests")
+            else:
+                run_dir = source  # its tests import `src.microcalibrate` from the sdist root
+            deselect = [
+                arg
+                for key in CLIENT_DESELECT
+                if key.startswith(f"{dist}/")
+                for arg in ("--deselect", key.split("/", 1)[1])
+            ]
+            session.log(f"{dist} {version}: running its tests/ against our packages")
+            session.chdir(run_dir)
+            session.run(*PYTEST, "-o", "addopts=", "tests", *deselect, *session.posargs)
+    finally:
+        session.chdir(ROOT)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @nox.session

@@ -1,15 +1,127 @@
-"""Selection gates (re-exported from :mod:`l0_gates`).
+"""``l0.gates``: selection gates (l0-gates) with l0-python 0.6.2's return conventions.
 
-l0-python 0.6 code such as ``from l0.gates import SampleGate, FeatureGate``
-keeps working; ``HardConcrete`` is importable from here as it was.
+``L0Gate``, ``SampleGate``, ``FeatureGate`` and ``HybridGate`` are
+:mod:`l0_gates`'s classes (same constructors as 0.6.2, plus ``seed=`` and
+friends), with two 0.6.2 conventions restored here: ``gate.temperature`` reads
+back exactly the float that was set, and ``select_weighted_samples`` returns
+only rows with a positive weight. ``HardConcrete`` is
+:class:`l0.distributions.HardConcrete`, as in 0.6.2.
 
 Examples
 --------
->>> from l0.gates import HardConcrete
->>> HardConcrete(2).shape
-torch.Size([2])
+>>> from l0.gates import L0Gate
+>>> gate = L0Gate(100, temperature=0.3, init_mean=0.7)
+>>> gate.temperature
+0.3
 """
 
-from ._compat import reexport
+from __future__ import annotations
 
-__all__ = reexport(globals(), "l0_gates", ("l0_core", ["HardConcrete"]))
+from typing import Any
+
+import l0_gates
+import numpy as np
+import torch
+
+from ._compat import reexport
+from .distributions import HardConcrete
+
+__all__ = ["FeatureGate", "HardConcrete", "HybridGate", "L0Gate", "SampleGate"]
+
+
+class _ExactTemperature:
+    """``temperature`` reads back the float last set (the gate stores it in its dtype)."""
+
+    _exact_temperature: float | None = None
+
+    @property
+    def temperature(self) -> float:
+        stored = super().temperature  # type: ignore[misc]
+        exact = self._exact_temperature
+        if exact is not None and np.float32(exact) == np.float32(stored):
+            return exact
+        return stored
+
+    def set_temperature(self, temperature: float) -> None:
+        super().set_temperature(temperature)  # type: ignore[misc]
+        self._exact_temperature = float(temperature)
+
+
+def _remember(gate: Any, temperature: Any) -> None:
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        gate._exact_temperature = float(temperature)
+
+
+class L0Gate(_ExactTemperature, l0_gates.L0Gate):
+    """:class:`l0_gates.L0Gate` whose ``temperature`` reads back exactly.
+
+    Examples
+    --------
+    >>> g = L0Gate(10, temperature=0.3); g.set_temperature(0.7); g.temperature
+    0.7
+    """
+
+    def __init__(self, size: int, temperature: float = 0.5, init_mean: float = 0.5, **kw: Any):
+        super().__init__(size, temperature, init_mean, **kw)
+        _remember(self, temperature)
+
+
+class SampleGate(_ExactTemperature, l0_gates.SampleGate):
+    """:class:`l0_gates.SampleGate`; ``select_weighted_samples`` keeps positive weights only.
+
+    Examples
+    --------
+    >>> x = torch.rand(200, 2, generator=torch.Generator().manual_seed(0))
+    >>> sel, w, idx = SampleGate(200, 20, seed=0).select_weighted_samples(x, torch.rand(200))
+    >>> bool((w > 0).all()), len(w) == len(idx) == len(sel)
+    (True, True)
+    """
+
+    def __init__(
+        self, n_samples: int, target_samples: int, temperature: float = 0.25, **kw: Any
+    ) -> None:
+        super().__init__(n_samples, target_samples, temperature, **kw)
+        _remember(self, temperature)
+
+    def select_weighted_samples(self, data: Any, weights: Any = None) -> tuple[Any, Any, Any]:
+        """Selected rows, their (positive) weights and their indices (0.6.2: weight > 0)."""
+        selected, w, indices = super().select_weighted_samples(data, weights)
+        values = w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w)
+        keep = values > 0
+        if keep.all():
+            return selected, w, indices
+        return _rows(selected, keep), _rows(w, keep), _rows(indices, keep)
+
+
+def _rows(obj: Any, keep: np.ndarray) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj[torch.as_tensor(keep, device=obj.device)]
+    if hasattr(obj, "iloc"):
+        return obj.iloc[keep]
+    return obj[keep]
+
+
+class FeatureGate(_ExactTemperature, l0_gates.FeatureGate):
+    """:class:`l0_gates.FeatureGate` whose ``temperature`` reads back exactly.
+
+    Examples
+    --------
+    >>> FeatureGate(n_features=100, max_features=10, temperature=0.1).temperature
+    0.1
+    """
+
+    def __init__(
+        self, n_features: int, max_features: int, temperature: float = 0.1, **kw: Any
+    ) -> None:
+        super().__init__(n_features, max_features, temperature, **kw)
+        _remember(self, temperature)
+
+
+HybridGate = l0_gates.HybridGate
+
+# Everything else of l0-gates (MomentTargets, rake_weights, ...) stays importable from here.
+_extra = [n for n in reexport({}, "l0_gates") if n not in __all__]
+for _name in _extra:
+    globals()[_name] = getattr(l0_gates, _name)
+__all__ += _extra
+del _name

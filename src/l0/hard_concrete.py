@@ -1,4 +1,4 @@
-"""The Hard Concrete distribution (re-exported from :mod:`l0_core.hard_concrete`).
+"""``l0.hard_concrete``: the same :class:`HardConcrete` as :mod:`l0.distributions` (0.6.2's).
 
 Examples
 --------
@@ -7,6 +7,8 @@ Examples
 torch.Size([4])
 """
 
-from ._compat import reexport
+from l0_core.hard_concrete import hard_concrete_sample, log_alpha_for_prob_active
 
-__all__ = reexport(globals(), "l0_core.hard_concrete")
+from .distributions import HardConcrete
+
+__all__ = ["HardConcrete", "hard_concrete_sample", "log_alpha_for_prob_active"]

@@ -1,4 +1,4 @@
-"""Temperature schedules (re-exported from :mod:`l0_core.temperature`).
+"""``l0.temperature``: the schedule of :mod:`l0.penalties` (0.6.2's meaning) and l0-core's helpers.
 
 Examples
 --------
@@ -7,6 +7,14 @@ Examples
 1.0
 """
 
-from ._compat import reexport
+from l0_core.temperature import BUILTIN_SCHEDULES, ScheduleFn, get_schedule
 
-__all__ = reexport(globals(), "l0_core.temperature")
+from .penalties import TemperatureScheduler, update_temperatures
+
+__all__ = [
+    "BUILTIN_SCHEDULES",
+    "ScheduleFn",
+    "TemperatureScheduler",
+    "get_schedule",
+    "update_temperatures",
+]
