@@ -17,6 +17,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import l0_gates
@@ -53,7 +54,11 @@ def _remember(gate: Any, temperature: Any) -> None:
 
 
 class L0Gate(_ExactTemperature, l0_gates.L0Gate):
-    """:class:`l0_gates.L0Gate` whose ``temperature`` reads back exactly.
+    """:class:`l0_gates.L0Gate` with 0.6.2's ``init_mean`` (the logit mean) and exact temperature.
+
+    The gates start with ``logits = log(init_mean / (1 - init_mean))`` (plus
+    l0-gates' small jitter), as in 0.6.2; l0-gates' own ``L0Gate`` takes the
+    open probability instead.
 
     Examples
     --------
@@ -62,7 +67,17 @@ class L0Gate(_ExactTemperature, l0_gates.L0Gate):
     """
 
     def __init__(self, size: int, temperature: float = 0.5, init_mean: float = 0.5, **kw: Any):
-        super().__init__(size, temperature, init_mean, **kw)
+        # 0.6.2's init_mean is the logit mean (logits = logit(init_mean)); l0-gates takes
+        # the probability that a gate is open, so pass the probability those logits give.
+        prob = init_mean
+        if isinstance(init_mean, float | int) and 0 < init_mean < 1 and isinstance(
+            temperature, float | int
+        ):
+            shift = float(temperature) * math.log(0.1 / 1.1)
+            logit = math.log(init_mean) - math.log1p(-init_mean)
+            prob = min(1.0 / (1.0 + math.exp(-(logit - shift))), 1.0 - 1e-9)
+        super().__init__(size, temperature, prob, **kw)
+        self.init_mean = float(init_mean)
         _remember(self, temperature)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from l0_core import penalties as _core_penalties
 from l0_core import temperature as _core_temperature
+from l0_core.gate import is_gate
 from torch import Tensor, nn
 
 __all__ = [
@@ -63,6 +64,10 @@ def _zero(model: nn.Module) -> Tensor:
 def compute_l0_penalty(model: nn.Module) -> Tensor:
     """Sum of ``get_l0_penalty()`` over every module of ``model`` that has it.
 
+    A gate that is not part of such a module (e.g. a bare
+    :class:`~l0.distributions.HardConcrete`) adds its expected number of open
+    gates; 0.6.2 ignored it.
+
     Examples
     --------
     >>> from l0.layers import L0Linear
@@ -72,9 +77,20 @@ def compute_l0_penalty(model: nn.Module) -> Tensor:
     """
     _check_model(model)
     total = _zero(model)
-    for module in model.modules():
+
+    def walk(module: nn.Module, covered: bool) -> None:
+        nonlocal total
         if hasattr(module, "get_l0_penalty"):
             total = total + module.get_l0_penalty()
+            covered = True
+        elif not covered and is_gate(module):
+            # A gate outside any layer (0.6.2 counted nothing for it).
+            total = total + module.prob_active().sum()
+            covered = True
+        for child in module.children():
+            walk(child, covered)
+
+    walk(model, False)
     return total
 
 

@@ -44,6 +44,7 @@ from l0_calibrate.distributed_state import (
     consolidate_state_dicts,
     shard_state_dict,
 )
+from l0_calibrate.weights import unpack_fit_state
 
 pytestmark = pytest.mark.slow  # every test here starts subprocesses or process groups
 
@@ -447,7 +448,8 @@ def test_consolidated_adam_state_equals_the_single_process_one(ranks: dict, sing
     merged = consolidate_state_dicts([r["resumed"] for r in ranks[2]])["_extra_state"]["optimizer"][
         "state"
     ]
-    straight = single["straight"]["_extra_state"]["optimizer"]["state"]
+    # A single-process state_dict holds tensors only: its fit state is a packed uint8 tensor.
+    straight = unpack_fit_state(single["straight"]["_extra_state"])["optimizer"]["state"]
     for pid in (0, 1):
         torch.testing.assert_close(merged[pid]["exp_avg_sq"], straight[pid]["exp_avg_sq"], **TOL)
 

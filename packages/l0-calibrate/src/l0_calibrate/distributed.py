@@ -438,7 +438,7 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
     # -------------------------------------------------------------- state
     def get_extra_state(self) -> dict[str, Any]:
         """The single-process fit state plus this rank's layout (``"shard"``)."""
-        state = super().get_extra_state()
+        state = self._fit_state()  # a dict: the shard tools read and cut it
         state["shard"] = {**self.shard.as_dict(), "noise": self._reducer.noise}
         return state
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .distributed_reducer import ColumnShard
+from .weights import unpack_fit_state
 
 __all__ = ["ShardCheckpoint", "consolidate_state_dicts", "shard_state_dict"]
 
@@ -163,7 +164,7 @@ def shard_state_dict(state: dict[str, Any], shard: ColumnShard) -> dict[str, Any
         raise TypeError(f"shard must be a ColumnShard, got {type(shard).__name__}")
     if not isinstance(state, dict) or "log_alpha" not in state:
         raise TypeError("state must be a SparseCalibrationWeights state_dict()")
-    extra = state.get(_EXTRA)
+    extra = unpack_fit_state(state.get(_EXTRA))  # a plain model's state is a packed tensor
     if isinstance(extra, dict) and "shard" in extra:
         lay = extra["shard"]
         if (lay["start"], lay["stop"]) != (0, lay["n_total"]):

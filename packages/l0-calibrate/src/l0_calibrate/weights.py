@@ -10,6 +10,7 @@ or additions) are listed in the package README.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -26,6 +27,33 @@ from .inputs import as_matrix, check_nonneg_float, check_positive_int
 __all__ = ["SparseCalibrationWeights"]
 
 _STATE_FORMAT = 1
+
+
+def pack_fit_state(state: dict[str, Any]) -> Tensor:
+    """Serialise a fit-state dict into a ``uint8`` tensor (``torch.save`` bytes).
+
+    Examples
+    --------
+    >>> t = pack_fit_state({"epoch": 3}); t.dtype, unpack_fit_state(t)
+    (torch.uint8, {'epoch': 3})
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def unpack_fit_state(state: Any) -> Any:
+    """Inverse of :func:`pack_fit_state` (read with ``weights_only=True``); a dict passes through.
+
+    Examples
+    --------
+    >>> unpack_fit_state({"epoch": 1})
+    {'epoch': 1}
+    """
+    if isinstance(state, Tensor) and state.dtype == torch.uint8 and state.dim() == 1:
+        raw = state.detach().cpu().numpy().tobytes()
+        return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+    return state
 
 
 def _per_household(value: Any, n: int, argument: str, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -593,8 +621,17 @@ class SparseCalibrationWeights(nn.Module):
         return self._epoch
 
     # ----------------------------------------------------------- state
-    def get_extra_state(self) -> dict[str, Any]:
-        """Optimiser, random generator and schedule state, saved inside ``state_dict()``."""
+    def get_extra_state(self) -> Tensor:
+        """Optimiser, random generator and schedule state, saved inside ``state_dict()``.
+
+        The state is serialised into a ``uint8`` tensor (``torch.save`` of a
+        dict that ``torch.load(weights_only=True)`` reads back), so a
+        ``state_dict()`` holds tensors only: ``{k: v.cpu() for k, v in sd.items()}``
+        works and the file loads with ``weights_only=True``.
+        """
+        return pack_fit_state(self._fit_state())
+
+    def _fit_state(self) -> dict[str, Any]:
         ctl = self._controller
         return {
             "format": _STATE_FORMAT,
@@ -615,8 +652,9 @@ class SparseCalibrationWeights(nn.Module):
             "history": [dict(h) for h in self.history_],
         }
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
+    def set_extra_state(self, state: Tensor | dict[str, Any]) -> None:
         """Restore what :meth:`get_extra_state` saved."""
+        state = unpack_fit_state(state)
         if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
             raise ValueError("the state_dict's fit state was not written by this version of l0-calibrate")
         self._epoch = int(state["epoch"])
