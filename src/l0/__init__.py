@@ -15,7 +15,7 @@ Examples
 >>> import l0
 >>> gates = l0.HardConcrete(10, temperature=0.25, init_mean=0.999)
 >>> gates().shape, round(gates.get_penalty().item(), 2)
-(torch.Size([10]), 10.0)
+(torch.Size([10]), 9.99)
 >>> l0.calibration.SparseCalibrationWeights is l0.SparseCalibrationWeights
 True
 """

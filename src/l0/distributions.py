@@ -78,7 +78,7 @@ class HardConcrete(_core.HardConcrete):
     >>> gates().shape
     torch.Size([1000])
     >>> gates.eval()((32, 1000, 7)).shape
-    torch.Size([1000, 1])
+    torch.Size([1000, 1, 1])
     """
 
     #: Logits are clamped to ``[-LOG_ALPHA_BOUND, LOG_ALPHA_BOUND]`` before use.
@@ -126,6 +126,17 @@ class HardConcrete(_core.HardConcrete):
         self.init_mean = init_mean
         self.gate_size: tuple[int, ...] = tuple(dims)
         self.reset_parameters()
+
+    # 0.6.2's own attributes here (l0-core has them only as deprecated aliases).
+    @property
+    def qz_logits(self) -> Tensor:  # type: ignore[override]
+        """The learnable logits (0.6.2's parameter name)."""
+        params = self.__dict__["_parameters"]
+        if "qz_logits" not in params:
+            raise AttributeError("qz_logits")
+        return params["qz_logits"]
+
+    gate_size: tuple[int, ...] = ()  # type: ignore[assignment]  # set per instance
 
     # ``log_alpha`` (the l0-core name) is the same tensor as ``qz_logits``.
     @property
@@ -280,8 +291,9 @@ class HardConcrete(_core.HardConcrete):
 
         Examples
         --------
+        >>> # 10 * sigmoid(0 - 0.5 * log(0.1 / 1.1))
         >>> round(HardConcrete(10, init_mean=0.5).get_penalty().item(), 3)
-        5.397
+        7.683
         """
         return self.prob_active().sum()
 
@@ -302,7 +314,7 @@ class HardConcrete(_core.HardConcrete):
         Examples
         --------
         >>> round(HardConcrete(4, init_mean=0.5).get_sparsity(), 4)
-        0.4603
+        0.2317
         """
         return 1.0 - float(self.prob_active().mean().item())
 

@@ -376,7 +376,7 @@ def prune_model(model: nn.Module, threshold: float = 0.05) -> nn.Module:
     --------
     >>> layer = L0Linear(3, 2)
     >>> with torch.no_grad():
-    ...     layer.weight_gates.qz_logits[0].fill_(-10.0)
+    ...     _ = layer.weight_gates.qz_logits[0].fill_(-10.0)
     >>> pruned = prune_model(layer)
     >>> pruned.weight[0].abs().sum().item()
     0.0

@@ -17,6 +17,7 @@ is the differentiable L0 penalty.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -28,6 +29,14 @@ from .precision import accumulate_sum
 __all__ = ["HardConcrete", "hard_concrete_sample", "log_alpha_for_prob_active"]
 
 Estimator = Literal["median", "paper"]
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"HardConcrete.{old} is deprecated; use HardConcrete.{new} (same meaning)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def log_alpha_for_prob_active(
@@ -369,6 +378,80 @@ class HardConcrete(nn.Module):
         """
         nz = (self.deterministic() > 0).nonzero()
         return nz[:, 0] if self.log_alpha.dim() == 1 else nz
+
+    # -- l0-python 0.6 names (same meaning), kept as deprecated aliases --------------
+    def get_penalty(self) -> Tensor:
+        """Deprecated alias of :meth:`l0_penalty` (l0-python 0.6's name).
+
+        Examples
+        --------
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", DeprecationWarning)
+        ...     round(HardConcrete(4, init_mean=0.5, init_std=0.0).get_penalty().item(), 4)
+        2.0
+        """
+        _deprecated("get_penalty()", "l0_penalty()")
+        return self.l0_penalty()
+
+    def get_active_prob(self) -> Tensor:
+        """Deprecated alias of :meth:`prob_active` (l0-python 0.6's name).
+
+        Examples
+        --------
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", DeprecationWarning)
+        ...     HardConcrete(3).get_active_prob().shape
+        torch.Size([3])
+        """
+        _deprecated("get_active_prob()", "prob_active()")
+        return self.prob_active()
+
+    def get_num_active(self) -> int:
+        """Deprecated alias of :meth:`num_active` (l0-python 0.6's name).
+
+        Examples
+        --------
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", DeprecationWarning)
+        ...     HardConcrete(5, init_mean=0.99).get_num_active()
+        5
+        """
+        _deprecated("get_num_active()", "num_active()")
+        return self.num_active()
+
+    @property
+    def qz_logits(self) -> Tensor:
+        """Deprecated alias of ``log_alpha`` (l0-python 0.6's name).
+
+        Examples
+        --------
+        >>> import warnings
+        >>> g = HardConcrete(2)
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", DeprecationWarning)
+        ...     g.qz_logits is g.log_alpha
+        True
+        """
+        _deprecated("qz_logits", "log_alpha")
+        return self.log_alpha
+
+    @property
+    def gate_size(self) -> tuple[int, ...]:
+        """Deprecated alias of ``tuple(shape)`` (l0-python 0.6's name).
+
+        Examples
+        --------
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", DeprecationWarning)
+        ...     HardConcrete(2, 3).gate_size
+        (2, 3)
+        """
+        _deprecated("gate_size", "shape")
+        return tuple(self.shape)
 
     def extra_repr(self) -> str:
         dims = ", ".join(str(d) for d in self.shape)
