@@ -110,8 +110,17 @@ def test_a_negative_lambda_is_rejected():
 
 
 def test_the_l0_penalty_is_the_expected_number_of_kept_features():
-    model = SparseL0Linear(10, init_keep_prob=0.3)
+    model = SparseL0Linear(10, init_prob_active=0.3)
     assert model.l0_penalty().item() == pytest.approx(3.0, abs=0.05)  # 0.01 jitter on log_alpha
+
+
+def test_init_keep_prob_keeps_its_l0_python_06_meaning_and_warns():
+    import math
+
+    with pytest.warns(DeprecationWarning, match=r"init_keep_prob.*init_prob_active="):
+        model = SparseL0Linear(200, init_keep_prob=0.3, temperature=0.5, seed=0)
+    # l0-python 0.6 (and l0_calibrate): log_alpha = logit(init_keep_prob) (+ 0.01 jitter).
+    assert model.gates.log_alpha.mean().item() == pytest.approx(math.log(0.3 / 0.7), abs=0.005)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -47,8 +48,13 @@ class SparseL0Linear(nn.Module):
         Any registered gate type.
     temperature : float, default 2/3
         Gate temperature.
-    init_keep_prob : float, default 0.5
+    init_prob_active : float, default 0.5
         Initial probability that a gate is non-zero.
+    init_keep_prob : float, optional
+        Deprecated: l0-python 0.6's keyword, with 0.6's meaning (and that of
+        ``l0_calibrate.SparseCalibrationWeights``): the initial logit mean,
+        ``log_alpha = logit(init_keep_prob)``. Translated to the equivalent
+        ``init_prob_active`` with a ``DeprecationWarning``.
     device : str or torch.device, default "cpu"
         Where the parameters and the matrix products live.
     dtype : torch.dtype, default torch.float32
@@ -75,7 +81,8 @@ class SparseL0Linear(nn.Module):
         *,
         gate: str | type = "hard_concrete",
         temperature: float = 2.0 / 3.0,
-        init_keep_prob: float = 0.5,
+        init_prob_active: float = 0.5,
+        init_keep_prob: float | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         seed: int | None = None,
@@ -94,7 +101,23 @@ class SparseL0Linear(nn.Module):
             include_boundaries="neither",
             hint="use e.g. 2/3",
         )
-        self.init_keep_prob = check_probability(init_keep_prob, "init_keep_prob", hint="e.g. 0.5")
+        self.init_prob_active = check_probability(
+            init_prob_active, "init_prob_active", hint="e.g. 0.5"
+        )
+        if init_keep_prob is not None:
+            keep = check_probability(init_keep_prob, "init_keep_prob", hint="e.g. 0.5")
+            # 0.6's meaning: logits = logit(keep), so P(open) = sigmoid(logit - beta*log(-g/z)).
+            logit = math.log(keep) - math.log1p(-keep)
+            self.init_prob_active = 1.0 / (
+                1.0 + math.exp(temperature * math.log(0.1 / 1.1) - logit)
+            )
+            warnings.warn(
+                "SparseL0Linear(init_keep_prob=...) is deprecated: it is l0-python 0.6's logit "
+                f"mean; pass init_prob_active={self.init_prob_active:.6g} (the probability that "
+                "a gate starts open) instead",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         if seed is not None:
             check_int(seed, "seed", min_val=0, hint="e.g. seed=0")
         self.seed = seed
@@ -107,7 +130,7 @@ class SparseL0Linear(nn.Module):
             cls,
             n_features,
             temperature=temperature,
-            init_mean=self.init_keep_prob,
+            init_mean=self.init_prob_active,
             device=device,
             dtype=dtype,
             generator=self._generator,
@@ -188,7 +211,7 @@ class SparseL0Linear(nn.Module):
         """Fit by full-batch Adam on ``mean((y - X (w * z) - b)^2) + lambda_reg * E[L0]``.
 
         Weights restart from zero, the intercept from ``mean(y)`` and the gates
-        from ``init_keep_prob`` (re-seeded when ``seed`` was given).
+        from ``init_prob_active`` (re-seeded when ``seed`` was given).
 
         Parameters
         ----------
@@ -317,7 +340,7 @@ class SparseL0Linear(nn.Module):
 
         Examples
         --------
-        >>> SparseL0Linear(3, init_keep_prob=0.9).get_selected_features().tolist()
+        >>> SparseL0Linear(3, init_prob_active=0.9).get_selected_features().tolist()
         [0, 1, 2]
         """
         z = deterministic_gates(self.gates)
@@ -328,7 +351,7 @@ class SparseL0Linear(nn.Module):
 
         Examples
         --------
-        >>> SparseL0Linear(3, init_keep_prob=0.9).num_active()
+        >>> SparseL0Linear(3, init_prob_active=0.9).num_active()
         3
         """
         return int((deterministic_gates(self.gates) > 0).sum().item())
@@ -338,7 +361,7 @@ class SparseL0Linear(nn.Module):
 
         Examples
         --------
-        >>> SparseL0Linear(4, init_keep_prob=0.9).get_sparsity()
+        >>> SparseL0Linear(4, init_prob_active=0.9).get_sparsity()
         0.0
         """
         return 1.0 - self.num_active() / self.n_features
@@ -349,7 +372,7 @@ class SparseL0Linear(nn.Module):
 
         Examples
         --------
-        >>> round(SparseL0Linear(4, init_keep_prob=0.5).l0_penalty().item(), 1)
+        >>> round(SparseL0Linear(4, init_prob_active=0.5).l0_penalty().item(), 1)
         2.0
         """
         return self.gates.l0_penalty()
@@ -389,7 +412,7 @@ class SparseL0Linear(nn.Module):
 
         Examples
         --------
-        >>> SparseL0Linear(5, fit_intercept=False, init_keep_prob=0.9).active_parameter_count()
+        >>> SparseL0Linear(5, fit_intercept=False, init_prob_active=0.9).active_parameter_count()
         5
         """
         return self.num_active() + (1 if self.bias is not None else 0)
@@ -399,7 +422,7 @@ class SparseL0Linear(nn.Module):
 
         Examples
         --------
-        >>> SparseL0Linear(3, init_keep_prob=0.9).prune_()
+        >>> SparseL0Linear(3, init_prob_active=0.9).prune_()
         0
         """
         with torch.no_grad():
