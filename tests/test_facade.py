@@ -363,6 +363,26 @@ def test_hard_concrete_keeps_the_seed_spelling_n_items():
     )
 
 
+def test_hard_concrete_training_sample_is_062s_draw_and_formula():
+    gate = l0.HardConcrete(500, temperature=0.25, init_mean=0.9)
+    torch.manual_seed(3)
+    got = gate()
+    torch.manual_seed(
+        3
+    )  # 0.6.2: u ~ U(1e-6, 1 - 1e-6), s = sigmoid((log u - log(1-u) + logit) / beta)
+    u = torch.empty(500).uniform_(1e-6, 1 - 1e-6)
+    s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + _logit(0.9)) / 0.25)
+    assert torch.equal(got, (s * 1.2 - 0.1).clamp(0, 1))
+
+
+def test_hard_concrete_logits_are_clamped_to_20_like_062():
+    gate = l0.HardConcrete(3, temperature=0.5)
+    with torch.no_grad():
+        gate.qz_logits.fill_(1000.0)
+    want = torch.sigmoid(torch.tensor(20.0) - 0.5 * math.log(0.1 / 1.1))
+    assert torch.allclose(gate.get_active_prob(), want.expand(3))
+
+
 # --------------------------------------------------------------------- layers
 def test_l0_linear_gates_every_weight_and_loads_a_062_state_dict():
     layer = l0.L0Linear(10, 5, temperature=0.5, init_sparsity=0.8)
@@ -468,6 +488,13 @@ def test_sparse_l0_linear_fit_predicts_with_deterministic_gates():
 
 
 # --------------------------------------------------------------------- gates
+def test_l0_gate_init_mean_is_the_062_logit_mean():
+    gate = l0.L0Gate(400, temperature=0.3, init_mean=0.7)
+    assert gate.init_mean == 0.7
+    # l0-gates jitters the logits by N(0, 0.01): the mean of 400 is within 0.003 of logit(0.7).
+    assert gate.gates.log_alpha.mean().item() == pytest.approx(_logit(0.7), abs=0.003)
+
+
 def test_gates_read_back_the_temperature_they_were_given():
     assert l0.L0Gate(100, temperature=0.3, init_mean=0.7).temperature == 0.3
     gate = l0.SampleGate(n_samples=50, target_samples=5, temperature=0.2)

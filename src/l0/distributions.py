@@ -253,9 +253,9 @@ class HardConcrete(_core.HardConcrete):
         """
         logits = self._clamped()
         eps = self._UNIFORM_EPS
-        u = torch.rand(logits.shape, device=logits.device, dtype=logits.dtype)
-        u = u * (1.0 - 2.0 * eps) + eps
-        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / self.temperature)
+        # Drawn and transformed exactly as 0.6.2 did, so a seeded run gives 0.6.2's numbers.
+        u = torch.empty_like(logits).uniform_(eps, 1.0 - eps)
+        s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + logits) / self.temperature)
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
 
     def deterministic(self) -> Tensor:

@@ -70,8 +70,10 @@ class L0Gate(_ExactTemperature, l0_gates.L0Gate):
         # 0.6.2's init_mean is the logit mean (logits = logit(init_mean)); l0-gates takes
         # the probability that a gate is open, so pass the probability those logits give.
         prob = init_mean
-        if isinstance(init_mean, float | int) and 0 < init_mean < 1 and isinstance(
-            temperature, float | int
+        if (
+            isinstance(init_mean, float | int)
+            and 0 < init_mean < 1
+            and isinstance(temperature, float | int)
         ):
             shift = float(temperature) * math.log(0.1 / 1.1)
             logit = math.log(init_mean) - math.log1p(-init_mean)

@@ -19,7 +19,6 @@ torch.Size([50])
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ def _to_torch_sparse(X: Any, device: torch.device) -> Tensor:
     values = torch.as_tensor(coo.data, dtype=torch.float32)
     return torch.sparse_coo_tensor(
         indices, values, coo.shape, device=device, check_invariants=False
-    ).coalesce()
+    )  # not coalesced, like 0.6.2's, so products sum in the same order
 
 
 class SparseL0Linear(nn.Module):
@@ -99,7 +98,7 @@ class SparseL0Linear(nn.Module):
             self._generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self.weight = nn.Parameter(torch.zeros(n_features, device=self.device))
         self.bias = nn.Parameter(torch.zeros(1, device=self.device)) if fit_intercept else None
-        mean = math.log(init_keep_prob) - math.log1p(-init_keep_prob)
+        mean = float(torch.log(torch.tensor(init_keep_prob / (1 - init_keep_prob))))
         noise = torch.randn(n_features, generator=self._generator, device=self.device)
         self.log_alpha = nn.Parameter(mean + 0.01 * noise)
         # The last converted matrix (0.6.2's attribute names), reused while it is the same object.
@@ -128,9 +127,9 @@ class SparseL0Linear(nn.Module):
     def _sample_gates(self) -> Tensor:
         eps = 1e-6
         log_alpha = self._clamped()
-        u = torch.rand(log_alpha.shape, device=log_alpha.device).clamp(eps, 1.0 - eps)
+        u = torch.rand_like(log_alpha).clamp(eps, 1.0 - eps)
         return self._stretch(
-            torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / self.beta)
+            torch.sigmoid((torch.log(u) - torch.log(1 - u) + log_alpha) / self.beta)
         )
 
     def get_deterministic_gates(self) -> Tensor:
@@ -160,8 +159,9 @@ class SparseL0Linear(nn.Module):
         >>> SparseL0Linear(4, init_keep_prob=0.5).get_l0_penalty().item() > 2
         True
         """
-        shift = self.beta * math.log(-self.gamma / self.zeta)
-        return torch.sigmoid(self._clamped() - shift).sum()
+        # The shift in float32 on the model's device, as 0.6.2 computed it.
+        c = -self.beta * torch.log(torch.tensor(-self.gamma / self.zeta, device=self.device))
+        return torch.sigmoid(self._clamped() + c).sum()
 
     @torch.no_grad()
     def get_sparsity(self) -> float:
