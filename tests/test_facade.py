@@ -527,3 +527,16 @@ def test_a_062_calibration_checkpoint_loads():
     model = l0.SparseCalibrationWeights(8)
     model.load_state_dict(saved)
     assert torch.equal(model.log_alpha.detach(), saved["log_alpha"])
+
+
+def test_the_migration_pages_works_as_before_block_runs():
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "migrating.md").read_text()
+    section = page.split("## Works as before", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    namespace: dict = {}
+    exec(compile(block, "docs/migrating.md", "exec"), namespace)
+    assert isinstance(namespace["gates"], l0.HardConcrete) and namespace["gates"].temperature == 0.1
+    assert [n for n, _ in namespace["model"].named_children()] == ["fc1", "fc2", "fc3"]
