@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -88,6 +89,10 @@ class TemperatureScheduler:
     schedule : str or callable, default "exponential"
         Registered schedule name (plugins included) or a function
         ``(progress in [0, 1], initial, final) -> temperature``.
+    anneal_epochs : int, optional
+        Deprecated, l0-python 0.6's length: the final temperature is reached
+        at epoch ``anneal_epochs``, i.e. ``total_epochs = anneal_epochs + 1``
+        (translated, with a ``DeprecationWarning``).
 
     Examples
     --------
@@ -102,7 +107,23 @@ class TemperatureScheduler:
         final_temp: float = 0.1,
         total_epochs: int = 100,
         schedule: str | ScheduleFn = "exponential",
+        *,
+        anneal_epochs: int | None = None,
     ) -> None:
+        if anneal_epochs is not None:
+            if total_epochs != 100:
+                raise TypeError(
+                    "pass total_epochs or anneal_epochs (l0-python 0.6's name), not both; "
+                    "total_epochs = anneal_epochs + 1"
+                )
+            anneal_epochs = check_int(anneal_epochs, "anneal_epochs", min_val=0, hint="e.g. 100")
+            total_epochs = anneal_epochs + 1
+            warnings.warn(
+                f"TemperatureScheduler(anneal_epochs={anneal_epochs}) is deprecated; use "
+                f"total_epochs={total_epochs} (the final temperature at epoch total_epochs - 1)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.initial_temp = check_float(
             initial_temp, "initial_temp", min_val=0.0, include_boundaries="neither", hint="e.g. 1.0"
         )
@@ -163,7 +184,9 @@ class TemperatureScheduler:
         )
 
 
-def update_temperatures(model: torch.nn.Module, temp: float) -> int:
+def update_temperatures(
+    model: torch.nn.Module, temp: float | None = None, *, temperature: float | None = None
+) -> int:
     """Set the temperature of every gate inside ``model``.
 
     Parameters
@@ -173,6 +196,8 @@ def update_temperatures(model: torch.nn.Module, temp: float) -> int:
         protocol (nested gates included).
     temp : float
         New temperature (> 0).
+    temperature : float, optional
+        Deprecated: l0-python 0.6's name of ``temp`` (same meaning; warns).
 
     Returns
     -------
@@ -191,6 +216,18 @@ def update_temperatures(model: torch.nn.Module, temp: float) -> int:
             f"model must be a torch.nn.Module, got {type(model).__name__}; "
             "pass the network (or gate) whose gates should change temperature"
         )
+    if temperature is not None:
+        if temp is not None:
+            raise TypeError("pass temp or temperature (its l0-python 0.6 name), not both")
+        warnings.warn(
+            "update_temperatures(..., temperature=...) is deprecated; use "
+            "update_temperatures(model, temp) (same meaning)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        temp = temperature
+    if temp is None:
+        raise TypeError("update_temperatures() needs the new temperature, e.g. (model, 0.1)")
     gates = [m for m in model.modules() if is_gate(m)]
     for gate in gates:
         set_gate_temperature(gate, temp)
