@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .distributed_reducer import ColumnShard, ProcessGroupReducer, cut_to_shard, stop_together
-from .frontend import CalibrationResult, _exact_estimates, _report
+from .frontend import CalibrationResult, _exact_estimates, _report, mark_misses
 from .inputs import as_vector, is_dataframe, prepare_problem
 
 __all__ = ["ShardedCalibrationResult", "calibrate_sharded"]
@@ -143,6 +143,7 @@ def calibrate_sharded(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     distributed: bool | None = True,
+    tolerance: float = 0.05,
 ) -> ShardedCalibrationResult:
     """Column-sharded :func:`~l0_calibrate.calibrate`: call it on every rank (collective).
 
@@ -304,6 +305,7 @@ def calibrate_sharded(
     estimates = _reduce(red, _exact_estimates(estimate_matrix, problem, w))
     report = _report(estimates, problem.targets, problem.names, problem.groups)
     report["infeasible"] = problem.infeasible
+    mark_misses(report, tolerance, warn=red.is_main, stacklevel=3)
     if household_index is not None:
         index = pd.Index(cut_to_shard(np.asarray(household_index), shard, "household_index"))
     elif problem.household_index is not None:

@@ -749,7 +749,7 @@ class ProcessGroupReducer(LocalReducer):
         normalize_groups: bool = True,
         group_multipliers: Mapping[Hashable, float] | None = None,
     ) -> None:
-        """Recompute the infeasible targets (no household on *any* rank) and their loss weights."""
+        """Recompute the infeasible targets (unreachable with the entries of *every* rank) and their loss weights."""
         from .inputs import group_weights
 
         weights, _ = group_weights(
@@ -760,9 +760,11 @@ class ProcessGroupReducer(LocalReducer):
         )
         weights = np.array(weights, dtype=np.float64, copy=True)
         self.check_same_targets(np.asarray(problem.targets, dtype=np.float64), weights)
-        counts = problem.op.row_nnz().to(device=self.device, dtype=torch.int64)
-        counts = self._reduce_op(counts, "SUM").cpu().numpy()
-        infeasible = (counts == 0) & (problem.targets != 0)
+        from .inputs import row_signs, unreachable
+
+        signs = np.stack(row_signs(problem.op)).astype(np.int64)  # (2, n_targets): any > 0, any < 0
+        signs = self._reduce_op(torch.as_tensor(signs, device=self.device), "MAX").cpu().numpy() > 0
+        infeasible = unreachable(np.asarray(problem.targets), signs[0], signs[1])
         weights[infeasible] = 0.0
         problem.infeasible = infeasible
         problem.loss_weights = weights

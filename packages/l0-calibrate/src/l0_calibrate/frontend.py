@@ -11,12 +11,87 @@ from typing import Any
 import numpy as np
 import torch
 
-from .inputs import as_vector, is_dataframe, prepare_problem
+from l0_core.checks import check_device, check_float
+
+from .inputs import (
+    align_to_labels,
+    as_matrix,
+    as_vector,
+    check_matrix_shape,
+    check_model_dtype,
+    is_dataframe,
+    prepare_problem,
+)
 from .weights import SparseCalibrationWeights
 
-__all__ = ["CalibrationResult", "calibrate"]
+__all__ = ["CalibrationResult", "TargetMissWarning", "calibrate", "mark_misses"]
 
 logger = logging.getLogger("l0_calibrate")
+
+
+class TargetMissWarning(UserWarning):
+    """The calibrated weights miss some targets by more than the tolerance (or cannot reach them)."""
+
+
+def mark_misses(report: Any, tolerance: float, *, warn: bool = True, stacklevel: int = 3) -> Any:
+    """Add the ``missed`` column to a target report and warn when a target is missed or infeasible.
+
+    A feasible target is *missed* when its ``abs_rel_error`` exceeds
+    ``tolerance``; infeasible targets (which no weights can reach) are
+    named in the same warning.
+
+    Parameters
+    ----------
+    report : pandas.DataFrame
+        A report with ``name``, ``abs_rel_error`` and ``infeasible`` columns; changed in place.
+    tolerance : float
+        Largest relative error that still counts as reached.
+    warn : bool, default True
+        Issue a :class:`TargetMissWarning` naming the targets.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``report``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> rep = pd.DataFrame({"name": ["a", "b"], "abs_rel_error": [0.001, 0.3], "infeasible": [False, False]})
+    >>> mark_misses(rep, 0.05, warn=False)["missed"].tolist()
+    [False, True]
+    """
+    import warnings
+
+    infeasible = report["infeasible"].to_numpy(dtype=bool)
+    err = report["abs_rel_error"].to_numpy(dtype=np.float64)
+    missed = ~infeasible & ~(err <= tolerance * (1 + 1e-9) + 1e-12)  # NaN counts as missed
+    report["missed"] = missed
+    if warn and (missed.any() or infeasible.any()):
+        parts = []
+        if missed.any():
+            names = report.loc[missed, "name"].tolist()
+            worst = float(np.nanmax(np.where(missed, err, np.nan)))
+            parts.append(
+                f"{len(names)} target(s) missed by more than {tolerance:.3g} relative error "
+                f"(worst {worst:.3g}): {', '.join(map(str, names[:10]))}"
+                + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            )
+        if infeasible.any():
+            names = report.loc[infeasible, "name"].tolist()
+            parts.append(
+                f"{len(names)} target(s) are infeasible (no non-negative weights reach them): "
+                + ", ".join(map(str, names[:10]))
+                + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            )
+        warnings.warn(
+            "; ".join(parts)
+            + ". See result.report (columns 'missed' and 'infeasible'); more epochs, a larger "
+            "target_count, design_weights on the targets' scale or a looser max_weight_ratio may help.",
+            TargetMissWarning,
+            stacklevel=stacklevel,
+        )
+    return report
 
 
 def _relative_errors(estimates: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -60,8 +135,9 @@ class CalibrationResult:
         households (the DataFrame's index, ``household_index`` or 0..n-1).
     report : pandas.DataFrame
         One row per target: ``name, target, estimate, rel_error,
-        abs_rel_error, group, infeasible`` with ``rel_error = (estimate -
-        target) / |target|``.
+        abs_rel_error, group, infeasible, missed`` with ``rel_error = (estimate -
+        target) / |target|``; ``missed`` marks feasible targets whose
+        ``abs_rel_error`` exceeds ``calibrate``'s ``tolerance``.
     history : pandas.DataFrame
         One row per logging step (epoch, phase, loss parts, errors, active count).
     diagnostics : dict
@@ -90,6 +166,18 @@ class CalibrationResult:
         """Names of the targets that no household contributes to."""
         return self.report.loc[self.report["infeasible"], "name"].tolist()
 
+    @property
+    def missed_targets(self) -> list[str]:
+        """Names of the feasible targets missed by more than the tolerance."""
+        if "missed" not in self.report:
+            return []
+        return self.report.loc[self.report["missed"], "name"].tolist()
+
+    @property
+    def reached(self) -> bool:
+        """True when every target is feasible and within the tolerance."""
+        return not self.missed_targets and not self.infeasible_targets
+
     def summary(self) -> dict[str, float]:
         """Headline numbers: active count, target errors, design effect.
 
@@ -108,6 +196,7 @@ class CalibrationResult:
             "max_abs_rel_error": float(np.max(err)) if err.size else 0.0,
             "share_within_10pct": float(np.mean(err <= 0.1)) if err.size else 1.0,
             "n_infeasible": float((~ok).sum()),
+            "n_missed": float(self.report["missed"].sum()) if "missed" in self.report else 0.0,
         }
         for key in ("design_effect", "kish_ess"):
             if key in self.diagnostics:
@@ -180,6 +269,31 @@ def _auto_init_weight(M: Any, targets: np.ndarray, names_hint: Any = None) -> fl
     return float(np.exp(np.median(np.log(problem.targets[ok] / row_sums[ok]))))
 
 
+def _n_households(M: Any) -> int:
+    """Household count of a matrix argument (a DataFrame's rows, else the columns), checked."""
+    if isinstance(M, (list, tuple)):
+        as_matrix(M, dtype=torch.float64, device="cpu", argument="estimate_matrix")  # raises
+    shape = getattr(M, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise TypeError(
+            "estimate_matrix must be a 2-D matrix (numpy, scipy.sparse, torch, SparseOperator), a "
+            f"DataFrame of households x targets or a file path; got {type(M).__name__}"
+            + (f" of shape {tuple(shape)}" if shape is not None else "")
+        )
+    n_targets, n = (shape[1], shape[0]) if is_dataframe(M) else (shape[0], shape[1])
+    check_matrix_shape(int(n_targets), int(n), "estimate_matrix", frame=is_dataframe(M))
+    return int(n)
+
+
+def _household_labels(M: Any, household_index: Any, n: int) -> Any:
+    """The labels per-household Series are aligned to."""
+    if household_index is not None:
+        return list(household_index)
+    if is_dataframe(M):
+        return list(M.index)
+    return list(range(n))
+
+
 def _exact_estimates(estimate_matrix: Any, problem: Any, w: np.ndarray) -> np.ndarray:
     """``M @ w`` in float64 from the caller's matrix (not its float32 copy), for the report."""
     from l0_core import SparseOperator
@@ -230,6 +344,7 @@ def calibrate(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     distributed: bool | None = None,
+    tolerance: float = 0.05,
 ) -> CalibrationResult:
     """Calibrate sparse household weights to targets and report how well they match.
 
@@ -244,7 +359,12 @@ def calibrate(
         (:func:`l0_calibrate.load_columns`; sharded, each rank reads only its
         share).
     targets : array-like or pandas.Series
-        One value per target (a Series is aligned by name).
+        One value per target. A Series is aligned by name to a DataFrame's
+        columns (or ``target_names``): a target without a column, a column
+        without a target and duplicate labels all raise, naming them.
+        Targets that non-negative weights cannot reach (no household
+        contributes, or a negative value on a non-negative row) are kept
+        in the report as ``infeasible`` and named in a warning.
     target_count : int or float, optional
         Number (int) or fraction (float) of households to keep; exact.
     target_names, target_groups : optional
@@ -252,9 +372,11 @@ def calibrate(
         ``SparseCalibrationWeights.fit``).
     normalize_groups, group_multipliers : optional
         As in ``SparseCalibrationWeights.fit``.
-    design_weights : array-like, optional
+    design_weights : array-like or pandas.Series, optional
         Positive initial (design) weights; default: one common weight, the
-        median ratio of each target to its unweighted column sum.
+        median ratio of each target to its unweighted column sum. A Series
+        is aligned by its index to the households (``household_index``, the
+        DataFrame's index, else 0..n-1) and raises when the labels differ.
     household_index : sequence, optional
         Labels of the households for ``weights`` (default: the DataFrame's
         index, else 0..n-1).
@@ -318,6 +440,12 @@ def calibrate(
         weights with report and diagnostics over all ranks
         (:func:`l0_calibrate.distributed_calibrate.calibrate_sharded`;
         :func:`l0_calibrate.gather_weights` collects the weights on rank 0).
+    tolerance : float, default 0.05
+        Largest relative error at which a target counts as reached. Targets
+        missed by more are marked in the report's ``missed`` column and
+        named, with the infeasible ones, in a :class:`TargetMissWarning`
+        (``result.reached`` is then False; ``l0-calibrate run`` exits with
+        status 3 unless ``--allow-miss``).
 
     Returns
     -------
@@ -336,6 +464,13 @@ def calibrate(
     """
     options = dict(locals())  # the arguments, for the sharded path
     from .distributed_reducer import use_sharding
+    from .losses import get_loss
+
+    dtype = check_model_dtype(dtype)
+    device = check_device(device)
+    get_loss(loss, "loss")  # an unknown name raises here, whichever method runs
+    tolerance = check_float(tolerance, "tolerance", min_val=0.0, hint="pass e.g. tolerance=0.05")
+    options.update(dtype=dtype, device=device, tolerance=tolerance)
 
     if use_sharding(distributed):
         from .distributed_calibrate import calibrate_sharded
@@ -347,8 +482,14 @@ def calibrate(
 
         n_file = matrix_shape(estimate_matrix)[1]
         estimate_matrix = load_columns(estimate_matrix, ColumnShard(n_file, 0, n_file))
-    n_households = int(estimate_matrix.shape[0] if is_dataframe(estimate_matrix) else estimate_matrix.shape[1])
+    n_households = _n_households(estimate_matrix)
     if design_weights is not None:
+        design_weights = align_to_labels(
+            design_weights,
+            _household_labels(estimate_matrix, household_index, n_households),
+            "design_weights",
+            "the households",
+        )
         init = as_vector(design_weights, "design_weights", n_households, what="one per household")
         if (init <= 0).any():
             raise ValueError("design_weights must be positive; drop zero-weight households first")
@@ -379,7 +520,7 @@ def calibrate(
             max_weight_ratio=max_weight_ratio, band=band,
             holdout=(holdout_matrix, holdout_totals, holdout_names),
             callbacks=callbacks, seed=seed, device=device, dtype=dtype, log_freq=log_freq,
-            n_households=n_households,
+            n_households=n_households, tolerance=tolerance,
         )
     model = SparseCalibrationWeights(
         n_households,
@@ -440,7 +581,7 @@ def calibrate(
     w = model._deterministic_weights().detach().to("cpu", torch.float64).numpy()
     return _result(
         estimate_matrix, problem, w, init, household_index, n_households,
-        (holdout_matrix, holdout_totals, holdout_names), model.history_, model,
+        (holdout_matrix, holdout_totals, holdout_names), model.history_, model, tolerance,
     )
 
 
@@ -454,12 +595,15 @@ def _result(
     holdout_args: tuple,
     history: list,
     model: SparseCalibrationWeights | None,
+    tolerance: float = 0.05,
+    stacklevel: int = 4,
 ) -> CalibrationResult:
     import pandas as pd
 
     estimates = _exact_estimates(estimate_matrix, problem, w)
     report = _report(estimates, problem.targets, problem.names, problem.groups)
     report["infeasible"] = problem.infeasible
+    mark_misses(report, tolerance, stacklevel=stacklevel)
     index = household_index if household_index is not None else problem.household_index
     if index is not None and len(index) != n_households:
         raise ValueError(f"household_index has {len(index)} labels but there are {n_households} households")
@@ -548,5 +692,6 @@ def _calibrate_select(estimate_matrix: Any, targets: Any, **kw: Any) -> Calibrat
     )
     return _result(
         estimate_matrix, problem, np.asarray(res.weights, dtype=np.float64), kw["design_weights"],
-        kw["household_index"], kw["n_households"], kw["holdout"], res.history, None,
+        kw["household_index"], kw["n_households"], kw["holdout"], res.history, None, kw["tolerance"],
+        stacklevel=5,
     )

@@ -13,13 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 from l0_core import SparseOperator
+from l0_core.checks import check_dtype, check_int
 
 __all__ = [
     "Problem",
     "as_matrix",
     "as_vector",
+    "check_model_dtype",
     "check_nonneg_float",
     "check_positive_int",
+    "align_to_labels",
     "group_weights",
     "is_dataframe",
     "prepare_problem",
@@ -49,11 +52,32 @@ def check_positive_int(value: Any, argument: str, *, minimum: int = 1) -> int:
     >>> check_positive_int(5, "epochs")
     5
     """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{argument} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{argument} must be >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, argument, min_val=minimum)
+
+
+def check_model_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
+    """Return ``dtype`` if calibration can compute in it: float32 or float64.
+
+    float16 and bfloat16 are refused by name: their sparse products are not
+    implemented on CPU, and sums over many households overflow (float16 tops
+    out at 65,504) or lose the precision the targets need.
+
+    Examples
+    --------
+    >>> check_model_dtype(torch.float64)
+    torch.float64
+    >>> check_model_dtype(torch.float16)
+    Traceback (most recent call last):
+    ...
+    TypeError: dtype=torch.float16 is not supported for calibration (half precision overflows and loses the precision of population totals); pass dtype=torch.float32 or torch.float64
+    """
+    dtype = check_dtype(dtype, name)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"{name}={dtype} is not supported for calibration (half precision overflows and loses the "
+            "precision of population totals); pass dtype=torch.float32 or torch.float64"
+        )
+    return dtype
 
 
 def check_nonneg_float(value: Any, argument: str, *, positive: bool = False) -> float:
@@ -161,19 +185,107 @@ def as_matrix(
     ((2, 2), None, None)
     """
     if is_dataframe(M):
-        non_numeric = [c for c, dt in M.dtypes.items() if not (np.issubdtype(dt, np.number) or np.issubdtype(dt, np.bool_))]
-        if non_numeric:
-            raise TypeError(
-                f"{argument} (a DataFrame of households x targets) has non-numeric column(s) "
-                f"{non_numeric[:5]}; drop or encode them"
-            )
+        _check_frame(M, argument)
         names = [str(c) for c in M.columns]
         values = M.to_numpy(dtype=np.float64, copy=True).T
         op = SparseOperator.from_any(values, dtype=dtype, device=device, argument=argument)
         return op, names, M.index
+    if isinstance(M, (list, tuple)):
+        raise TypeError(
+            f"{argument} is a {type(M).__name__}; pass a numpy array (np.asarray({argument})), a "
+            "scipy.sparse matrix, a torch tensor, an l0_core.SparseOperator or a pandas DataFrame "
+            "of households x targets"
+        )
     if isinstance(M, SparseOperator):
         return SparseOperator.from_any(M, dtype=dtype, device=device, argument=argument), None, None
     return SparseOperator.from_any(M, dtype=dtype, device=device, argument=argument), None, None
+
+
+def _check_frame(M: Any, argument: str) -> None:
+    """A DataFrame of households x targets: unique, numeric target columns, at least one."""
+    if M.shape[1] == 0:
+        raise ValueError(
+            f"{argument} (a DataFrame of households x targets) has 0 target columns; a CSV written "
+            "with another separator (e.g. ';') reads as one text column: pass sep=';' to "
+            "pandas.read_csv"
+        )
+    labels = [str(c) for c in M.columns]
+    dup = sorted({c for c in labels if labels.count(c) > 1})
+    if dup:
+        raise ValueError(
+            f"{argument} has duplicate column name(s) {dup[:5]}; each column is one target, so "
+            "rename or drop the duplicates"
+        )
+    text = [
+        str(c)
+        for c, dt in M.dtypes.items()
+        if not (
+            isinstance(dt, np.dtype) and (np.issubdtype(dt, np.number) or np.issubdtype(dt, np.bool_))
+        )
+        and not _is_numeric_extension(dt)
+    ]
+    if text:
+        shown = ", ".join(repr(c) for c in text[:5]) + (f" and {len(text) - 5} more" if len(text) > 5 else "")
+        raise TypeError(
+            f"{argument} (a DataFrame of households x targets) has column(s) {shown} holding text "
+            "or other non-numeric values; drop or encode them (every column is a target)"
+        )
+
+
+def _is_numeric_extension(dt: Any) -> bool:
+    """pandas' nullable numeric dtypes (Int64, Float64, boolean)."""
+    kind = getattr(dt, "kind", "")
+    return not isinstance(dt, np.dtype) and kind in ("i", "u", "f", "b")
+
+
+def align_to_labels(value: Any, labels: Any, argument: str, what: str) -> Any:
+    """A pandas Series reordered to ``labels`` (exactly those, each once); anything else unchanged.
+
+    Parameters
+    ----------
+    value : Any
+        A Series (aligned) or anything else (returned as is: taken by position).
+    labels : sequence
+        The labels the values must match, in order.
+    argument : str
+        Name used in error messages.
+    what : str
+        What the labels are (e.g. "the households of estimate_matrix"), for messages.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> align_to_labels(pd.Series({"b": 2.0, "a": 1.0}), ["a", "b"], "design_weights", "households").tolist()
+    [1.0, 2.0]
+    """
+    if not _is_series(value):
+        return value
+    index = list(value.index)
+    keys = [str(i) for i in index]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(
+            f"{argument} has duplicate label(s) {dup[:5]}; give each of {what} one value"
+        )
+    wanted = [str(x) for x in labels]
+    missing = [w for w in wanted if w not in set(keys)]
+    extra = sorted(set(keys) - set(wanted))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(
+                f"no value for {len(missing)} of {what} (e.g. {missing[:5]})"
+            )
+        if extra:
+            parts.append(f"{len(extra)} label(s) that match none of them (e.g. {extra[:5]})")
+        raise ValueError(
+            f"{argument} is a Series aligned by its index, but it has " + " and ".join(parts)
+            + f"; index it by {what}, or pass .to_numpy() to take the values in order"
+        )
+    lookup = dict(zip(keys, value.to_numpy(), strict=True))
+    import pandas as pd
+
+    return pd.Series([lookup[w] for w in wanted], index=list(labels), name=value.name, dtype=value.dtype)
 
 
 def group_weights(
@@ -245,7 +357,9 @@ class Problem:
     groups : numpy.ndarray or None
         Group label per target.
     infeasible : numpy.ndarray of bool
-        Targets with a non-zero value that no household contributes to.
+        Targets that non-negative weights cannot reach: a non-zero value that
+        no household contributes to, a negative value whose row holds no
+        negative entry, or a positive one whose row holds no positive entry.
     """
 
     def __init__(
@@ -270,6 +384,55 @@ class Problem:
     def infeasible_names(self) -> list[str]:
         """Names of the infeasible targets."""
         return [self.names[i] for i in np.flatnonzero(self.infeasible)]
+
+
+def check_matrix_shape(n_targets: int, n_households: int, argument: str, *, frame: bool = False) -> None:
+    """Refuse a matrix with no household column or no target row, by name.
+
+    Examples
+    --------
+    >>> check_matrix_shape(2, 0, "M")
+    Traceback (most recent call last):
+    ...
+    ValueError: the matrix M has 0 household columns; pass (n_targets, n_households) with at least one household
+    """
+    if n_households == 0:
+        layout = "a DataFrame with one row per household" if frame else "(n_targets, n_households)"
+        raise ValueError(
+            f"the matrix {argument} has 0 household columns; pass {layout} with at least one household"
+        )
+    if n_targets == 0:
+        layout = "a DataFrame with one column per target" if frame else "(n_targets, n_households)"
+        raise ValueError(f"the matrix {argument} has 0 targets; pass {layout} with at least one target")
+
+
+def row_signs(op: SparseOperator) -> tuple[np.ndarray, np.ndarray]:
+    """Per target row: whether some entry is positive, and whether some entry is negative.
+
+    Examples
+    --------
+    >>> pos, neg = row_signs(SparseOperator.from_any(np.array([[1.0, -1.0], [0.0, 2.0], [0.0, 0.0]])))
+    >>> pos.tolist(), neg.tolist()
+    ([True, True, False], [True, False, False])
+    """
+    t = op.csr_t  # households x targets
+    values = t.values()
+    cols = t.col_indices().to(torch.int64)
+    n = op.shape[0]
+    pos = torch.bincount(cols[values > 0], minlength=n)[:n] > 0
+    neg = torch.bincount(cols[values < 0], minlength=n)[:n] > 0
+    return pos.cpu().numpy(), neg.cpu().numpy()
+
+
+def unreachable(targets: np.ndarray, has_pos: np.ndarray, has_neg: np.ndarray) -> np.ndarray:
+    """Targets no non-negative weights can reach: a positive (negative) value without a positive (negative) entry.
+
+    Examples
+    --------
+    >>> unreachable(np.array([1.0, -1.0, 0.0]), np.array([True, True, False]), np.array([False] * 3)).tolist()
+    [False, True, False]
+    """
+    return ((targets > 0) & ~has_pos) | ((targets < 0) & ~has_neg)
 
 
 def prepare_problem(
@@ -300,6 +463,7 @@ def prepare_problem(
     """
     op, names, hh_index = as_matrix(M, dtype=dtype, device=device, argument=matrix_argument)
     n_targets, n_cols = op.shape
+    check_matrix_shape(n_targets, n_cols, matrix_argument, frame=is_dataframe(M))
     if n_features is not None and n_cols != n_features:
         raise ValueError(
             f"{matrix_argument} has {n_cols} household columns but the model has n_features="
@@ -315,13 +479,36 @@ def prepare_problem(
         if names is not None and given != names:
             raise ValueError("target_names differs from the DataFrame's column names; pass one of them")
         names = given
-    if _is_series(y) and names is not None:
+    if names is not None:
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(
+                f"target names must be unique, but {dup[:5]} appear more than once; rename or drop "
+                "the duplicates"
+            )
+    if _is_series(y):
         index = [str(i) for i in y.index]
-        missing = sorted(set(names) - set(index))
+        dup = sorted({i for i in index if index.count(i) > 1})
+        if dup:
+            raise ValueError(
+                f"{targets_argument} has duplicate label(s) {dup[:5]}; give each target one value"
+            )
+    if _is_series(y) and names is not None:
+        missing = [n for n in names if n not in set(index)]
         if missing:
             raise ValueError(
                 f"{targets_argument} has no value for target(s) {missing[:5]}"
                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                + f" (columns of {matrix_argument}); add them, or drop those columns"
+            )
+        unknown = sorted(set(index) - set(names))
+        if unknown:
+            raise ValueError(
+                f"{targets_argument} names {len(unknown)} target(s) that match no column of "
+                f"{matrix_argument}: {unknown[:5]}"
+                + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                + f"; add those columns to {matrix_argument} or drop the targets (columns: "
+                f"{names[:10]}{' ...' if len(names) > 10 else ''})"
             )
         lookup = dict(zip(index, y.to_numpy(), strict=False))
         y = [lookup[name] for name in names]
@@ -333,8 +520,8 @@ def prepare_problem(
     weights, labels = group_weights(
         target_groups, n_targets, normalize_groups=normalize_groups, group_multipliers=group_multipliers
     )
-    empty = (op.row_nnz() == 0).cpu().numpy()
-    infeasible = empty & (targets != 0)
+    has_pos, has_neg = row_signs(op)
+    infeasible = unreachable(targets, has_pos, has_neg)
     if infeasible.any():
         weights = weights.copy()
         weights[infeasible] = 0.0

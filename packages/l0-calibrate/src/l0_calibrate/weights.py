@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 from l0_core import SparseOperator, sparse_matvec
+from l0_core.checks import check_device
 from torch import Tensor, nn
 
 from .engine import deterministic_gates
-from .inputs import as_matrix, check_nonneg_float, check_positive_int
+from .inputs import as_matrix, check_model_dtype, check_nonneg_float, check_positive_int
 
 __all__ = ["SparseCalibrationWeights"]
 
@@ -206,8 +207,8 @@ class SparseCalibrationWeights(nn.Module):
             raise ValueError(f"zeta must be a number > 1 (e.g. 1.1), got {zeta!r}")
         log_weight_jitter_sd = check_nonneg_float(log_weight_jitter_sd, "log_weight_jitter_sd")
         log_alpha_jitter_sd = check_nonneg_float(log_alpha_jitter_sd, "log_alpha_jitter_sd")
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating point torch.dtype, got {dtype!r}")
+        check_model_dtype(dtype)
+        device = check_device(device)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         self.n_features = n_features
