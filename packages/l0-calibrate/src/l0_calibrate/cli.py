@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["build_parser", "load_matrix", "load_targets", "main"]
+__all__ = ["build_parser", "check_output_path", "check_table", "load_matrix", "load_targets", "main"]
 
 
 def load_matrix(path: str) -> Any:
@@ -58,10 +58,76 @@ def load_matrix(path: str) -> Any:
     import pandas as pd
 
     if lower.endswith(".parquet"):
-        return pd.read_parquet(path)
+        return check_table(pd.read_parquet(path), path)
     if lower.endswith(".csv"):
-        return pd.read_csv(path, index_col=0)
+        _check_csv_header(path)
+        return check_table(pd.read_csv(path, index_col=0), path)
     raise ValueError(f"--matrix {path!r}: unknown format; use .npz, .npy, .parquet or .csv")
+
+
+def _check_csv_header(path: str) -> None:
+    """Duplicate names in a CSV header (pandas would rename them silently to 'a.1')."""
+    import csv
+
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    names = header[1:]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(
+            f"--matrix {path!r} has duplicate column name(s) {dup[:5]}; each column is one target, "
+            "so rename or drop the duplicates"
+        )
+
+
+def check_table(frame: Any, path: str) -> Any:
+    """Refuse a households x targets table that holds no target column or text columns, naming the file.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> check_table(pd.DataFrame({"a;b": ["1;2"]}), "m.csv")
+    Traceback (most recent call last):
+    ...
+    ValueError: --matrix 'm.csv': column 'a;b' holds text ('1;2'); its separator looks like ';' but the table was read with ',': write it with commas (or read it with pandas.read_csv(sep=';') and pass the DataFrame to calibrate())
+    """
+    if frame.shape[1] == 0:
+        raise ValueError(
+            f"--matrix {path!r} parses to 0 target columns (first line: {_first_line(path)!r}); the "
+            "table must have one column per target after the household label column, separated "
+            "by commas"
+        )
+    text = [c for c, dt in frame.dtypes.items() if not _numeric(dt)]
+    if text:
+        col = text[0]
+        sample = frame[col].dropna().astype(str)
+        example = sample.iloc[0] if len(sample) else ""
+        if any(";" in str(c) for c in frame.columns) or ";" in example:
+            raise ValueError(
+                f"--matrix {path!r}: column {str(col)!r} holds text ({example!r}); its separator "
+                "looks like ';' but the table was read with ',': write it with commas (or read it "
+                "with pandas.read_csv(sep=';') and pass the DataFrame to calibrate())"
+            )
+        shown = ", ".join(repr(str(c)) for c in text[:5]) + (f" and {len(text) - 5} more" if len(text) > 5 else "")
+        raise ValueError(
+            f"--matrix {path!r}: column {shown} holds text (e.g. {example!r}); every column after "
+            "the household label must be a numeric target: drop or encode the text columns"
+        )
+    return frame
+
+
+def _numeric(dt: Any) -> bool:
+    return isinstance(dt, np.dtype) and (np.issubdtype(dt, np.number) or dt == np.bool_) or (
+        not isinstance(dt, np.dtype) and getattr(dt, "kind", "") in ("i", "u", "f", "b")
+    )
+
+
+def _first_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.readline().rstrip("\n")[:80]
+    except OSError:  # pragma: no cover - parquet or unreadable
+        return ""
 
 
 def load_targets(path: str) -> Any:
@@ -93,7 +159,13 @@ def load_targets(path: str) -> Any:
     if "name" in cols and "value" in cols:
         name_col = frame.columns[cols.index("name")]
         value_col = frame.columns[cols.index("value")]
-        return pd.Series(frame[value_col].to_numpy(), index=frame[name_col].astype(str).to_numpy())
+        names = frame[name_col].astype(str)
+        dup = sorted(set(names[names.duplicated()]))
+        if dup:
+            raise ValueError(
+                f"--targets {path!r} names target(s) {dup[:5]} more than once; give each target one row"
+            )
+        return pd.Series(frame[value_col].to_numpy(), index=names.to_numpy())
     if frame.shape[1] == 1:
         return frame.iloc[:, 0].to_numpy()
     raise ValueError(
@@ -120,12 +192,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="calibrate weights from a matrix file and a targets file")
+    run = sub.add_parser(
+        "run",
+        help="calibrate weights from a matrix file and a targets file",
+        description="Calibrate household weights from a matrix file and a targets file, and write them.",
+        epilog="Target names must match the matrix's columns (a name that matches nothing is an "
+        "error). Exit status: 0 when every target is reached within --tolerance; 2 for bad input "
+        "(nothing is fitted); 3 when the weights were written but some targets are missed or "
+        "cannot be reached by non-negative weights (e.g. a negative target on a non-negative "
+        "column), unless --allow-miss. Without --design-weights, the fit starts from one common "
+        "weight per household derived from the data; when the targets are population totals "
+        "and the file is a sample, pass the sample's design weights with --design-weights.",
+    )
     run.add_argument("--matrix", required=True, help=".npz (targets x households), .parquet/.csv (households x targets)")
     run.add_argument("--targets", required=True, help=".csv/.parquet (name,value) or .npy/.txt in row order")
     run.add_argument("--count", type=_count, default=None, help="households to keep: a count, or a fraction < 1")
-    run.add_argument("--out", required=True, help="weights file to write (.csv or .parquet)")
-    run.add_argument("--report", default=None, help="also write the per-target report (.csv)")
+    run.add_argument(
+        "--out", required=True, help="weights file to write (.csv or .parquet; checked before the fit)"
+    )
+    run.add_argument(
+        "--report",
+        default=None,
+        help="also write the per-target report (.csv or .parquet): target, estimate, errors, "
+        "infeasible, missed",
+    )
     run.add_argument("--design-weights", default=None, help="initial weights (.npy or one-column .csv)")
     run.add_argument("--epochs", type=int, default=1000)
     run.add_argument("--lr", type=float, default=0.05)
@@ -135,6 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu")
     run.add_argument("--float64", action="store_true", help="compute in float64")
     run.add_argument("--nproc", type=int, default=1, help="processes for a column-sharded fit (torchrun)")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        help="with --nproc: seconds a process waits for the others in a collective before it stops "
+        "with an error naming the rank it lost (default 1800)",
+    )
+    run.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="largest relative error at which a target counts as reached (default 0.05 = 5%%)",
+    )
+    run.add_argument(
+        "--allow-miss",
+        action="store_true",
+        help="exit with status 0 even when targets are missed by more than --tolerance or are "
+        "infeasible (the default is status 3, after writing the weights)",
+    )
 
     demo = sub.add_parser("demo", help="calibrate real CPS microdata (needs: pip install 'l0-calibrate[demo]')")
     demo.add_argument("--count", type=int, default=2000, help="respondents to keep (of 28,155)")
@@ -143,77 +252,210 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_table(frame: Any, path: str) -> None:
-    if path.lower().endswith(".parquet"):
-        frame.to_parquet(path)
-    else:
-        frame.to_csv(path)
+OUTPUT_SUFFIXES = (".csv", ".parquet")
 
 
-def _run(args: argparse.Namespace) -> int:
+def check_output_path(path: str, argument: str = "--out") -> str:
+    """Check an output file before any work: a supported suffix, a folder that exists, pyarrow for parquet.
+
+    Examples
+    --------
+    >>> check_output_path("weights.xlsx")
+    Traceback (most recent call last):
+    ...
+    ValueError: --out 'weights.xlsx' has the suffix '.xlsx'; supported: .csv, .parquet
+    """
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(
+            f"{argument} {path!r} has the suffix {suffix or '(none)'!r}; supported: "
+            + ", ".join(OUTPUT_SUFFIXES)
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{argument} {path!r}: the folder {folder!r} does not exist; create it first")
+    if suffix == ".parquet":
+        import importlib.util
+
+        if importlib.util.find_spec("pyarrow") is None:
+            raise ImportError(
+                f"{argument} {path!r} is a parquet file, which needs pyarrow: pip install pyarrow "
+                "(or l0-calibrate[parquet]), or write .csv"
+            )
+    return path
+
+
+def _write_table(frame: Any, path: str, *, index: bool = True) -> None:
+    """Write a table atomically: a temporary file in the same folder, fsync, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        if path.lower().endswith(".parquet"):
+            frame.to_parquet(tmp, index=index)
+        else:
+            frame.to_csv(tmp, index=index)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _table_sample(path: str) -> Any:
+    """The first rows of a households x targets table file (None for .npz/.npy), checked."""
+    lower = path.lower()
+    if lower.endswith(".csv"):
+        import pandas as pd
+
+        _check_csv_header(path)
+        return check_table(pd.read_csv(path, index_col=0, nrows=50), path)
+    if lower.endswith((".parquet", ".pq")):
+        from .distributed_io import load_parquet_rows, matrix_shape
+
+        n = matrix_shape(path)[1]
+        return check_table(load_parquet_rows(path, 0, min(n, 50)), path)
+    return None
+
+
+def _distributed_report(args: argparse.Namespace, targets: Any, design: Any) -> tuple[Any, Any]:
+    """Run ``--nproc N`` processes; returns (weights Series, report DataFrame)."""
     import pandas as pd
     import torch
 
-    from .frontend import calibrate
+    from .distributed_io import matrix_shape
+    from .distributed_launch import run_distributed
+    from .frontend import _report
+    from .inputs import as_vector, prepare_problem
 
+    # the checks calibrate() makes, before any process starts: names, text columns, lengths
+    sample = _table_sample(args.matrix)
+    n_targets = matrix_shape(args.matrix)[0]
+    if sample is not None:
+        problem = prepare_problem(
+            sample, targets, n_features=None, dtype=torch.float64, device="cpu",
+            matrix_argument=f"--matrix {args.matrix!r}", targets_argument="--targets",
+        )
+        names, values = problem.names, problem.targets
+    else:
+        values = as_vector(targets, "targets", n_targets, what="one per row of --matrix, its targets")
+        names = [str(i) for i in targets.index] if isinstance(targets, pd.Series) else [
+            f"target_{i}" for i in range(n_targets)
+        ]
+    res = run_distributed(
+        args.matrix,
+        targets,
+        nproc=args.nproc,
+        model_options={
+            "seed": args.seed,
+            "dtype": torch.float64 if args.float64 else torch.float32,
+            "init_weights": None if design is None else np.asarray(design, dtype=np.float64),
+        },
+        fit_options={
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "loss_type": args.loss,
+            "target_count": args.count,
+            "lambda_l0": 0.0 if args.count is not None else 0.01,
+            # as calibrate(): exact re-calibration of the kept households, raking distance
+            "polish": args.count is not None and not args.no_polish,
+            "distance": "raking",
+        },
+        collective_timeout=args.timeout,
+    )
+    weights = pd.Series(res.weights, index=res.household_index, name="weight")
+    report = _report(np.asarray(res.estimates, dtype=np.float64), values, names, None)
+    report["infeasible"] = report["name"].isin(set(res.infeasible_targets)).to_numpy()
+    return weights, report
+
+
+def _run(args: argparse.Namespace) -> int:
+    import warnings
+
+    import torch
+    from l0_core.checks import check_float, check_int
+
+    from .frontend import TargetMissWarning, calibrate, mark_misses
+    from .losses import get_loss
+
+    # everything that can be refused is refused before the fit
+    check_output_path(args.out)
+    if args.report:
+        check_output_path(args.report, "--report")
+    get_loss(args.loss, "--loss")
+    check_float(args.tolerance, "--tolerance", min_val=0.0)
+    check_float(args.timeout, "--timeout", min_val=0.0, include_boundaries="neither")
+    check_int(args.nproc, "--nproc", min_val=1)
     targets = load_targets(args.targets)
     design = None
     if args.design_weights:
         design = load_targets(args.design_weights)
     if args.nproc > 1:
-        from .distributed_launch import run_distributed
-
-        res = run_distributed(
-            args.matrix,
-            targets,
-            nproc=args.nproc,
-            model_options={
-                "seed": args.seed,
-                "dtype": torch.float64 if args.float64 else torch.float32,
-                "init_weights": None if design is None else np.asarray(design, dtype=np.float64),
-            },
-            fit_options={
-                "epochs": args.epochs,
-                "lr": args.lr,
-                "loss_type": args.loss,
-                "target_count": args.count,
-                "lambda_l0": 0.0 if args.count is not None else 0.01,
-                # as calibrate(): exact re-calibration of the kept households, raking distance
-                "polish": args.count is not None and not args.no_polish,
-                "distance": "raking",
-            },
-        )
-        weights = pd.Series(res.weights, index=res.household_index, name="weight")
-        weights.index.name = weights.index.name or "household"
-        _write_table(weights.to_frame(), args.out)
-        print(f"wrote {len(weights):,} weights ({res.n_active:,} non-zero) to {args.out}")
-        return 0
-    matrix = load_matrix(args.matrix)
-    result = calibrate(
-        matrix,
-        targets,
-        target_count=args.count,
-        design_weights=design,
-        loss=args.loss,
-        epochs=args.epochs,
-        lr=args.lr,
-        polish=False if args.no_polish else None,
-        seed=args.seed,
-        device=args.device,
-        dtype=torch.float64 if args.float64 else torch.float32,
-        verbose=args.verbose,
-    )
-    weights = result.weights.copy()
+        weights, report = _distributed_report(args, targets, design)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TargetMissWarning)  # the CLI prints its own summary
+            mark_misses(report, args.tolerance)
+        n_active = int((weights.to_numpy() > 0).sum())
+    else:
+        matrix = load_matrix(args.matrix)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TargetMissWarning)
+            result = calibrate(
+                matrix,
+                targets,
+                target_count=args.count,
+                design_weights=design,
+                loss=args.loss,
+                epochs=args.epochs,
+                lr=args.lr,
+                polish=False if args.no_polish else None,
+                seed=args.seed,
+                device=args.device,
+                dtype=torch.float64 if args.float64 else torch.float32,
+                verbose=args.verbose,
+                tolerance=args.tolerance,
+            )
+        weights, report = result.weights.copy(), result.report
+        n_active = result.n_active
     weights.index.name = weights.index.name or "household"
     _write_table(weights.to_frame(), args.out)
     if args.report:
-        result.report.to_csv(args.report, index=False)
-    s = result.summary()
+        _write_table(report, args.report, index=False)
+    feasible = ~report["infeasible"].to_numpy(dtype=bool)
+    err = report["abs_rel_error"].to_numpy(dtype=np.float64)[feasible]
+    mean_err = float(np.mean(err)) if err.size else 0.0
+    max_err = float(np.max(err)) if err.size else 0.0
+    n_infeasible = int((~feasible).sum())
     print(
-        f"wrote {len(weights):,} weights ({int(s['n_active']):,} non-zero) to {args.out}; "
-        f"mean |rel. error| {100 * s['mean_abs_rel_error']:.4f} %, max {100 * s['max_abs_rel_error']:.4f} %"
-        + (f", {int(s['n_infeasible'])} infeasible target(s)" if s["n_infeasible"] else "")
+        f"wrote {len(weights):,} weights ({n_active:,} non-zero) to {args.out}; "
+        f"mean |rel. error| {100 * mean_err:.4f} %, max {100 * max_err:.4f} %"
+        + (f", {n_infeasible} infeasible target(s)" if n_infeasible else "")
     )
+    missed = report.loc[report["missed"].to_numpy(dtype=bool), "name"].astype(str).tolist()
+    infeasible = report.loc[~feasible, "name"].astype(str).tolist()
+    if missed or infeasible:
+        lines = []
+        if missed:
+            lines.append(
+                f"{len(missed)} target(s) missed by more than {100 * args.tolerance:.3g} %: "
+                + ", ".join(missed[:10]) + (f" and {len(missed) - 10} more" if len(missed) > 10 else "")
+            )
+        if infeasible:
+            lines.append(
+                f"{len(infeasible)} target(s) cannot be reached by non-negative weights: "
+                + ", ".join(infeasible[:10])
+                + (f" and {len(infeasible) - 10} more" if len(infeasible) > 10 else "")
+            )
+        if args.allow_miss:
+            print("l0-calibrate: warning: " + "; ".join(lines) + " (accepted: --allow-miss)")
+            return 0
+        print(
+            "l0-calibrate: error: " + "; ".join(lines) + ". The weights were written, but they do "
+            "not reach the targets; see --report for each target, try --design-weights on the "
+            "targets' scale, a larger --count or more --epochs, or pass --allow-miss to accept "
+            "them (exit status 3)"
+        )
+        return 3
     return 0
 
 
@@ -237,9 +479,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(text)
             return 0
         return _run(args)
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
+    except (FileNotFoundError, ValueError, TypeError, ImportError, KeyError) as exc:
         print(f"l0-calibrate: error: {exc}", file=sys.stdout)
         return 2
+    except RuntimeError as exc:  # a distributed fit that failed or lost a process
+        print(f"l0-calibrate: error: {exc}", file=sys.stdout)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

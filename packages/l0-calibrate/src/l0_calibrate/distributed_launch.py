@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from l0_core.checks import check_float
 
 from .inputs import check_positive_int
 
@@ -133,6 +134,7 @@ def run_distributed(
     fit_options: Mapping[str, Any] | None = None,
     backend: str | None = None,
     timeout: float | None = None,
+    collective_timeout: float | None = None,
 ) -> DistributedResult:
     """Calibrate on ``nproc`` local processes, each reading only its columns of ``matrix``.
 
@@ -155,6 +157,11 @@ def run_distributed(
         Default: NCCL when GPUs are visible, else gloo.
     timeout : float, optional
         Seconds before the run is abandoned.
+    collective_timeout : float, optional
+        Seconds a worker waits for the others in a collective (the process
+        group's timeout, default 1800): a frozen or lost worker then ends
+        its peers with an error naming its rank (``l0-calibrate run
+        --timeout``).
 
     Returns
     -------
@@ -172,6 +179,8 @@ def run_distributed(
         result.weights, result.n_active
     """
     nproc = check_positive_int(nproc, "nproc")
+    if collective_timeout is not None:
+        check_float(collective_timeout, "collective_timeout", min_val=0.0, include_boundaries="neither")
     matrix = os.path.abspath(os.fspath(matrix))
     from .distributed_io import matrix_shape
 
@@ -184,6 +193,7 @@ def run_distributed(
             model_options=model_options,
             fit_options=fit_options,
             backend=backend,
+            collective_timeout=collective_timeout,
         )
         code = torchrun(["-m", "l0_calibrate.distributed_worker", job], nproc, timeout=timeout)
         out = os.path.join(work, _RESULT)
@@ -203,6 +213,7 @@ def write_job(
     model_options: Mapping[str, Any] | None = None,
     fit_options: Mapping[str, Any] | None = None,
     backend: str | None = None,
+    collective_timeout: float | None = None,
 ) -> str:
     """Write the job file that :func:`run_job` runs; the result goes beside it.
 
@@ -228,6 +239,7 @@ def write_job(
         "model": model_options,
         "fit": dict(fit_options or {}),
         "backend": backend,
+        "collective_timeout": collective_timeout,
         "out": os.path.dirname(path),
     }
     with open(path, "wb") as f:
@@ -261,7 +273,8 @@ def run_job(job_path: str | os.PathLike) -> DistributedResult | None:
     with open(job_path, "rb") as f:
         job = pickle.load(f)
     owned = not group_initialized()
-    ctx = init_distributed(job.get("backend"))
+    pg_timeout = job.get("collective_timeout")
+    ctx = init_distributed(job.get("backend"), timeout_s=1800.0 if pg_timeout is None else pg_timeout)
     try:
         n_households = matrix_shape(job["matrix"])[1]
         model = ShardedCalibrationWeights(n_households, device=ctx.device, **job["model"])

@@ -50,7 +50,7 @@ SMALL_PROBLEM = 2_000_000
 
 
 class InfeasibleTargetWarning(UserWarning):
-    """A target has a non-zero value but no household contributes to it."""
+    """A target that non-negative weights cannot reach (no household contributes, or none with its sign)."""
 
 
 @dataclass
@@ -695,8 +695,8 @@ def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> S
         names_txt = ", ".join(problem.infeasible_names[:10])
         more = problem.infeasible.sum() - 10
         warnings.warn(
-            f"{int(problem.infeasible.sum())} target(s) have a non-zero value but no household "
-            f"contributes to them, so no weights can reach them: {names_txt}"
+            f"{int(problem.infeasible.sum())} target(s) cannot be reached by non-negative weights "
+            f"(no household contributes to them, or none with the target's sign): {names_txt}"
             + (f" and {more} more" if more > 0 else "")
             + ". They are left out of the loss and reported as infeasible; the rest are calibrated.",
             InfeasibleTargetWarning,

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from l0_core.checks import check_device, check_float
 
 from .inputs import (
@@ -660,8 +659,9 @@ def _calibrate_select(estimate_matrix: Any, targets: Any, **kw: Any) -> Calibrat
     )
     if problem.infeasible.any():
         warnings.warn(
-            f"{int(problem.infeasible.sum())} target(s) have a non-zero value but no household contributes "
-            f"to them: {', '.join(problem.infeasible_names[:10])}. They are left out and reported as infeasible.",
+            f"{int(problem.infeasible.sum())} target(s) cannot be reached by non-negative weights (no household "
+            f"contributes to them, or none with the target's sign): {', '.join(problem.infeasible_names[:10])}. "
+            "They are left out and reported as infeasible.",
             InfeasibleTargetWarning,
             stacklevel=3,
         )

@@ -495,20 +495,23 @@ def prepare_problem(
             )
     if _is_series(y) and names is not None:
         missing = [n for n in names if n not in set(index)]
-        if missing:
-            raise ValueError(
-                f"{targets_argument} has no value for target(s) {missing[:5]}"
-                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                + f" (columns of {matrix_argument}); add them, or drop those columns"
-            )
         unknown = sorted(set(index) - set(names))
-        if unknown:
+        if missing or unknown:
+            parts = []
+            if unknown:
+                parts.append(
+                    f"names {len(unknown)} target(s) that match no column of {matrix_argument}: "
+                    f"{unknown[:5]}" + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                )
+            if missing:
+                parts.append(
+                    f"has no value for target(s) {missing[:5]}"
+                    + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                    + f" (columns of {matrix_argument})"
+                )
             raise ValueError(
-                f"{targets_argument} names {len(unknown)} target(s) that match no column of "
-                f"{matrix_argument}: {unknown[:5]}"
-                + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-                + f"; add those columns to {matrix_argument} or drop the targets (columns: "
-                f"{names[:10]}{' ...' if len(names) > 10 else ''})"
+                f"{targets_argument} " + " and ".join(parts) + "; every target needs exactly one "
+                "column and every column one target: add the missing ones or drop the extra ones"
             )
         lookup = dict(zip(index, y.to_numpy(), strict=False))
         y = [lookup[name] for name in names]
