@@ -201,6 +201,14 @@ class ShardCheckpoint:
     every : int, optional
         Save at logging steps whose epoch is a multiple of ``every``
         (default: every logging step).
+    keep : int, optional
+        With ``{epoch}`` in ``path``: keep only each rank's newest ``keep``
+        files (default: all).
+
+    Files are written atomically (a temporary file in the same folder,
+    fsync, rename), so a rank killed mid-write leaves its previous file
+    intact; the template and its folder are checked at construction.
+    :meth:`latest` finds a rank's newest valid file.
 
     Examples
     --------
@@ -210,29 +218,70 @@ class ShardCheckpoint:
     100
     """
 
-    def __init__(self, path: str | os.PathLike, every: int | None = None) -> None:
-        if every is not None and (
-            isinstance(every, bool) or not isinstance(every, int) or every < 1
-        ):
-            raise ValueError(f"every must be a positive integer, got {every!r}")
+    def __init__(
+        self, path: str | os.PathLike, every: int | None = None, *, keep: int | None = None
+    ) -> None:
+        from l0_core.checks import check_int
+
+        from .callbacks import _check_template
+        from .distributed_reducer import group_initialized
+
+        if every is not None:
+            check_int(every, "every", min_val=1, hint="pass e.g. every=100 (epochs)")
+        if keep is not None:
+            check_int(keep, "keep", min_val=1, hint="pass e.g. keep=3, or None to keep every file")
         self.path = os.fspath(path)
+        _check_template(self.path, {"epoch": 0, "rank": 0}, "ShardCheckpoint")
+        if "{rank" not in self.path and group_initialized():
+            import torch.distributed as dist
+
+            if dist.get_world_size() > 1:
+                raise ValueError(_no_rank_field(self.path))
+        if keep is not None and "{epoch" not in self.path:
+            raise ValueError(
+                f"keep={keep} needs one file per save: put '{{epoch}}' in the path (e.g. "
+                f"'rank{{rank}}-{{epoch}}.pt'); {self.path!r} is overwritten at every save"
+            )
         self.every = every
+        self.keep = keep
         self.saved: list[str] = []
 
     def __call__(self, event: dict) -> None:
+        from .callbacks import _remember, atomic_save
+
         epoch = int(event["epoch"])
         if self.every is not None and epoch % self.every:
             return None
         model = event["model"]
         shard = getattr(model, "shard", None)
         rank = shard.rank if shard is not None else 0
-        if shard is not None and shard.world_size > 1 and "{rank}" not in self.path:
-            raise ValueError(
-                f"ShardCheckpoint path {self.path!r} has no '{{rank}}' field, so the ranks would "
-                "overwrite each other's files; add one, e.g. 'ckpt-rank{rank}.pt'"
-            )
+        if shard is not None and shard.world_size > 1 and "{rank" not in self.path:
+            raise ValueError(_no_rank_field(self.path))
         path = self.path.format(epoch=epoch, rank=rank)
-        torch.save(model.state_dict(), path)
-        self.saved.append(path)
+        atomic_save(model.state_dict(), path)
+        _remember(self.saved, path, self.keep)
         logger.debug("rank %d checkpoint written to %s at epoch %d", rank, path, epoch)
         return None
+
+    @staticmethod
+    def latest(where: str | os.PathLike, rank: int = 0) -> str:
+        """Path of rank ``rank``'s newest valid checkpoint of a template (or in a folder).
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> ShardCheckpoint.latest(os.path.join(tempfile.mkdtemp(), "r{rank}-{epoch}.pt"), rank=1)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: no valid checkpoint in '...r{rank}-{epoch}.pt'
+        """
+        from .callbacks import latest_checkpoint
+
+        return latest_checkpoint(where, rank=rank)
+
+
+def _no_rank_field(path: str) -> str:
+    return (
+        f"ShardCheckpoint path {path!r} has no '{{rank}}' field, so the ranks would "
+        "overwrite each other's files; add one, e.g. 'ckpt-rank{rank}.pt'"
+    )

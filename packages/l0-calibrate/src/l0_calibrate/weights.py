@@ -75,6 +75,21 @@ def _per_household(value: Any, n: int, argument: str, device: torch.device, dtyp
     return out
 
 
+def _refuse_non_finite(state_dict: Mapping[str, Any], prefix: str) -> None:
+    """A NaN or infinite parameter in a state_dict is refused by key, before anything is loaded."""
+    for name in ("log_weight", "log_alpha"):
+        value = state_dict.get(prefix + name)
+        if isinstance(value, Tensor) and value.is_floating_point():
+            bad = ~torch.isfinite(value)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"state_dict[{prefix + name!r}] holds {int(bad.sum())} NaN or infinite value(s) "
+                    f"(first at index {int(bad.reshape(-1).nonzero()[0, 0])}); it comes from a "
+                    "diverged fit or a corrupted file: load an earlier checkpoint "
+                    "(l0_calibrate.Checkpoint.latest)"
+                )
+
+
 class SparseCalibrationWeights(nn.Module):
     """Non-negative calibration weights with Hard Concrete (L0) gates.
 
@@ -682,6 +697,7 @@ class SparseCalibrationWeights(nn.Module):
     ) -> None:
         key = prefix + "_extra_state"
         had_extra = key in state_dict
+        _refuse_non_finite(state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
