@@ -38,7 +38,7 @@ from .losses import get_loss
 if TYPE_CHECKING:
     from .weights import SparseCalibrationWeights
 
-__all__ = ["FitOptions", "InfeasibleTargetWarning", "run_fit"]
+__all__ = ["FitDivergedError", "FitOptions", "InfeasibleTargetWarning", "run_fit"]
 
 logger = logging.getLogger("l0_calibrate")
 
@@ -51,6 +51,39 @@ SMALL_PROBLEM = 2_000_000
 
 class InfeasibleTargetWarning(UserWarning):
     """A target that non-negative weights cannot reach (no household contributes, or none with its sign)."""
+
+
+class FitDivergedError(FloatingPointError):
+    """The loss, the weights or the controller became NaN or infinite during a fit.
+
+    The model is restored to its last finite state (see ``epoch``) before
+    this is raised, so it can be saved, inspected or fitted again with
+    other settings.
+
+    Attributes
+    ----------
+    epoch : int
+        Epochs trained in the restored state.
+    """
+
+    def __init__(self, message: str, epoch: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
+
+def max_selection_beta(gamma: float, zeta: float, bound: float) -> float:
+    """Largest temperature at which the exact selection can fully open and fully close a gate.
+
+    A gate is exactly 0 when ``log_alpha <= beta * log(-gamma / zeta)`` and
+    exactly 1 when ``log_alpha >= beta * log((1 - gamma) / (zeta - 1))``;
+    with ``|log_alpha| <= bound`` both need ``beta`` below this value.
+
+    Examples
+    --------
+    >>> round(max_selection_beta(-0.1, 1.1, 20.0), 3)
+    8.34
+    """
+    return bound / max(math.log(zeta / -gamma), math.log((1 - gamma) / (zeta - 1)))
 
 
 @dataclass
@@ -216,6 +249,16 @@ def _validate(
         target_count = TargetSparsityController.resolve_target(
             opts.target_count, red.n_total, argument="target_count"
         )
+        limit = max_selection_beta(model.gamma, model.zeta, model.LOG_ALPHA_BOUND)
+        for name, value in (("beta", model.beta), ("final_beta", opts.final_beta)):
+            if value is not None and value >= limit:
+                raise ValueError(
+                    f"{name}={value:g} is too hot for target_count: with gamma={model.gamma:g}, "
+                    f"zeta={model.zeta:g} and log_alpha bounded by {model.LOG_ALPHA_BOUND:g}, a gate "
+                    f"can only be closed exactly at a temperature below {limit:.4g}, so the fit could "
+                    f"not keep exactly {target_count} households; pass {name} < {limit:.4g} (e.g. "
+                    "the default 2/3)"
+                )
     refit = opts.refit_epochs
     if refit is None:
         refit = DEFAULT_REFIT_EPOCHS if target_count is not None else 0
@@ -288,6 +331,7 @@ class _Fit:
         self.log_freq = opts.log_freq or args["verbose_freq"]
         self.started = time.perf_counter()
         self.stop = False
+        self.snapshot: dict[str, Any] | None = None
 
     # -- setup of the persistent state (optimiser, jitter, schedule, controller)
     def prepare(self) -> None:
@@ -387,7 +431,21 @@ class _Fit:
             return sched["initial"]
         if progress >= 1.0:
             return sched["final"]
-        return float(fn(progress, sched["initial"], sched["final"]))
+        value = fn(progress, sched["initial"], sched["final"])
+        try:
+            beta = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"beta_schedule returned {value!r} (a {type(value).__name__}) at epoch {epoch}; it "
+                "must return the temperature as a positive finite number"
+            ) from None
+        if not (math.isfinite(beta) and beta > 0):
+            raise ValueError(
+                f"beta_schedule returned {beta!r} at epoch {epoch} (progress {progress:.4g}, from "
+                f"{sched['initial']:g} to {sched['final']:g}); the temperature must be a positive "
+                "finite number: fix the schedule function"
+            )
+        return beta
 
     # -- one training epoch
     def train_epoch(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -446,11 +504,81 @@ class _Fit:
         scale = float(total.item()) / self.red.n_total
         return scale if scale > 0 and math.isfinite(scale) else 1.0
 
+    # -- divergence: a finite state is kept at every logging step and restored when one is not
+    @torch.no_grad()
+    def take_snapshot(self) -> None:
+        """Keep the current (finite) parameters, epoch, controller and history length."""
+        m = self.model
+        ctl = m._controller
+        self.snapshot = {
+            "epoch": m._epoch,
+            "log_weight": m.log_weight.detach().clone(),
+            "log_alpha": m.log_alpha.detach().clone(),
+            "beta": m.beta,
+            "history": len(m.history_),
+            "controller": None if ctl is None else (ctl.lambda1.clone(), ctl.lambda2.clone()),
+        }
+
+    @torch.no_grad()
+    def _problems(self, parts: tuple[Tensor, ...] | None) -> list[str]:
+        """What is not finite now (empty when everything is)."""
+        m = self.model
+        out = []
+        if parts is not None and not bool(torch.isfinite(parts[0]).all()):
+            out.append(f"the data loss ({float(parts[0]):g})")
+        for name in ("log_weight", "log_alpha"):
+            value = getattr(m, name)
+            bad = ~torch.isfinite(value)
+            if bool(bad.any()):
+                out.append(f"{int(bad.sum())} of {value.numel()} {name} values (NaN or infinite)")
+        ctl = m._controller
+        if ctl is not None and not (
+            bool(torch.isfinite(ctl.lambda1).all()) and bool(torch.isfinite(ctl.lambda2).all())
+        ):
+            out.append("the sparsity controller's multipliers (NaN or infinite)")
+        return out
+
+    @torch.no_grad()
+    def check_finite(self, parts: tuple[Tensor, ...] | None, epoch: int) -> None:
+        """Raise :class:`FitDivergedError` (after restoring the last finite state) when needed."""
+        problems = self._problems(parts)
+        if not self.red.any(bool(problems)):
+            self.take_snapshot()
+            return
+        m, snap = self.model, self.snapshot
+        if snap is not None:
+            m.log_weight.copy_(snap["log_weight"])
+            m.log_alpha.copy_(snap["log_alpha"])
+            m._epoch = snap["epoch"]
+            m.beta = snap["beta"]
+            del m.history_[snap["history"] :]
+            ctl = m._controller
+            if ctl is not None and snap["controller"] is not None:
+                ctl.lambda1.copy_(snap["controller"][0])
+                ctl.lambda2.copy_(snap["controller"][1])
+        m._optimizer = None  # Adam's moments are not finite either: the next fit starts afresh
+        m._pending_optimizer_state = None
+        good = snap["epoch"] if snap is not None else m._epoch
+        what = ", ".join(problems) if problems else "another rank's state (NaN or infinite)"
+        hint = (
+            "a smaller lr"
+            + (", loss_type='relative'" if self.args["loss_type"] == "mse" else "")
+            + (", dtype=torch.float64" if m.log_weight.dtype != torch.float64 else "")
+        )
+        scale = float(abs(self.problem.targets).max()) if self.problem.targets.size else 0.0
+        raise FitDivergedError(
+            f"the fit diverged at epoch {epoch}: {what}; targets up to {scale:.3g} in "
+            f"{m.log_weight.dtype}. The model was restored to its last finite state (epoch "
+            f"{good}). Try {hint}",
+            good,
+        )
+
     # -- logging step
     @torch.no_grad()
     def log_step(self, parts: tuple[Tensor, ...] | None, phase: str, epoch: int, bar: Any) -> None:
         m = self.model
         red = self.red
+        self.check_finite(parts, epoch)
         w = m._deterministic_weights()
         estimate = red.all_reduce_sum(self.op.matvec(w))
         err = rel_errors(estimate, self.y)[self.feasible]
@@ -710,6 +838,7 @@ def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> S
     if threads is not None:
         torch.set_num_threads(threads)
     fit.prepare()
+    fit.take_snapshot()
     epochs = args["epochs"]
     handler = _verbose_handler(args["verbose"])
     bar = _progress_bar(epochs + refit_epochs, opts, args["verbose"])
