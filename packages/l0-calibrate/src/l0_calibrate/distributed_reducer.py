@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "RankLostError",
     "ColumnShard",
     "LocalReducer",
     "ProcessGroupReducer",
@@ -127,6 +128,47 @@ def _rank_and_size(group: Any = None) -> tuple[int, int]:
         return 0, 1
     dist = _dist()
     return dist.get_rank(group), dist.get_world_size(group)
+
+
+class RankLostError(RuntimeError):
+    """A rank of a sharded fit stopped answering (frozen, killed or disconnected).
+
+    Raised on the surviving ranks when a collective fails or times out
+    (the process group's timeout: ``init_distributed(timeout_s=...)``,
+    ``l0-calibrate run --timeout``).
+
+    Attributes
+    ----------
+    lost_ranks : list of int
+        The ranks that did not answer (best knowledge of this rank).
+    checkpoint : str or None
+        This rank's newest checkpoint, to resume from.
+    """
+
+    def __init__(self, message: str, lost_ranks: list[int], checkpoint: str | None) -> None:
+        super().__init__(message)
+        self.lost_ranks = lost_ranks
+        self.checkpoint = checkpoint
+
+
+#: Words of the errors torch.distributed raises when a peer is gone or silent.
+_LOST_PEER_WORDS = ("timed out", "timeout", "connection", "closed", "reset by peer", "broken pipe")
+
+
+def is_lost_peer_error(exc: BaseException) -> bool:
+    """True for the errors a collective raises when a peer stops answering (timeout, closed socket).
+
+    Examples
+    --------
+    >>> is_lost_peer_error(RuntimeError("Timed out waiting 3000ms for recv operation to complete"))
+    True
+    >>> is_lost_peer_error(ValueError("timed out"))
+    False
+    """
+    if not isinstance(exc, RuntimeError) or isinstance(exc, RankLostError):
+        return False
+    text = str(exc).lower()
+    return any(word in text for word in _LOST_PEER_WORDS)
 
 
 def _raise_any_failure(failures: list[Any], what: str) -> None:
@@ -581,6 +623,37 @@ class ProcessGroupReducer(LocalReducer):
     def world_size(self) -> int:
         """Number of ranks."""
         return self.shard.world_size
+
+    def lost_ranks(self, wait_s: float = 2.0) -> list[int]:
+        """After a failed collective: the ranks that did not fail too (so are frozen or gone).
+
+        Every surviving rank marks itself in the process group's key-value
+        store; after up to ``wait_s`` seconds the ranks without a mark are
+        the lost ones. With two ranks the lost one is the other; when the
+        store cannot be reached, every other rank is named.
+        """
+        import time
+        from datetime import timedelta
+
+        me = self.shard.rank
+        others = [r for r in range(self.world_size) if r != me]
+        if len(others) <= 1:
+            return others
+        try:
+            store = _dist().distributed_c10d._get_default_store()
+            store.set_timeout(timedelta(seconds=max(wait_s, 0.1)))
+            prefix = "l0_calibrate/failed/"
+            store.set(f"{prefix}{me}", "1")
+            deadline = time.monotonic() + wait_s
+            while True:
+                seen = [r for r in others if store.check([f"{prefix}{r}"])]
+                if len(seen) == len(others) or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            lost = [r for r in others if r not in seen]
+            return lost or others
+        except Exception:  # noqa: BLE001 - the store may be gone with the lost rank
+            return others
 
     def _count(self, tensor: Tensor) -> None:
         self.bytes_reduced += tensor.numel() * tensor.element_size()

@@ -23,7 +23,7 @@ from l0_core import TargetSparsityController, get_schedule
 from torch import Tensor
 
 from .callbacks import Callback, dispatch_event
-from .distributed_reducer import LocalReducer
+from .distributed_reducer import LocalReducer, is_lost_peer_error
 from .engine import (
     HardConcreteWorkspace,
     WeightPenalty,
@@ -843,24 +843,11 @@ def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> S
     handler = _verbose_handler(args["verbose"])
     bar = _progress_bar(epochs + refit_epochs, opts, args["verbose"])
     try:
-        for i in range(epochs):
-            parts = fit.train_epoch()
-            if bar is not None:
-                bar.update(1)
-            done = i + 1
-            if done % fit.log_freq == 0 or done == epochs:
-                fit.log_step(parts, "train", model._epoch, bar)
-                if fit.stop:
-                    break
-        if target_count is not None:
-            fit.select_exactly(target_count)
-            fit.stop = False
-            if opts.polish:
-                fit.polish()
-            else:
-                fit.refit(refit_epochs, bar)
-        elif opts.polish:
-            fit.polish()
+        _train(fit, model, opts, epochs, refit_epochs, target_count, bar)
+    except RuntimeError as exc:
+        if red.sharded and is_lost_peer_error(exc):
+            raise _lost_rank_error(red, opts, exc) from exc
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -868,3 +855,67 @@ def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> S
         if threads is not None:
             torch.set_num_threads(threads_before)
     return model
+
+
+def _newest_checkpoint(callbacks: Sequence[Any] | None) -> str | None:
+    """The last file a Checkpoint/ShardCheckpoint callback of this fit wrote, if any."""
+    newest = None
+    for cb in callbacks or ():
+        saved = getattr(cb, "saved", None)
+        if isinstance(saved, list) and saved:
+            newest = saved[-1]
+    return newest
+
+
+def _lost_rank_error(red: Any, opts: FitOptions, exc: BaseException) -> Exception:
+    """The error a surviving rank raises when a peer stopped answering in a collective."""
+    from .distributed_reducer import RankLostError
+
+    lost = red.lost_ranks()
+    ckpt = _newest_checkpoint(opts.callbacks)
+    who = ", ".join(str(r) for r in lost)
+    resume = (
+        f"resume every rank from its newest checkpoint (this rank's: {ckpt!r}; "
+        "ShardCheckpoint.latest(path_template, rank=r) finds each rank's)"
+        if ckpt is not None
+        else "no checkpoint was written by this fit; pass callbacks=[ShardCheckpoint("
+        "'ckpt/rank{rank}-{epoch}.pt', every=...)] to be able to resume"
+    )
+    return RankLostError(
+        f"rank {red.shard.rank} lost rank(s) {who} of {red.world_size}: a collective failed "
+        f"({str(exc).splitlines()[0][:200]}). The rank is frozen, killed or cut off (the wait is "
+        f"bounded by the process-group timeout: init_distributed(timeout_s=...), l0-calibrate run "
+        f"--timeout). Stop the job and {resume}",
+        lost,
+        ckpt,
+    )
+
+
+def _train(
+    fit: _Fit,
+    model: SparseCalibrationWeights,
+    opts: FitOptions,
+    epochs: int,
+    refit_epochs: int,
+    target_count: int | None,
+    bar: Any,
+) -> None:
+    """The epochs, then the exact selection and the refit or polish."""
+    for i in range(epochs):
+        parts = fit.train_epoch()
+        if bar is not None:
+            bar.update(1)
+        done = i + 1
+        if done % fit.log_freq == 0 or done == epochs:
+            fit.log_step(parts, "train", model._epoch, bar)
+            if fit.stop:
+                break
+    if target_count is not None:
+        fit.select_exactly(target_count)
+        fit.stop = False
+        if opts.polish:
+            fit.polish()
+        else:
+            fit.refit(refit_epochs, bar)
+    elif opts.polish:
+        fit.polish()
