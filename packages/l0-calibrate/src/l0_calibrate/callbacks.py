@@ -295,13 +295,19 @@ def _template_regex(path: str) -> Any:
     return re.compile("".join(out) + "$")
 
 
+#: File endings :func:`latest_checkpoint` considers in a folder (a template matches any name).
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
 def _candidates(where: str, rank: int | None = None) -> list[str]:
     """Files of a folder or a template, newest first (by epoch when the template has one)."""
     if os.path.isdir(where):
         names = [
             os.path.join(where, n)
             for n in os.listdir(where)
-            if not n.startswith(".") and os.path.isfile(os.path.join(where, n))
+            if not n.startswith(".")
+            and n.lower().endswith(CHECKPOINT_SUFFIXES)
+            and os.path.isfile(os.path.join(where, n))
         ]
         return sorted(names, key=lambda p: (os.path.getmtime(p), p), reverse=True)
     folder = os.path.dirname(os.path.abspath(where))
@@ -329,8 +335,8 @@ def latest_checkpoint(
 ) -> str:
     """Path of the newest checkpoint under ``where`` that loads and validates.
 
-    ``where`` is a folder (its files, newest modification first) or a path
-    template with ``{epoch}`` (and ``{rank}``): the highest epoch first.
+    ``where`` is a folder (its ``.pt``, ``.pth`` and ``.ckpt`` files, newest
+    modification first) or a path template with ``{epoch}`` (and ``{rank}``): the highest epoch first.
     Truncated, corrupt or non-finite files are skipped with a warning.
 
     Examples
