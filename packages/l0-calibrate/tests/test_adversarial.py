@@ -521,6 +521,31 @@ def test_zero_households_and_list_matrices_are_refused_with_what_is_accepted():
         calibrate([[1.0, 2.0], [3.0, 4.0]], [1.0, 2.0], **QUICK)
 
 
+def _bad_sparse():
+    csr = sp.csr_matrix((np.ones(3), np.array([0, 1, 99]), np.array([0, 2, 3])), shape=(2, 5))
+    coo = sp.coo_matrix((np.ones(2), (np.array([0, 1]), np.array([0, 1]))), shape=(2, 5))
+    coo.col[1] = 9  # changed after construction, which scipy does not check again
+    t_coo = torch.sparse_coo_tensor(
+        torch.tensor([[0, 1], [0, 99]]), torch.ones(2), (2, 5), check_invariants=False
+    )
+    t_csr = torch.sparse_csr_tensor(
+        torch.tensor([0, 1, 2]),
+        torch.tensor([0, 99]),
+        torch.ones(2),
+        (2, 5),
+        check_invariants=False,
+    )
+    return [("csr", csr), ("coo", coo), ("torch coo", t_coo), ("torch csr", t_csr)]
+
+
+@pytest.mark.parametrize("kind, matrix", _bad_sparse(), ids=[k for k, _ in _bad_sparse()])
+def test_sparse_indices_outside_the_shape_raise_instead_of_crashing(kind, matrix):
+    with pytest.raises(
+        ValueError, match=r"^M \(a (scipy\.sparse |torch sparse_)\w+ .*(malformed|outside)"
+    ):
+        SparseCalibrationWeights(5, seed=0).fit(matrix, [1.0, 1.0], epochs=2)
+
+
 def test_a_text_column_in_a_dataframe_is_named():
     df = frame()
     df["state"] = pd.array(["x"] * len(df), dtype="string")
