@@ -178,13 +178,24 @@ def run_distributed(
         )
         result.weights, result.n_active
     """
+    import torch
+
     nproc = check_positive_int(nproc, "nproc")
     if collective_timeout is not None:
         check_float(collective_timeout, "collective_timeout", min_val=0.0, include_boundaries="neither")
     matrix = os.path.abspath(os.fspath(matrix))
-    from .distributed_io import matrix_shape
+    from .distributed_io import load_columns, matrix_shape
+    from .distributed_reducer import ColumnShard
+    from .inputs import prepare_problem
 
-    matrix_shape(matrix)  # the file exists, has a known format and a readable header
+    n_households = matrix_shape(matrix)[1]  # the file exists, has a known format and a readable header
+    # the workers' input checks on the first households, before any process starts: target
+    # names against a table's columns, text columns, the number of targets
+    head = load_columns(matrix, ColumnShard(n_households, 0, min(n_households, 20)))
+    prepare_problem(
+        head, targets, n_features=None, dtype=torch.float64, device="cpu",
+        matrix_argument=f"matrix {os.path.basename(matrix)!r}", targets_argument="targets",
+    )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="l0-calibrate-") as work:
         job = write_job(
             os.path.join(work, "job.pkl"),
