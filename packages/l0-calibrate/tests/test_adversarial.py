@@ -322,6 +322,18 @@ def test_cli_nproc_parquet_lacking_a_target_column_is_refused_before_launching(t
     assert time.perf_counter() - started < 10  # no torchrun was started
 
 
+def test_run_distributed_checks_target_names_before_starting_workers(tmp_path):
+    from l0_calibrate import run_distributed
+
+    frame().to_parquet(tmp_path / "M.parquet")
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"match no column of matrix 'M.parquet': \['zz'\]"):
+        run_distributed(
+            tmp_path / "M.parquet", pd.Series({"a": 1.0, "b": 1.0, "c": 1.0, "zz": 1.0}), nproc=2
+        )
+    assert time.perf_counter() - started < 10
+
+
 def test_cli_help_documents_the_new_flags():
     text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
     for flag in ("--allow-miss", "--timeout", "--tolerance", "Exit status"):
