@@ -215,6 +215,8 @@ def validate_state_dict(
             f"{source} holds {length} households but the model has n_features={n_features}"
         )
     extra = state.get(_EXTRA)
+    if isinstance(extra, torch.Tensor) and extra.dtype == torch.uint8 and extra.dim() == 1:
+        extra = _unpack(extra, source)  # the fit state serialised into a byte tensor
     if extra is not None:
         version = extra.get("format") if isinstance(extra, dict) else None
         if version != STATE_FORMAT:
@@ -223,6 +225,23 @@ def validate_state_dict(
                 f"format {STATE_FORMAT}"
             )
     return state
+
+
+def _unpack(raw: Any, source: str) -> Any:
+    """A fit state stored as the bytes of ``torch.save(dict)`` in a uint8 tensor."""
+    import io
+
+    import torch
+
+    try:
+        return torch.load(
+            io.BytesIO(raw.detach().cpu().numpy().tobytes()), weights_only=True, map_location="cpu"
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure means unreadable bytes
+        raise ValueError(
+            f"{source}: its fit state ('_extra_state') cannot be read ({type(exc).__name__}); the "
+            "file is corrupt: load an earlier checkpoint"
+        ) from None
 
 
 def load_checkpoint(
