@@ -88,7 +88,9 @@ class EarlyStopping:
     ) -> None:
         if threshold is None and patience is None:
             raise ValueError("EarlyStopping needs a threshold, a patience, or both")
-        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        if patience is not None and (
+            isinstance(patience, bool) or not isinstance(patience, int) or patience < 1
+        ):
             raise ValueError(f"patience must be a positive integer, got {patience!r}")
         self.monitor = monitor
         self.threshold = threshold
@@ -100,7 +102,9 @@ class EarlyStopping:
 
     def __call__(self, event: dict) -> bool:
         if self.monitor not in event:
-            raise KeyError(f"EarlyStopping monitors {self.monitor!r}, which the event lacks; keys: {sorted(event)}")
+            raise KeyError(
+                f"EarlyStopping monitors {self.monitor!r}, which the event lacks; keys: {sorted(event)}"
+            )
         value = float(event[self.monitor])
         stop = False
         if self.threshold is not None and value <= self.threshold:
@@ -189,14 +193,22 @@ def validate_state_dict(
     import torch
 
     if not isinstance(state, dict):
-        raise ValueError(f"{source} is not a state dict (got {type(state).__name__}); save model.state_dict()")
+        raise ValueError(
+            f"{source} is not a state dict (got {type(state).__name__}); save model.state_dict()"
+        )
     length = None
     for key in ("log_weight", "log_alpha"):
         if key not in state:
-            raise ValueError(f"{source} has no {key!r}; it is not a SparseCalibrationWeights checkpoint")
+            raise ValueError(
+                f"{source} has no {key!r}; it is not a SparseCalibrationWeights checkpoint"
+            )
         value = state[key]
         if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() != 1:
-            what = f"a {value.dim()}-D {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+            what = (
+                f"a {value.dim()}-D {value.dtype} tensor"
+                if isinstance(value, torch.Tensor)
+                else type(value).__name__
+            )
             raise ValueError(f"{source}: {key!r} must be a 1-D floating point tensor, got {what}")
         bad = ~torch.isfinite(value)
         if bool(bad.any()):
@@ -273,7 +285,14 @@ def load_checkpoint(
         raise FileNotFoundError(f"checkpoint file {p!r} does not exist")
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+    ) as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise ValueError(
             f"checkpoint file {p!r} is truncated or corrupt ({reason}); load an earlier checkpoint, "
@@ -379,7 +398,8 @@ def latest_checkpoint(
             continue
         return p
     raise FileNotFoundError(
-        f"no valid checkpoint in {where!r}" + (f" (skipped {len(skipped)} invalid file(s))" if skipped else "")
+        f"no valid checkpoint in {where!r}"
+        + (f" (skipped {len(skipped)} invalid file(s))" if skipped else "")
     )
 
 
@@ -414,7 +434,9 @@ class Checkpoint:
     (500, 3)
     """
 
-    def __init__(self, path: str | os.PathLike, every: int | None = None, *, keep: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, every: int | None = None, *, keep: int | None = None
+    ) -> None:
         from l0_core.checks import check_int
 
         if every is not None:

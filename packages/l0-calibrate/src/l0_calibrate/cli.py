@@ -11,6 +11,12 @@ in ``.parquet`` or ``.csv`` (first column: the household label). Target
 files: ``.csv`` / ``.parquet`` with columns ``name`` and ``value`` (aligned
 by name to a table's columns), or one column of values in matrix row order;
 ``.npy`` / ``.txt`` hold the values in row order.
+
+Exit status: 0 when every target is reached within ``--tolerance``; 2 for
+bad input, refused before the fit (unknown target names, text columns, an
+unsupported ``--out`` suffix, an unknown ``--loss``, ...); 3 when the
+weights were written but some targets are missed or infeasible (unless
+``--allow-miss``); 1 when a ``--nproc`` run failed or lost a process.
 """
 
 from __future__ import annotations
@@ -24,7 +30,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["build_parser", "check_output_path", "check_table", "load_matrix", "load_targets", "main"]
+__all__ = [
+    "build_parser",
+    "check_output_path",
+    "check_table",
+    "load_matrix",
+    "load_targets",
+    "main",
+]
 
 
 def load_matrix(path: str) -> Any:
@@ -108,7 +121,9 @@ def check_table(frame: Any, path: str) -> Any:
                 "looks like ';' but the table was read with ',': write it with commas (or read it "
                 "with pandas.read_csv(sep=';') and pass the DataFrame to calibrate())"
             )
-        shown = ", ".join(repr(str(c)) for c in text[:5]) + (f" and {len(text) - 5} more" if len(text) > 5 else "")
+        shown = ", ".join(repr(str(c)) for c in text[:5]) + (
+            f" and {len(text) - 5} more" if len(text) > 5 else ""
+        )
         raise ValueError(
             f"--matrix {path!r}: column {shown} holds text (e.g. {example!r}); every column after "
             "the household label must be a numeric target: drop or encode the text columns"
@@ -117,8 +132,10 @@ def check_table(frame: Any, path: str) -> Any:
 
 
 def _numeric(dt: Any) -> bool:
-    return isinstance(dt, np.dtype) and (np.issubdtype(dt, np.number) or dt == np.bool_) or (
-        not isinstance(dt, np.dtype) and getattr(dt, "kind", "") in ("i", "u", "f", "b")
+    return (
+        isinstance(dt, np.dtype)
+        and (np.issubdtype(dt, np.number) or dt == np.bool_)
+        or (not isinstance(dt, np.dtype) and getattr(dt, "kind", "") in ("i", "u", "f", "b"))
     )
 
 
@@ -204,11 +221,21 @@ def build_parser() -> argparse.ArgumentParser:
         "weight per household derived from the data; when the targets are population totals "
         "and the file is a sample, pass the sample's design weights with --design-weights.",
     )
-    run.add_argument("--matrix", required=True, help=".npz (targets x households), .parquet/.csv (households x targets)")
-    run.add_argument("--targets", required=True, help=".csv/.parquet (name,value) or .npy/.txt in row order")
-    run.add_argument("--count", type=_count, default=None, help="households to keep: a count, or a fraction < 1")
     run.add_argument(
-        "--out", required=True, help="weights file to write (.csv or .parquet; checked before the fit)"
+        "--matrix",
+        required=True,
+        help=".npz (targets x households), .parquet/.csv (households x targets)",
+    )
+    run.add_argument(
+        "--targets", required=True, help=".csv/.parquet (name,value) or .npy/.txt in row order"
+    )
+    run.add_argument(
+        "--count", type=_count, default=None, help="households to keep: a count, or a fraction < 1"
+    )
+    run.add_argument(
+        "--out",
+        required=True,
+        help="weights file to write (.csv or .parquet; checked before the fit)",
     )
     run.add_argument(
         "--report",
@@ -216,15 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the per-target report (.csv or .parquet): target, estimate, errors, "
         "infeasible, missed",
     )
-    run.add_argument("--design-weights", default=None, help="initial weights (.npy or one-column .csv)")
+    run.add_argument(
+        "--design-weights", default=None, help="initial weights (.npy or one-column .csv)"
+    )
     run.add_argument("--epochs", type=int, default=1000)
     run.add_argument("--lr", type=float, default=0.05)
-    run.add_argument("--loss", default="relative", help="loss name (relative, mse, capped_relative, ...)")
-    run.add_argument("--no-polish", action="store_true", help="skip the exact re-calibration of the kept households")
+    run.add_argument(
+        "--loss", default="relative", help="loss name (relative, mse, capped_relative, ...)"
+    )
+    run.add_argument(
+        "--no-polish",
+        action="store_true",
+        help="skip the exact re-calibration of the kept households",
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="cpu")
     run.add_argument("--float64", action="store_true", help="compute in float64")
-    run.add_argument("--nproc", type=int, default=1, help="processes for a column-sharded fit (torchrun)")
+    run.add_argument(
+        "--nproc", type=int, default=1, help="processes for a column-sharded fit (torchrun)"
+    )
     run.add_argument(
         "--timeout",
         type=float,
@@ -245,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
         "infeasible (the default is status 3, after writing the weights)",
     )
 
-    demo = sub.add_parser("demo", help="calibrate real CPS microdata (needs: pip install 'l0-calibrate[demo]')")
+    demo = sub.add_parser(
+        "demo", help="calibrate real CPS microdata (needs: pip install 'l0-calibrate[demo]')"
+    )
     demo.add_argument("--count", type=int, default=2000, help="respondents to keep (of 28,155)")
     demo.add_argument("--epochs", type=int, default=1000)
     demo.add_argument("--seed", type=int, default=0)
@@ -273,7 +312,9 @@ def check_output_path(path: str, argument: str = "--out") -> str:
         )
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{argument} {path!r}: the folder {folder!r} does not exist; create it first")
+        raise FileNotFoundError(
+            f"{argument} {path!r}: the folder {folder!r} does not exist; create it first"
+        )
     if suffix == ".parquet":
         import importlib.util
 
@@ -333,15 +374,24 @@ def _distributed_report(args: argparse.Namespace, targets: Any, design: Any) -> 
     n_targets = matrix_shape(args.matrix)[0]
     if sample is not None:
         problem = prepare_problem(
-            sample, targets, n_features=None, dtype=torch.float64, device="cpu",
-            matrix_argument=f"--matrix {args.matrix!r}", targets_argument="--targets",
+            sample,
+            targets,
+            n_features=None,
+            dtype=torch.float64,
+            device="cpu",
+            matrix_argument=f"--matrix {args.matrix!r}",
+            targets_argument="--targets",
         )
         names, values = problem.names, problem.targets
     else:
-        values = as_vector(targets, "targets", n_targets, what="one per row of --matrix, its targets")
-        names = [str(i) for i in targets.index] if isinstance(targets, pd.Series) else [
-            f"target_{i}" for i in range(n_targets)
-        ]
+        values = as_vector(
+            targets, "targets", n_targets, what="one per row of --matrix, its targets"
+        )
+        names = (
+            [str(i) for i in targets.index]
+            if isinstance(targets, pd.Series)
+            else [f"target_{i}" for i in range(n_targets)]
+        )
     res = run_distributed(
         args.matrix,
         targets,
@@ -438,7 +488,8 @@ def _run(args: argparse.Namespace) -> int:
         if missed:
             lines.append(
                 f"{len(missed)} target(s) missed by more than {100 * args.tolerance:.3g} %: "
-                + ", ".join(missed[:10]) + (f" and {len(missed) - 10} more" if len(missed) > 10 else "")
+                + ", ".join(missed[:10])
+                + (f" and {len(missed) - 10} more" if len(missed) > 10 else "")
             )
         if infeasible:
             lines.append(

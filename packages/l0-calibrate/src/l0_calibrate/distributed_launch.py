@@ -182,13 +182,16 @@ def run_distributed(
 
     nproc = check_positive_int(nproc, "nproc")
     if collective_timeout is not None:
-        check_float(collective_timeout, "collective_timeout", min_val=0.0, include_boundaries="neither")
+        check_float(
+            collective_timeout, "collective_timeout", min_val=0.0, include_boundaries="neither"
+        )
     matrix = os.path.abspath(os.fspath(matrix))
     from .distributed_io import load_columns, matrix_shape
     from .distributed_reducer import ColumnShard
     from .inputs import prepare_problem
 
-    n_households = matrix_shape(matrix)[1]  # the file exists, has a known format and a readable header
+    # the file exists, has a known format and a readable header
+    n_households = matrix_shape(matrix)[1]
     # the workers' input checks on the first households, before any process starts: target
     # names against a table's columns, text columns, the number of targets
     head = load_columns(matrix, ColumnShard(n_households, 0, min(n_households, 20)))
@@ -285,7 +288,9 @@ def run_job(job_path: str | os.PathLike) -> DistributedResult | None:
         job = pickle.load(f)
     owned = not group_initialized()
     pg_timeout = job.get("collective_timeout")
-    ctx = init_distributed(job.get("backend"), timeout_s=1800.0 if pg_timeout is None else pg_timeout)
+    ctx = init_distributed(
+        job.get("backend"), timeout_s=1800.0 if pg_timeout is None else pg_timeout
+    )
     try:
         n_households = matrix_shape(job["matrix"])[1]
         model = ShardedCalibrationWeights(n_households, device=ctx.device, **job["model"])

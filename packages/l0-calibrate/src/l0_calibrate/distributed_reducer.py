@@ -767,7 +767,9 @@ class ProcessGroupReducer(LocalReducer):
         )
         if differ:
             name = differ[0]
-            values = ", ".join(f"rank {r}: {opts.get(name)}" for r, (_, opts) in enumerate(gathered))
+            values = ", ".join(
+                f"rank {r}: {opts.get(name)}" for r, (_, opts) in enumerate(gathered)
+            )
             raise ValueError(
                 f"fit option {name} differs between the ranks ({values})"
                 + (f"; also {sorted(set(differ) - {name})}" if len(set(differ)) > 1 else "")

@@ -181,7 +181,9 @@ def _weight_penalties(
     model: SparseCalibrationWeights, opts: FitOptions, target_count: int | None
 ) -> list[tuple[float, WeightPenalty]]:
     """The penalties on ``w`` asked for by the options (calibration distance, dispersion, ratio)."""
-    wants = opts.lambda_distance > 0 or opts.lambda_dispersion > 0 or opts.max_weight_ratio is not None
+    wants = (
+        opts.lambda_distance > 0 or opts.lambda_dispersion > 0 or opts.max_weight_ratio is not None
+    )
     if not wants:
         return []
     from . import regularizers as reg
@@ -206,10 +208,17 @@ def _weight_penalties(
             )
         )
     if opts.lambda_dispersion > 0:
-        out.append((opts.lambda_dispersion, lambda w: reg.dispersion_penalty(w, reference=ref, reduce=reduce)))
+        out.append(
+            (
+                opts.lambda_dispersion,
+                lambda w: reg.dispersion_penalty(w, reference=ref, reduce=reduce),
+            )
+        )
     if opts.max_weight_ratio is not None:
         bound = opts.max_weight_ratio
-        out.append((opts.lambda_ratio, lambda w: reg.ratio_bound_penalty(w, ref, bound, reduce=reduce)))
+        out.append(
+            (opts.lambda_ratio, lambda w: reg.ratio_bound_penalty(w, ref, bound, reduce=reduce))
+        )
     return out
 
 
@@ -229,7 +238,9 @@ def _validate(
     opts.count_lr = check_nonneg_float(opts.count_lr, "count_lr", positive=True)
     opts.count_warmup = check_nonneg_float(opts.count_warmup, "count_warmup")
     if opts.count_warmup > 1:
-        raise ValueError(f"count_warmup is a fraction of epochs in [0, 1], got {opts.count_warmup!r}")
+        raise ValueError(
+            f"count_warmup is a fraction of epochs in [0, 1], got {opts.count_warmup!r}"
+        )
     for name in ("lambda_distance", "lambda_dispersion", "lambda_ratio"):
         setattr(opts, name, check_nonneg_float(getattr(opts, name), name))
     loss_fn = get_loss(args["loss_type"], "loss_type")
@@ -267,7 +278,9 @@ def _validate(
         opts.callbacks = list(opts.callbacks)
         for cb in opts.callbacks:
             if not callable(cb):
-                raise TypeError(f"callbacks must be callables taking the event dict, got {type(cb).__name__}")
+                raise TypeError(
+                    f"callbacks must be callables taking the event dict, got {type(cb).__name__}"
+                )
     problem = prepare_problem(
         args["M"],
         args["y"],
@@ -370,7 +383,13 @@ class _Fit:
             and (name is not None or m._schedule_fn is opts.beta_schedule)
         )
         if not same:
-            m._schedule = {"name": name, "initial": m.beta, "final": opts.final_beta, "total": total, "start": m._epoch}
+            m._schedule = {
+                "name": name,
+                "initial": m.beta,
+                "final": opts.final_beta,
+                "total": total,
+                "start": m._epoch,
+            }
         m._schedule_fn = get_schedule(opts.beta_schedule)
 
     def _prepare_controller(self) -> None:
@@ -395,7 +414,9 @@ class _Fit:
             m._set_controller(None)
             pending = None
         if m._controller is None:
-            ctl = TargetSparsityController(self.target_count, self.red.n_total, lr=self.opts.count_lr)
+            ctl = TargetSparsityController(
+                self.target_count, self.red.n_total, lr=self.opts.count_lr
+            )
             ctl.to(device=m.device, dtype=m.log_weight.dtype)
             if pending is not None:
                 ctl.lambda1.copy_(pending["lambda1"])
@@ -454,7 +475,12 @@ class _Fit:
         kw = m._gate_kw()
         noise = self.red.gate_noise(ws.u, m._generator) if m.use_gates else None
         w = ws.forward(
-            m.log_weight, m.log_alpha, generator=m._generator, use_gates=m.use_gates, noise=noise, **kw
+            m.log_weight,
+            m.log_alpha,
+            generator=m._generator,
+            use_gates=m.use_gates,
+            noise=noise,
+            **kw,
         )
         estimate = self.red.all_reduce_sum(self.op.matvec(w))
         data_loss, r = target_gradient(estimate, self.y, self.loss_weights, self.loss_fn)
@@ -483,7 +509,12 @@ class _Fit:
             control = control_t.detach()
             lam = coef + self.args["lambda_l0"]
         grad_lw, grad_la, l0_value, l2_value = ws.backward(
-            grad_w, m.log_alpha, lambda_l0=lam, lambda_l2=self.args["lambda_l2"], use_gates=m.use_gates, **kw
+            grad_w,
+            m.log_alpha,
+            lambda_l0=lam,
+            lambda_l2=self.args["lambda_l2"],
+            use_gates=m.use_gates,
+            **kw,
         )
         m.log_weight.grad = grad_lw
         m.log_alpha.grad = grad_la
@@ -587,13 +618,19 @@ class _Fit:
         if parts is not None:
             # l0/l2 sum this rank's households; the extra term (the controller's and the weight
             # penalties, both from all-reduced sums) is already the same on every rank
-            local = torch.stack([p.detach().reshape(()).to("cpu", torch.float64) for p in parts[1:3]])
+            local = torch.stack(
+                [p.detach().reshape(()).to("cpu", torch.float64) for p in parts[1:3]]
+            )
             l0, l2 = red.all_reduce_sum(local.to(estimate.device)).tolist()
             data, extra = float(parts[0]), float(parts[3])
             total = data + self.args["lambda_l0"] * l0 + self.args["lambda_l2"] * l2 + extra
             event.update(loss=total, data_loss=data, l0_loss=l0, l2_loss=l2, penalty_loss=extra)
         with torch.no_grad():
-            expected = float(red.all_reduce_sum(m.get_l0_penalty().detach()).item()) if m.use_gates else float(red.n_total)
+            expected = (
+                float(red.all_reduce_sum(m.get_l0_penalty().detach()).item())
+                if m.use_gates
+                else float(red.n_total)
+            )
         event.update(
             mean_rel_error=float(err.mean().item()) if err.numel() else 0.0,
             max_rel_error=float(err.max().item()) if err.numel() else 0.0,
@@ -619,7 +656,9 @@ class _Fit:
                 100 * (1 - n_active / red.n_total),
             )
         if bar is not None:
-            bar.set_postfix(err=f"{100 * event['mean_rel_error']:.3g}%", active=n_active, refresh=False)
+            bar.set_postfix(
+                err=f"{100 * event['mean_rel_error']:.3g}%", active=n_active, refresh=False
+            )
         event.update(red.event_info())
         event.update(weights=w, model=m)
         stop = dispatch_event(event, self.opts.callbacks or ())
@@ -776,10 +815,18 @@ def _progress_bar(total: int, opts: FitOptions, verbose: bool) -> Any:
     from tqdm.auto import tqdm
 
     # disable=None: tqdm turns itself off when stderr is not a terminal
-    return tqdm(total=total, desc="calibrating", unit="epoch", disable=None if opts.progress is None else False, leave=False)
+    return tqdm(
+        total=total,
+        desc="calibrating",
+        unit="epoch",
+        disable=None if opts.progress is None else False,
+        leave=False,
+    )
 
 
-def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> SparseCalibrationWeights:
+def run_fit(
+    model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any
+) -> SparseCalibrationWeights:
     """Validate the arguments of ``fit``, then train (see :meth:`SparseCalibrationWeights.fit`).
 
     Examples
@@ -797,7 +844,9 @@ def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> S
     }  # fmt: skip
     unknown = sorted(set(kwargs) - names - set(published))
     if unknown:
-        raise TypeError(f"fit() got unexpected keyword argument(s) {unknown}; options are {sorted(names)}")
+        raise TypeError(
+            f"fit() got unexpected keyword argument(s) {unknown}; options are {sorted(names)}"
+        )
     opts = FitOptions(**{k: v for k, v in kwargs.items() if k in names})
     args = {k: kwargs.get(k, default) for k, default in published.items()}
     args.update(M=M, y=y)
@@ -833,7 +882,11 @@ def run_fit(model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any) -> S
     fit = _Fit(model, problem, loss_fn, args, opts, target_count)
     threads_before = torch.get_num_threads()
     threads = opts.num_threads
-    if threads is None and model.device.type == "cpu" and problem.op.nnz + model.n_features < SMALL_PROBLEM:
+    if (
+        threads is None
+        and model.device.type == "cpu"
+        and problem.op.nnz + model.n_features < SMALL_PROBLEM
+    ):
         threads = 1  # thread start-up and barriers cost more than they save on a small problem
     if threads is not None:
         torch.set_num_threads(threads)

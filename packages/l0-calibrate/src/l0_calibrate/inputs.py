@@ -258,7 +258,12 @@ def check_sparse_indices(M: Any, argument: str = "M") -> None:
             )
     if M.layout in (torch.sparse_csr, torch.sparse_csc):
         steps = ptr[1:] - ptr[:-1]
-        if ptr.numel() != n_ptr + 1 or int(ptr[0]) != 0 or bool((steps < 0).any()) or int(ptr[-1]) != M.values().numel():
+        if (
+            ptr.numel() != n_ptr + 1
+            or int(ptr[0]) != 0
+            or bool((steps < 0).any())
+            or int(ptr[-1]) != M.values().numel()
+        ):
             raise ValueError(
                 f"{argument} (a torch {str(M.layout).replace('torch.', '')} tensor of shape {shape}) "
                 "has malformed compressed indices (they must start at 0, never decrease and end at "
@@ -285,12 +290,15 @@ def _check_frame(M: Any, argument: str) -> None:
         str(c)
         for c, dt in M.dtypes.items()
         if not (
-            isinstance(dt, np.dtype) and (np.issubdtype(dt, np.number) or np.issubdtype(dt, np.bool_))
+            isinstance(dt, np.dtype)
+            and (np.issubdtype(dt, np.number) or np.issubdtype(dt, np.bool_))
         )
         and not _is_numeric_extension(dt)
     ]
     if text:
-        shown = ", ".join(repr(c) for c in text[:5]) + (f" and {len(text) - 5} more" if len(text) > 5 else "")
+        shown = ", ".join(repr(c) for c in text[:5]) + (
+            f" and {len(text) - 5} more" if len(text) > 5 else ""
+        )
         raise TypeError(
             f"{argument} (a DataFrame of households x targets) has column(s) {shown} holding text "
             "or other non-numeric values; drop or encode them (every column is a target)"
@@ -338,19 +346,20 @@ def align_to_labels(value: Any, labels: Any, argument: str, what: str) -> Any:
     if missing or extra:
         parts = []
         if missing:
-            parts.append(
-                f"no value for {len(missing)} of {what} (e.g. {missing[:5]})"
-            )
+            parts.append(f"no value for {len(missing)} of {what} (e.g. {missing[:5]})")
         if extra:
             parts.append(f"{len(extra)} label(s) that match none of them (e.g. {extra[:5]})")
         raise ValueError(
-            f"{argument} is a Series aligned by its index, but it has " + " and ".join(parts)
+            f"{argument} is a Series aligned by its index, but it has "
+            + " and ".join(parts)
             + f"; index it by {what}, or pass .to_numpy() to take the values in order"
         )
     lookup = dict(zip(keys, value.to_numpy(), strict=True))
     import pandas as pd
 
-    return pd.Series([lookup[w] for w in wanted], index=list(labels), name=value.name, dtype=value.dtype)
+    return pd.Series(
+        [lookup[w] for w in wanted], index=list(labels), name=value.name, dtype=value.dtype
+    )
 
 
 def group_weights(
@@ -451,7 +460,9 @@ class Problem:
         return [self.names[i] for i in np.flatnonzero(self.infeasible)]
 
 
-def check_matrix_shape(n_targets: int, n_households: int, argument: str, *, frame: bool = False) -> None:
+def check_matrix_shape(
+    n_targets: int, n_households: int, argument: str, *, frame: bool = False
+) -> None:
     """Refuse a matrix with no household column or no target row, by name.
 
     Examples
@@ -468,7 +479,9 @@ def check_matrix_shape(n_targets: int, n_households: int, argument: str, *, fram
         )
     if n_targets == 0:
         layout = "a DataFrame with one column per target" if frame else "(n_targets, n_households)"
-        raise ValueError(f"the matrix {argument} has 0 targets; pass {layout} with at least one target")
+        raise ValueError(
+            f"the matrix {argument} has 0 targets; pass {layout} with at least one target"
+        )
 
 
 def row_signs(op: SparseOperator) -> tuple[np.ndarray, np.ndarray]:
@@ -542,7 +555,9 @@ def prepare_problem(
                 f"target_names has {len(given)} names but {matrix_argument} has {n_targets} targets"
             )
         if names is not None and given != names:
-            raise ValueError("target_names differs from the DataFrame's column names; pass one of them")
+            raise ValueError(
+                "target_names differs from the DataFrame's column names; pass one of them"
+            )
         names = given
     if names is not None:
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -586,7 +601,10 @@ def prepare_problem(
     if names is None:
         names = [f"target_{i}" for i in range(n_targets)]
     weights, labels = group_weights(
-        target_groups, n_targets, normalize_groups=normalize_groups, group_multipliers=group_multipliers
+        target_groups,
+        n_targets,
+        normalize_groups=normalize_groups,
+        group_multipliers=group_multipliers,
     )
     has_pos, has_neg = row_signs(op)
     infeasible = unreachable(targets, has_pos, has_neg)
