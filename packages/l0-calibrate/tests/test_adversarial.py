@@ -567,6 +567,19 @@ def test_sparse_indices_outside_the_shape_raise_instead_of_crashing(kind, matrix
         SparseCalibrationWeights(5, seed=0).fit(matrix, [1.0, 1.0], epochs=2)
 
 
+def test_the_index_check_leaves_the_callers_sparse_matrix_untouched():
+    indptr = np.array([0, 3, 5], dtype=np.int64)
+    indices = np.array([2, 0, 0, 1, 4], dtype=np.int64)  # unsorted, with a duplicate
+    data = np.array([1.0, 2.0, 0.0, 3.0, 4.0])  # an explicit zero scipy would prune
+    M = sp.csr_matrix((data, indices, indptr), shape=(2, 5))
+    M.indices, M.indptr = indices.copy(), indptr.copy()  # int64, as scipy may hand them out
+    SparseCalibrationWeights(5, seed=0).fit(M, [3.0, 7.0], epochs=2)
+    assert M.indices.dtype == np.int64 and M.indptr.dtype == np.int64
+    np.testing.assert_array_equal(M.indices, indices)
+    np.testing.assert_array_equal(M.data, data)
+    assert M.nnz == 5
+
+
 def test_a_text_column_in_a_dataframe_is_named():
     df = frame()
     df["state"] = pd.array(["x"] * len(df), dtype="string")

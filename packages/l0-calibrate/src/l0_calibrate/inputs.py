@@ -203,6 +203,28 @@ def as_matrix(
     return SparseOperator.from_any(M, dtype=dtype, device=device, argument=argument), None, None
 
 
+def _check_compressed(M: Any, fmt: str) -> None:
+    """Bounds of a scipy CSR/CSC/BSR matrix's index arrays, without touching the matrix."""
+    rows, cols = M.shape
+    if fmt == "bsr":
+        r, c = M.blocksize
+        rows, cols = rows // r, cols // c
+    n_major, n_minor = (cols, rows) if fmt == "csc" else (rows, cols)
+    ptr, idx = np.asarray(M.indptr), np.asarray(M.indices)
+    if ptr.ndim != 1 or ptr.shape[0] != n_major + 1:
+        raise ValueError(f"its index pointer has {ptr.shape[0]} entries, not {n_major + 1}")
+    if ptr[0] != 0 or (ptr.size > 1 and np.diff(ptr).min() < 0) or ptr[-1] > idx.shape[0]:
+        raise ValueError(
+            "its index pointer must start at 0, never decrease and end within the indices"
+        )
+    used = idx[: int(ptr[-1])]
+    if used.size and (used.min() < 0 or used.max() >= n_minor):
+        what = "row" if fmt == "csc" else "column"
+        raise ValueError(
+            f"{what} indices must lie in [0, {n_minor}), found {int(used.min())} to {int(used.max())}"
+        )
+
+
 def check_sparse_indices(M: Any, argument: str = "M") -> None:
     """Refuse a scipy or torch sparse matrix whose stored indices lie outside its shape.
 
@@ -222,7 +244,7 @@ def check_sparse_indices(M: Any, argument: str = "M") -> None:
     if fmt is not None and hasattr(M, "tocsr") and type(M).__module__.startswith("scipy"):
         try:
             if fmt in ("csr", "csc", "bsr"):
-                M.check_format(full_check=True)
+                _check_compressed(M, fmt)  # read-only (scipy's check_format may rewrite M)
             elif fmt == "coo":
                 for axis, idx in enumerate(M.coords if hasattr(M, "coords") else (M.row, M.col)):
                     if idx.size and (idx.min() < 0 or idx.max() >= M.shape[axis]):
