@@ -572,7 +572,10 @@ def test_the_index_check_leaves_the_callers_sparse_matrix_untouched():
     indices = np.array([2, 0, 0, 1, 4], dtype=np.int64)  # unsorted, with a duplicate
     data = np.array([1.0, 2.0, 0.0, 3.0, 4.0])  # an explicit zero scipy would prune
     M = sp.csr_matrix((data, indices, indptr), shape=(2, 5))
-    M.indices, M.indptr = indices.copy(), indptr.copy()  # int64, as scipy may hand them out
+    # int64 index arrays with unused room at the end (as after in-place edits): valid, and
+    # scipy's own check_format(full_check=True) would trim them in place
+    indices, data = np.append(indices, 0), np.append(data, 9.0)
+    M.indices, M.indptr, M.data = indices.copy(), indptr.copy(), data.copy()
     SparseCalibrationWeights(5, seed=0).fit(M, [3.0, 7.0], epochs=2)
     assert M.indices.dtype == np.int64 and M.indptr.dtype == np.int64
     np.testing.assert_array_equal(M.indices, indices)
