@@ -82,6 +82,18 @@ def test_design_weights_series_is_aligned_by_household_label_not_position():
     np.testing.assert_array_equal(by_label.weights.to_numpy(), in_order.weights.to_numpy())
 
 
+def test_fit_design_weights_series_is_aligned_to_the_dataframe_index():
+    df = frame()
+    targets = df.sum() * 2.0
+    d = pd.Series(np.linspace(1.0, 3.0, len(df)), index=df.index)
+    kw = {"epochs": 20, "lambda_dispersion": 0.5, "loss_type": "relative"}
+    a = SparseCalibrationWeights(len(df), seed=0)
+    a.fit(df, targets, design_weights=d.sample(frac=1.0, random_state=1), **kw)
+    b = SparseCalibrationWeights(len(df), seed=0)
+    b.fit(df, targets, design_weights=d.to_numpy(), **kw)
+    assert torch.equal(a.log_weight, b.log_weight)
+
+
 def test_design_weights_series_with_other_labels_raises():
     df = frame()
     d = pd.Series(1.0, index=[f"x{i}" for i in range(len(df))])

@@ -32,7 +32,14 @@ from .engine import (
     rel_errors,
     target_gradient,
 )
-from .inputs import Problem, as_vector, check_nonneg_float, check_positive_int, prepare_problem
+from .inputs import (
+    Problem,
+    align_to_labels,
+    as_vector,
+    check_nonneg_float,
+    check_positive_int,
+    prepare_problem,
+)
 from .losses import get_loss
 
 if TYPE_CHECKING:
@@ -292,6 +299,15 @@ def _validate(
         group_multipliers=args["group_multipliers"],
         target_names=opts.target_names,
     )
+    if opts.design_weights is not None and not red.sharded:
+        # a Series is aligned to the households: the DataFrame's index, else 0..n-1
+        labels = problem.household_index
+        opts.design_weights = align_to_labels(
+            opts.design_weights,
+            list(labels) if labels is not None else list(range(model.n_features)),
+            "design_weights",
+            "the households",
+        )
     return problem, loss_fn, target_count, refit
 
 
