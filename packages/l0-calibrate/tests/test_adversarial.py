@@ -574,7 +574,8 @@ def _bad_sparse():
 @pytest.mark.parametrize("kind, matrix", _bad_sparse(), ids=[k for k, _ in _bad_sparse()])
 def test_sparse_indices_outside_the_shape_raise_instead_of_crashing(kind, matrix):
     with pytest.raises(
-        ValueError, match=r"^M \(a (scipy\.sparse |torch sparse_)\w+ .*(malformed|outside)"
+        ValueError,
+        match=r"^M is not a valid sparse matrix: its \w+[ _]indices contain the index \d+, out of range",
     ):
         SparseCalibrationWeights(5, seed=0).fit(matrix, [1.0, 1.0], epochs=2)
 

@@ -22,7 +22,6 @@ __all__ = [
     "check_model_dtype",
     "check_nonneg_float",
     "check_positive_int",
-    "check_sparse_indices",
     "align_to_labels",
     "group_weights",
     "is_dataframe",
@@ -199,98 +198,7 @@ def as_matrix(
         )
     if isinstance(M, SparseOperator):
         return SparseOperator.from_any(M, dtype=dtype, device=device, argument=argument), None, None
-    check_sparse_indices(M, argument)
     return SparseOperator.from_any(M, dtype=dtype, device=device, argument=argument), None, None
-
-
-def _check_compressed(M: Any, fmt: str) -> None:
-    """Bounds of a scipy CSR/CSC/BSR matrix's index arrays, without touching the matrix."""
-    rows, cols = M.shape
-    if fmt == "bsr":
-        r, c = M.blocksize
-        rows, cols = rows // r, cols // c
-    n_major, n_minor = (cols, rows) if fmt == "csc" else (rows, cols)
-    ptr, idx = np.asarray(M.indptr), np.asarray(M.indices)
-    if ptr.ndim != 1 or ptr.shape[0] != n_major + 1:
-        raise ValueError(f"its index pointer has {ptr.shape[0]} entries, not {n_major + 1}")
-    if ptr[0] != 0 or (ptr.size > 1 and np.diff(ptr).min() < 0) or ptr[-1] > idx.shape[0]:
-        raise ValueError(
-            "its index pointer must start at 0, never decrease and end within the indices"
-        )
-    used = idx[: int(ptr[-1])]
-    if used.size and (used.min() < 0 or used.max() >= n_minor):
-        what = "row" if fmt == "csc" else "column"
-        raise ValueError(
-            f"{what} indices must lie in [0, {n_minor}), found {int(used.min())} to {int(used.max())}"
-        )
-
-
-def check_sparse_indices(M: Any, argument: str = "M") -> None:
-    """Refuse a scipy or torch sparse matrix whose stored indices lie outside its shape.
-
-    Such a matrix would otherwise crash the process inside the sparse
-    kernels (a segmentation fault or a malloc abort) instead of raising.
-
-    Examples
-    --------
-    >>> import scipy.sparse as sp
-    >>> bad = sp.csr_matrix((np.ones(2), np.array([0, 9]), np.array([0, 1, 2])), shape=(2, 3))
-    >>> check_sparse_indices(bad)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: M (a scipy.sparse csr matrix of shape (2, 3)) is malformed: ...; rebuild it with every index inside the shape
-    """
-    fmt = getattr(M, "format", None)
-    if fmt is not None and hasattr(M, "tocsr") and type(M).__module__.startswith("scipy"):
-        try:
-            if fmt in ("csr", "csc", "bsr"):
-                _check_compressed(M, fmt)  # read-only (scipy's check_format may rewrite M)
-            elif fmt == "coo":
-                for axis, idx in enumerate(M.coords if hasattr(M, "coords") else (M.row, M.col)):
-                    if idx.size and (idx.min() < 0 or idx.max() >= M.shape[axis]):
-                        what = "row" if axis == 0 else "column"
-                        raise ValueError(f"{what} index values must lie in [0, {M.shape[axis]})")
-        except ValueError as exc:
-            raise ValueError(
-                f"{argument} (a scipy.sparse {fmt} matrix of shape {tuple(M.shape)}) is malformed: "
-                f"{exc}; rebuild it with every index inside the shape"
-            ) from None
-        return
-    if not isinstance(M, torch.Tensor) or M.layout == torch.strided:
-        return
-    shape = tuple(M.shape)
-    if M.dim() != 2:
-        return  # from_any names the wrong number of dimensions
-    checks: list[tuple[str, Any, int]] = []
-    if M.layout == torch.sparse_coo:
-        idx = M._indices()
-        checks = [("row", idx[0], shape[0]), ("column", idx[1], shape[1])]
-    elif M.layout == torch.sparse_csr:
-        checks = [("column", M.col_indices(), shape[1])]
-        ptr, n_ptr = M.crow_indices(), shape[0]
-    elif M.layout == torch.sparse_csc:
-        checks = [("row", M.row_indices(), shape[0])]
-        ptr, n_ptr = M.ccol_indices(), shape[1]
-    for what, idx, n in checks:
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            raise ValueError(
-                f"{argument} (a torch {str(M.layout).replace('torch.', '')} tensor of shape {shape}) "
-                f"has {what} indices outside [0, {n}) (from {int(idx.min())} to {int(idx.max())}); "
-                "rebuild it with every index inside the shape"
-            )
-    if M.layout in (torch.sparse_csr, torch.sparse_csc):
-        steps = ptr[1:] - ptr[:-1]
-        if (
-            ptr.numel() != n_ptr + 1
-            or int(ptr[0]) != 0
-            or bool((steps < 0).any())
-            or int(ptr[-1]) != M.values().numel()
-        ):
-            raise ValueError(
-                f"{argument} (a torch {str(M.layout).replace('torch.', '')} tensor of shape {shape}) "
-                "has malformed compressed indices (they must start at 0, never decrease and end at "
-                "the number of values); rebuild it"
-            )
 
 
 def _check_frame(M: Any, argument: str) -> None:
