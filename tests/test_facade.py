@@ -540,3 +540,11 @@ def test_the_migration_pages_works_as_before_block_runs():
     exec(compile(block, "docs/migrating.md", "exec"), namespace)
     assert isinstance(namespace["gates"], l0.HardConcrete) and namespace["gates"].temperature == 0.1
     assert [n for n, _ in namespace["model"].named_children()] == ["fc1", "fc2", "fc3"]
+
+
+def test_calibration_weights_class_signature_shows_the_constructor_keywords():
+    # The class's own signature (what help() and IDEs show) must not be __new__'s
+    # (*args, **kwargs), which picks the sharded class inside a process group.
+    names = list(inspect.signature(l0.SparseCalibrationWeights).parameters)
+    assert names[:4] == ["n_features", "beta", "gamma", "zeta"]
+    assert "seed" in names and "args" not in names and "kwargs" not in names

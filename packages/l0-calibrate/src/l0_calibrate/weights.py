@@ -10,6 +10,7 @@ or additions) are listed in the package README.
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import os
@@ -714,3 +715,15 @@ class SparseCalibrationWeights(nn.Module):
             f"n_features={self.n_features}, beta={self.beta:.4g}, gamma={self.gamma}, zeta={self.zeta}, "
             f"use_gates={self.use_gates}, epochs_trained={self._epoch}"
         )
+
+
+def _constructor_signature() -> inspect.Signature:
+    # ``__new__`` takes ``(*args, **kwargs)`` so that it can pick the sharded class inside a
+    # process group; without this, ``inspect.signature`` and ``help()`` would show that
+    # instead of the constructor's keywords.
+    init = inspect.signature(SparseCalibrationWeights.__init__)
+    params = list(init.parameters.values())[1:]
+    return init.replace(parameters=params, return_annotation=inspect.Signature.empty)
+
+
+SparseCalibrationWeights.__signature__ = _constructor_signature()  # type: ignore[attr-defined]
