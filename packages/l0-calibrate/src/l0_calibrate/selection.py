@@ -541,7 +541,7 @@ def select_and_polish(
     gate = HardConcrete(
         n_cols,
         temperature=temperature,
-        init_mean=init_keep_prob,
+        init_prob_active=init_keep_prob,
         device=dev,
         dtype=dtype,
         generator=generator,

@@ -3,7 +3,7 @@
 Examples
 --------
 >>> from l0_core import HardConcrete, compute_l0_penalty
->>> gates = HardConcrete(n_items=100, temperature=0.25, init_mean=0.999)
+>>> gates = HardConcrete(n_items=100, temperature=0.25, init_prob_active=0.999)
 >>> round(compute_l0_penalty(gates).item())
 100
 """
@@ -20,7 +20,13 @@ from .gate import (
     iter_gates,
     set_gate_temperature,
 )
-from .hard_concrete import HardConcrete, hard_concrete_sample, log_alpha_for_prob_active
+from .hard_concrete import (
+    HardConcrete,
+    hard_concrete_sample,
+    log_alpha_for_prob_active,
+    prob_active_for_log_alpha,
+    resolve_init_prob_active,
+)
 from .penalties import (
     PenaltyTracker,
     compute_l0_penalty,
@@ -81,7 +87,9 @@ __all__ = [
     "log_alpha_for_prob_active",
     "lookup",
     "make_gate",
+    "prob_active_for_log_alpha",
     "register_plugin",
+    "resolve_init_prob_active",
     "set_gate_temperature",
     "sparse_matvec",
     "unregister_plugin",

@@ -202,12 +202,12 @@ def check_probability(
 
     Examples
     --------
-    >>> check_probability(0.9, "init_mean")
+    >>> check_probability(0.9, "init_prob_active")
     0.9
-    >>> check_probability(1.0, "init_mean")
+    >>> check_probability(1.0, "init_prob_active")
     Traceback (most recent call last):
     ...
-    ValueError: init_mean must be < 1.0, got 1.0
+    ValueError: init_prob_active must be < 1.0, got 1.0
     """
     return check_float(
         value, name, min_val=0.0, max_val=1.0, include_boundaries=include_boundaries, hint=hint

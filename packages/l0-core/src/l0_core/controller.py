@@ -73,7 +73,7 @@ class TargetSparsityController(nn.Module):
     Examples
     --------
     >>> from l0_core import HardConcrete
-    >>> gate = HardConcrete(100, init_mean=0.9, generator=torch.Generator().manual_seed(0))
+    >>> gate = HardConcrete(100, init_prob_active=0.9, generator=torch.Generator().manual_seed(0))
     >>> ctl = TargetSparsityController(target=10, n_total=100)
     >>> opt = torch.optim.Adam(gate.parameters(), lr=0.1)
     >>> for _ in range(800):
@@ -87,7 +87,7 @@ class TargetSparsityController(nn.Module):
 
     With anti-windup and damping the count does not dive far below the target:
 
-    >>> gate = HardConcrete(100, init_mean=0.9, generator=torch.Generator().manual_seed(0))
+    >>> gate = HardConcrete(100, init_prob_active=0.9, generator=torch.Generator().manual_seed(0))
     >>> ctl = TargetSparsityController(10, 100, reset_on_cross=True, damping=1.0)
     >>> opt = torch.optim.Adam(gate.parameters(), lr=0.1)
     >>> lowest = 100.0

@@ -74,8 +74,8 @@ class Gate(Protocol, metaclass=_ModuleProtocolMeta):
         :func:`set_gate_temperature`) or a float attribute.
 
     Gate classes registered through the ``l0_register_gates`` hook are
-    constructed as ``GateClass(*shape, temperature=..., init_mean=...,
-    device=..., dtype=..., generator=...)`` where ``init_mean`` is the
+    constructed as ``GateClass(*shape, temperature=..., init_prob_active=...,
+    device=..., dtype=..., generator=...)`` where ``init_prob_active`` is the
     initial probability that a gate is non-zero. They may also provide
     ``deterministic()`` (the eval-mode gate without switching modes).
 
@@ -261,7 +261,7 @@ def deterministic_gates(gate: torch.nn.Module) -> Tensor:
     Examples
     --------
     >>> from l0_core import HardConcrete
-    >>> deterministic_gates(HardConcrete(3, init_mean=0.99)).shape
+    >>> deterministic_gates(HardConcrete(3, init_prob_active=0.99)).shape
     torch.Size([3])
     """
     with torch.no_grad():

@@ -23,10 +23,23 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .checks import check_choice, check_device, check_dtype, check_float, check_int
+from .checks import (
+    check_choice,
+    check_device,
+    check_dtype,
+    check_float,
+    check_int,
+    check_probability,
+)
 from .precision import accumulate_sum
 
-__all__ = ["HardConcrete", "hard_concrete_sample", "log_alpha_for_prob_active"]
+__all__ = [
+    "HardConcrete",
+    "hard_concrete_sample",
+    "log_alpha_for_prob_active",
+    "prob_active_for_log_alpha",
+    "resolve_init_prob_active",
+]
 
 Estimator = Literal["median", "paper"]
 
@@ -66,10 +79,136 @@ def log_alpha_for_prob_active(
     """
     if not 0.0 < prob < 1.0:
         raise ValueError(
-            f"init_mean must lie strictly between 0 and 1, got {prob!r}; "
+            f"init_prob_active must lie strictly between 0 and 1, got {prob!r}; "
             "use e.g. 0.999 to start with almost every gate open"
         )
     return math.log(prob) - math.log1p(-prob) + temperature * math.log(-gamma / zeta)
+
+
+def prob_active_for_log_alpha(
+    log_alpha: float, temperature: float, gamma: float = -0.1, zeta: float = 1.1
+) -> float:
+    """Return ``P(z != 0)`` of a gate with location ``log_alpha``.
+
+    The inverse of :func:`log_alpha_for_prob_active`:
+    ``sigmoid(log_alpha - beta * log(-gamma / zeta))``.
+
+    Parameters
+    ----------
+    log_alpha : float
+        Location parameter of the gate.
+    temperature : float
+        The temperature ``beta``.
+    gamma, zeta : float
+        Stretch interval end points.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> round(prob_active_for_log_alpha(0.0, 2 / 3), 4)
+    0.8317
+    >>> round(prob_active_for_log_alpha(log_alpha_for_prob_active(0.3, 0.5), 0.5), 12)
+    0.3
+    """
+    x = log_alpha - temperature * math.log(-gamma / zeta)
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+def resolve_init_prob_active(
+    init_prob_active: float | None,
+    init_mean: float | None,
+    temperature: float,
+    *,
+    owner: str,
+    default: float = 0.5,
+    stacklevel: int = 3,
+) -> float:
+    """The initial ``P(gate != 0)`` from ``init_prob_active`` or the deprecated ``init_mean``.
+
+    ``init_mean`` has l0-python 0.6.2's meaning, the initial logit mean
+    (``log_alpha = logit(init_mean)``); it is translated to the probability
+    that a Hard Concrete gate (stretch 0.1) with those logits is non-zero at
+    ``temperature``, with a ``DeprecationWarning`` that gives the value to pass
+    as ``init_prob_active``. Passing both is a ``TypeError``.
+
+    Parameters
+    ----------
+    init_prob_active : float or None
+        The probability that a gate starts non-zero, in ``(0, 1)``.
+    init_mean : float or None
+        Deprecated: 0.6.2's logit mean, in ``(0, 1)``.
+    temperature : float
+        The gate temperature ``beta`` used for the translation.
+    owner : str
+        The class named in messages, e.g. ``"L0Gate"``.
+    default : float, default 0.5
+        Used when neither is given.
+    stacklevel : int, default 3
+        ``stacklevel`` of the warning (3 points at the caller of ``owner``).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> resolve_init_prob_active(0.9, None, 0.5, owner="L0Gate")
+    0.9
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", DeprecationWarning)
+    ...     round(resolve_init_prob_active(None, 0.5, 0.5, owner="L0Gate"), 4)
+    0.7685
+    """
+    if init_mean is None:
+        if init_prob_active is None:
+            return default
+        return check_probability(
+            init_prob_active, "init_prob_active", hint="e.g. 0.5 (half the gates start open)"
+        )
+    _check_both(init_prob_active, owner)
+    mean = _check_init_mean(init_mean)
+    prob = prob_active_for_log_alpha(_logit(mean), temperature)
+    _warn_init_mean(owner, prob, stacklevel + 1)
+    return prob
+
+
+def _check_both(init_prob_active: float | None, owner: str) -> None:
+    if init_prob_active is not None:
+        raise TypeError(
+            f"{owner}() got both init_prob_active and init_mean; pass only init_prob_active "
+            "(the probability that a gate starts non-zero). init_mean is deprecated: it is "
+            "l0-python 0.6.2's logit mean, log_alpha = logit(init_mean)"
+        )
+
+
+def _check_init_mean(init_mean: Any) -> float:
+    return check_probability(
+        init_mean,
+        "init_mean",
+        hint="it is l0-python 0.6.2's logit mean, log_alpha = logit(init_mean), e.g. 0.999",
+    )
+
+
+def _warn_init_mean(owner: str, prob: float, stacklevel: int) -> None:
+    warnings.warn(
+        f"{owner}(init_mean=...) is deprecated: it is l0-python 0.6.2's logit mean "
+        "(log_alpha = logit(init_mean)); pass init_prob_active, the probability that a gate "
+        "starts non-zero, instead: init_prob_active = sigmoid(logit(init_mean) - "
+        f"temperature * log(-gamma / zeta)), here {prob:.6g}",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def hard_concrete_sample(
@@ -129,8 +268,9 @@ class HardConcrete(nn.Module):
     temperature : float, default 2/3
         The temperature ``beta``; stored as a buffer, so it travels with
         ``state_dict`` and ``.to()``.
-    init_mean : float, default 0.5
-        Initial probability that a gate is non-zero (exact, before jitter).
+    init_prob_active : float, default 0.5
+        Initial probability that a gate is non-zero (exact, before jitter):
+        ``log_alpha = logit(init_prob_active) + beta * log(-gamma / zeta)``.
     stretch : float, default 0.1
         ``gamma = -stretch`` and ``zeta = 1 + stretch``.
     init_std : float, default 0.01
@@ -150,6 +290,19 @@ class HardConcrete(nn.Module):
     generator : torch.Generator, optional
         Random source for the initial jitter and every training-mode sample;
         a seeded generator makes results bit-identical on CPU.
+    init_mean : float, optional
+        Deprecated; l0-python 0.6.2's keyword with 0.6.2's meaning, the
+        initial logit mean: ``log_alpha = logit(init_mean)`` (plus jitter),
+        whatever the temperature. Emits a ``DeprecationWarning`` giving the
+        equivalent ``init_prob_active``; passing both is a ``TypeError``.
+
+    Attributes
+    ----------
+    init_prob_active : float
+        The initial ``P(z != 0)`` (from ``init_mean``: the probability those
+        logits had at the initial temperature).
+    init_mean : float or None
+        The deprecated ``init_mean`` if given, else ``None``.
 
     Shape
     -----
@@ -157,7 +310,7 @@ class HardConcrete(nn.Module):
 
     Examples
     --------
-    >>> gates = HardConcrete(n_items=1000, temperature=0.25, init_mean=0.999)
+    >>> gates = HardConcrete(n_items=1000, temperature=0.25, init_prob_active=0.999)
     >>> probs = gates()
     >>> probs.shape
     torch.Size([1000])
@@ -173,13 +326,14 @@ class HardConcrete(nn.Module):
         n_items: int,
         *more_dims: int,
         temperature: float = 2.0 / 3.0,
-        init_mean: float = 0.5,
+        init_prob_active: float | None = None,
         stretch: float = 0.1,
         init_std: float = 0.01,
         estimator: Estimator = "median",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
+        init_mean: float | None = None,
     ) -> None:
         super().__init__()
         shape = (n_items, *more_dims)
@@ -201,13 +355,22 @@ class HardConcrete(nn.Module):
         device = check_device(device)
         dtype = check_dtype(dtype)
         self.shape = torch.Size(shape)
-        self.init_mean = float(init_mean)
         self.init_std = float(init_std)
         self.gamma = -stretch
         self.zeta = 1.0 + stretch
         self.estimator: Estimator = estimator
         self.generator = generator
-        log_alpha_for_prob_active(self.init_mean, temperature, self.gamma, self.zeta)  # validates
+        self.init_mean: float | None = None
+        if init_mean is None:
+            self.init_prob_active = 0.5 if init_prob_active is None else float(init_prob_active)
+            log_alpha_for_prob_active(self.init_prob_active, temperature)  # validates
+        else:
+            _check_both(init_prob_active, "HardConcrete")
+            self.init_mean = _check_init_mean(init_mean)
+            self.init_prob_active = prob_active_for_log_alpha(
+                _logit(self.init_mean), temperature, self.gamma, self.zeta
+            )
+            _warn_init_mean("HardConcrete", self.init_prob_active, stacklevel=2)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.log_alpha = nn.Parameter(torch.empty(shape, **factory))
         dt = self.log_alpha.dtype
@@ -220,14 +383,20 @@ class HardConcrete(nn.Module):
         return self.shape[0]
 
     def reset_parameters(self) -> None:
-        """Re-initialise ``log_alpha`` so that ``P(z != 0) == init_mean`` (plus jitter).
+        """Re-initialise ``log_alpha`` so that ``P(z != 0) == init_prob_active`` (plus jitter).
+
+        At the current temperature; with the deprecated ``init_mean``,
+        ``log_alpha = logit(init_mean)`` (plus jitter) instead.
 
         Examples
         --------
-        >>> HardConcrete(3, init_mean=0.9, init_std=0.0).reset_parameters()
+        >>> HardConcrete(3, init_prob_active=0.9, init_std=0.0).reset_parameters()
         """
-        beta = float(self.temperature.item())
-        mean = log_alpha_for_prob_active(self.init_mean, beta, self.gamma, self.zeta)
+        if self.init_mean is not None:
+            mean = _logit(self.init_mean)
+        else:
+            beta = float(self.temperature.item())
+            mean = log_alpha_for_prob_active(self.init_prob_active, beta, self.gamma, self.zeta)
         with torch.no_grad():
             if self.init_std > 0:
                 noise = torch.randn(
@@ -266,7 +435,7 @@ class HardConcrete(nn.Module):
 
         Examples
         --------
-        >>> g = HardConcrete(4, init_mean=0.8, init_std=0.0)
+        >>> g = HardConcrete(4, init_prob_active=0.8, init_std=0.0)
         >>> torch.allclose(g.prob_active(), torch.full((4,), 0.8))
         True
         """
@@ -277,7 +446,7 @@ class HardConcrete(nn.Module):
 
         Examples
         --------
-        >>> g = HardConcrete(2, init_mean=0.8, init_std=0.0)
+        >>> g = HardConcrete(2, init_prob_active=0.8, init_std=0.0)
         >>> torch.allclose(g.prob_zero(), torch.full((2,), 0.2))
         True
         """
@@ -302,7 +471,7 @@ class HardConcrete(nn.Module):
 
         Examples
         --------
-        >>> g = HardConcrete(10, init_mean=0.3, init_std=0.0)
+        >>> g = HardConcrete(10, init_prob_active=0.3, init_std=0.0)
         >>> round(g.l0_penalty().item(), 4)
         3.0
         """
@@ -325,7 +494,7 @@ class HardConcrete(nn.Module):
 
         Examples
         --------
-        >>> g = HardConcrete(2, init_mean=0.999)
+        >>> g = HardConcrete(2, init_prob_active=0.999)
         >>> bool((g.deterministic() == 1).all())
         True
         """
@@ -340,7 +509,7 @@ class HardConcrete(nn.Module):
 
         Examples
         --------
-        >>> g = HardConcrete(5, init_mean=0.999)
+        >>> g = HardConcrete(5, init_prob_active=0.999)
         >>> g.eval()().shape
         torch.Size([5])
         """
@@ -352,7 +521,7 @@ class HardConcrete(nn.Module):
 
         Examples
         --------
-        >>> HardConcrete(7, init_mean=0.99).num_active()
+        >>> HardConcrete(7, init_prob_active=0.99).num_active()
         7
         """
         return int((self.deterministic() > 0).sum().item())
@@ -362,7 +531,7 @@ class HardConcrete(nn.Module):
 
         Examples
         --------
-        >>> HardConcrete(4, init_mean=0.99).sparsity()
+        >>> HardConcrete(4, init_prob_active=0.99).sparsity()
         0.0
         """
         return 1.0 - self.num_active() / self.log_alpha.numel()
@@ -373,7 +542,7 @@ class HardConcrete(nn.Module):
 
         Examples
         --------
-        >>> HardConcrete(3, init_mean=0.99).active_indices().tolist()
+        >>> HardConcrete(3, init_prob_active=0.99).active_indices().tolist()
         [0, 1, 2]
         """
         nz = (self.deterministic() > 0).nonzero()
@@ -388,7 +557,7 @@ class HardConcrete(nn.Module):
         >>> import warnings
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore", DeprecationWarning)
-        ...     round(HardConcrete(4, init_mean=0.5, init_std=0.0).get_penalty().item(), 4)
+        ...     round(HardConcrete(4, init_prob_active=0.5, init_std=0.0).get_penalty().item(), 4)
         2.0
         """
         _deprecated("get_penalty()", "l0_penalty()")
@@ -416,7 +585,7 @@ class HardConcrete(nn.Module):
         >>> import warnings
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore", DeprecationWarning)
-        ...     HardConcrete(5, init_mean=0.99).get_num_active()
+        ...     HardConcrete(5, init_prob_active=0.99).get_num_active()
         5
         """
         _deprecated("get_num_active()", "num_active()")

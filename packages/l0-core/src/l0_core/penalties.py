@@ -87,7 +87,7 @@ def compute_l0_penalty(model: nn.Module) -> Tensor:
     Examples
     --------
     >>> from l0_core import HardConcrete
-    >>> m = nn.ModuleList([HardConcrete(4, init_mean=0.5, init_std=0.0), nn.Linear(3, 3)])
+    >>> m = nn.ModuleList([HardConcrete(4, init_prob_active=0.5, init_std=0.0), nn.Linear(3, 3)])
     >>> round(compute_l0_penalty(m).item(), 4)
     2.0
     """
@@ -136,7 +136,7 @@ def compute_l0l2_penalty(
     Examples
     --------
     >>> from l0_core import HardConcrete
-    >>> g = HardConcrete(10, init_mean=0.5, init_std=0.0)
+    >>> g = HardConcrete(10, init_prob_active=0.5, init_std=0.0)
     >>> round(compute_l0l2_penalty(g, l0_lambda=0.1, l2_lambda=1.0).item(), 4)
     0.5
     """
@@ -172,7 +172,7 @@ def get_sparsity_stats(model: nn.Module) -> dict[str, dict[str, float]]:
     Examples
     --------
     >>> from l0_core import HardConcrete
-    >>> stats = get_sparsity_stats(nn.ModuleDict({"g": HardConcrete(4, init_mean=0.99)}))
+    >>> stats = get_sparsity_stats(nn.ModuleDict({"g": HardConcrete(4, init_prob_active=0.99)}))
     >>> stats["g"]["active_gates"], stats["g"]["sparsity"]
     (4, 0.0)
     """

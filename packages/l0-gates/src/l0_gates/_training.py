@@ -56,7 +56,7 @@ def build_gate(
     size: int,
     *,
     temperature: float,
-    init_mean: float,
+    init_prob_active: float,
     seed: int,
     device: torch.device | None,
     dtype: torch.dtype | None,
@@ -65,7 +65,7 @@ def build_gate(
 
     Examples
     --------
-    >>> g = build_gate("hard_concrete", 4, temperature=0.5, init_mean=0.5, seed=0,
+    >>> g = build_gate("hard_concrete", 4, temperature=0.5, init_prob_active=0.5, seed=0,
     ...                device=None, dtype=None)
     >>> g.prob_active().shape
     torch.Size([4])
@@ -74,7 +74,7 @@ def build_gate(
         gate,
         size,
         temperature=temperature,
-        init_mean=init_mean,
+        init_prob_active=init_prob_active,
         device=device,
         dtype=dtype,
         generator=gate_generator(seed, device),
@@ -251,7 +251,7 @@ def train_gate(
     Examples
     --------
     >>> from l0_core import HardConcrete
-    >>> g = HardConcrete(20, init_mean=0.5, generator=torch.Generator().manual_seed(0))
+    >>> g = HardConcrete(20, init_prob_active=0.5, generator=torch.Generator().manual_seed(0))
     >>> w = torch.linspace(-1, 1, 20)
     >>> config = TrainConfig(epochs=500, controller_lr=0.2)
     >>> hist = train_gate(g, lambda z: (w.abs() - z * w).sum(), 5, config)

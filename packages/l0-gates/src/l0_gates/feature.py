@@ -119,7 +119,7 @@ class FeatureGate(L0Gate):
         super().__init__(
             p,
             temperature,
-            init_mean=min(k / p, 0.99),
+            init_prob_active=min(k / p, 0.99),
             gate=gate,
             seed=seed,
             device=device,
@@ -232,7 +232,7 @@ class FeatureGate(L0Gate):
         device = self._fit_device(X)
         x = feature_matrix(X, self.n_features, "X", device)
         prepared = None if y is None else prepare_target(y, x.shape[0], task, x.device)
-        self._rebuild(device, init_mean=0.5)
+        self._rebuild(device, init_prob_active=0.5)
         if y is None:
             ctl = 3.0 if controller_lr is None else controller_lr
             self._fit_unsupervised(x, epochs or 300, lr, ctl, center, standardize, rank)

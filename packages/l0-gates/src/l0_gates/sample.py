@@ -100,7 +100,7 @@ class SampleGate(L0Gate):
         super().__init__(
             n,
             temperature,
-            init_mean=min(k / n, 0.999),
+            init_prob_active=min(k / n, 0.999),
             gate=gate,
             seed=seed,
             device=device,
@@ -189,7 +189,7 @@ class SampleGate(L0Gate):
         base = _weights_or_ones(weights, self.n_samples, "weights").to(table.numeric.device)
         targets = moment_matrix(table, base, moments)
         k, n = self.target_samples, self.n_samples
-        self._rebuild(device, init_mean=min(max(0.5, k / n), 0.99))
+        self._rebuild(device, init_prob_active=min(max(0.5, k / n), 0.99))
         if k < n:
             dtype = self.gates.prob_active().dtype
             scaled = (targets.matrix / targets.scale).to(dtype)

@@ -116,7 +116,7 @@ class L0Layer(nn.Module):
             cls,
             *shape,
             temperature=temperature,
-            init_mean=1.0 - self.init_sparsity,
+            init_prob_active=1.0 - self.init_sparsity,
             device=device,
             dtype=dtype,
             generator=generator,

@@ -130,7 +130,7 @@ class SparseL0Linear(nn.Module):
             cls,
             n_features,
             temperature=temperature,
-            init_mean=self.init_prob_active,
+            init_prob_active=self.init_prob_active,
             device=device,
             dtype=dtype,
             generator=self._generator,

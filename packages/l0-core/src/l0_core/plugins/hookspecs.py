@@ -35,8 +35,9 @@ class L0HookSpecs:
 
         ``register(name, cls)`` accepts an ``nn.Module`` subclass
         implementing :class:`l0_core.Gate` whose constructor accepts
-        ``(*shape, temperature=..., init_mean=..., device=..., dtype=...,
-        generator=...)``. Users then pass ``gate="name"`` to any l0 class
+        ``(*shape, temperature=..., init_prob_active=..., device=...,
+        dtype=..., generator=...)``, ``init_prob_active`` being the initial
+        probability that a gate is non-zero. Users then pass ``gate="name"`` to any l0 class
         that makes gates.
         """
 
