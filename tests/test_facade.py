@@ -495,6 +495,20 @@ def test_l0_gate_init_mean_is_the_062_logit_mean():
     assert gate.gates.log_alpha.mean().item() == pytest.approx(_logit(0.7), abs=0.003)
 
 
+def test_init_mean_is_062_api_in_the_facade_and_does_not_warn():
+    # l0_core/l0_gates deprecate init_mean (0.6.2's logit mean); through `l0` it is 0.6.2's API.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        hc = l0.HardConcrete(5, temperature=0.5, init_mean=0.8)
+        gate = l0.L0Gate(5, temperature=0.3, init_mean=0.7)
+    assert torch.allclose(hc.qz_logits, torch.full((5,), _logit(0.8)))
+    assert gate.init_mean == 0.7
+    with pytest.raises(ValueError, match=r"init_mean must be < 1\.0, got 1\.0"):
+        l0.L0Gate(5, init_mean=1.0)
+
+
 def test_gates_read_back_the_temperature_they_were_given():
     assert l0.L0Gate(100, temperature=0.3, init_mean=0.7).temperature == 0.3
     gate = l0.SampleGate(n_samples=50, target_samples=5, temperature=0.2)

@@ -115,7 +115,7 @@ class HardConcrete(_core.HardConcrete):
         temperature = _positive("temperature", temperature)
         dims = (input_dim,) if output_dim is None else (input_dim, output_dim)
         super().__init__(
-            *dims, temperature=temperature, init_mean=0.5, stretch=stretch, init_std=0.0
+            *dims, temperature=temperature, init_prob_active=0.5, stretch=stretch, init_std=0.0
         )
         # 0.6.2's names and kinds: the logits are the parameter ``qz_logits`` and the
         # temperature a float attribute (not a buffer), so its state_dicts load as they are.

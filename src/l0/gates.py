@@ -58,7 +58,8 @@ class L0Gate(_ExactTemperature, l0_gates.L0Gate):
 
     The gates start with ``logits = log(init_mean / (1 - init_mean))`` (plus
     l0-gates' small jitter), as in 0.6.2; l0-gates' own ``L0Gate`` takes the
-    open probability instead.
+    open probability, ``init_prob_active``, instead (there ``init_mean`` is
+    deprecated, with this meaning).
 
     Examples
     --------
@@ -69,15 +70,15 @@ class L0Gate(_ExactTemperature, l0_gates.L0Gate):
     def __init__(self, size: int, temperature: float = 0.5, init_mean: float = 0.5, **kw: Any):
         # 0.6.2's init_mean is the logit mean (logits = logit(init_mean)); l0-gates takes
         # the probability that a gate is open, so pass the probability those logits give.
-        prob = init_mean
-        if (
-            isinstance(init_mean, float | int)
-            and 0 < init_mean < 1
-            and isinstance(temperature, float | int)
-        ):
+        if not (isinstance(init_mean, float | int) and 0 < init_mean < 1):
+            # l0-gates rejects the bad value with a message naming init_mean
+            super().__init__(size, temperature, init_mean=init_mean, **kw)
+        try:
             shift = float(temperature) * math.log(0.1 / 1.1)
-            logit = math.log(init_mean) - math.log1p(-init_mean)
-            prob = min(1.0 / (1.0 + math.exp(-(logit - shift))), 1.0 - 1e-9)
+        except (TypeError, ValueError):  # l0-gates rejects the temperature first
+            shift = 0.0
+        logit = math.log(init_mean) - math.log1p(-init_mean)
+        prob = min(1.0 / (1.0 + math.exp(-(logit - shift))), 1.0 - 1e-9)
         super().__init__(size, temperature, prob, **kw)
         self.init_mean = float(init_mean)
         _remember(self, temperature)

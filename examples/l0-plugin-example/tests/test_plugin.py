@@ -55,7 +55,13 @@ def test_the_l0_command_lists_the_plugin():
 def test_make_gate_builds_it_with_the_l0_constructor_convention():
     gen = torch.Generator().manual_seed(0)
     gate = make_gate(
-        "straight_through", 6, 2, temperature=0.3, init_mean=0.7, dtype=torch.float64, generator=gen
+        "straight_through",
+        6,
+        2,
+        temperature=0.3,
+        init_prob_active=0.7,
+        dtype=torch.float64,
+        generator=gen,
     )
     assert isinstance(gate, StraightThroughGate) and is_gate(gate)
     assert gate.logits.shape == (6, 2) and gate.logits.dtype == torch.float64
@@ -81,7 +87,7 @@ def test_the_schedule_rejects_progress_outside_zero_one():
 
 def test_training_samples_are_exactly_zero_or_one_with_the_analytic_frequency():
     gen = torch.Generator().manual_seed(1)
-    gate = StraightThroughGate(50_000, 3, init_mean=0.5, init_std=0.0, generator=gen)
+    gate = StraightThroughGate(50_000, 3, init_prob_active=0.5, init_std=0.0, generator=gen)
     with torch.no_grad():
         gate.logits.copy_(torch.tensor([-1.0, 0.0, 2.0]).expand(50_000, 3))
     z = gate.train()().detach()
@@ -155,7 +161,7 @@ def test_low_precision_samples_are_finite(dtype):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"init_mean": 1.0}, "init_mean must lie strictly between 0 and 1"),
+        ({"init_prob_active": 1.0}, "init_prob_active must lie strictly between 0 and 1"),
         ({"temperature": 0.0}, "temperature must be a positive number"),
         ({"init_std": -1.0}, "init_std must be >= 0"),
     ],
@@ -175,7 +181,7 @@ def test_a_gated_training_loop_learns_to_close_useless_gates():
     x = torch.randn(256, 8)
     y = x[:, :2].sum(1, keepdim=True)  # only the first two features matter
     gate = make_gate(
-        "straight_through", 8, init_mean=0.9, generator=torch.Generator().manual_seed(0)
+        "straight_through", 8, init_prob_active=0.9, generator=torch.Generator().manual_seed(0)
     )
     head = nn.Linear(8, 1)
     opt = torch.optim.Adam([*gate.parameters(), *head.parameters()], lr=0.05)

@@ -95,14 +95,14 @@ class RowGatedLinear(nn.Module):
         self,
         in_features: int,
         out_features: int,
-        init_mean: float = 0.5,
+        init_prob_active: float = 0.5,
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, dtype=dtype)
         self.gate = HardConcrete(
-            out_features, init_mean=init_mean, dtype=dtype, generator=generator
+            out_features, init_prob_active=init_prob_active, dtype=dtype, generator=generator
         )
 
     def forward(self, x: Tensor) -> Tensor:

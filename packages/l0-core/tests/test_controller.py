@@ -19,14 +19,14 @@ def train(gate, ctl, steps, lr=0.1):
 @pytest.mark.slow
 def test_controller_drives_the_expected_count_to_a_target_count():
     torch.manual_seed(0)
-    gate = HardConcrete(200, init_mean=0.9, generator=torch.Generator().manual_seed(0))
+    gate = HardConcrete(200, init_prob_active=0.9, generator=torch.Generator().manual_seed(0))
     ctl = TargetSparsityController(target=40, n_total=200, lr=0.05)
     train(gate, ctl, 800)
     assert abs(gate.l0_penalty().item() - 40) < 1
 
 
 def test_controller_accepts_a_fraction_and_reaches_it():
-    gate = HardConcrete(100, init_mean=0.2, generator=torch.Generator().manual_seed(1))
+    gate = HardConcrete(100, init_prob_active=0.2, generator=torch.Generator().manual_seed(1))
     ctl = TargetSparsityController(target=0.6, n_total=100)
     assert ctl.target_count == 60 and ctl.target_fraction == pytest.approx(0.6)
     train(gate, ctl, 800)
@@ -119,7 +119,7 @@ def test_bad_sizes_and_rates_are_rejected(kwargs, message):
 
 
 def trajectory(ctl, steps=1500):
-    gate = HardConcrete(1000, init_mean=0.9, generator=torch.Generator().manual_seed(0))
+    gate = HardConcrete(1000, init_prob_active=0.9, generator=torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(gate.parameters(), lr=0.1)
     counts = []
     for _ in range(steps):

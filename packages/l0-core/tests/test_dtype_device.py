@@ -22,7 +22,7 @@ ALL_FLOATS = [torch.float32, torch.float64, *LOW_PRECISION]
 
 @pytest.mark.parametrize("dtype", ALL_FLOATS)
 def test_parameters_buffer_samples_and_penalty_use_the_requested_dtype(dtype):
-    gate = HardConcrete(64, temperature=0.25, init_mean=0.999, dtype=dtype)
+    gate = HardConcrete(64, temperature=0.25, init_prob_active=0.999, dtype=dtype)
     assert gate.log_alpha.dtype == dtype and gate.temperature.dtype == dtype
     assert gate.train()().dtype == dtype
     assert gate.eval()().dtype == dtype
@@ -35,7 +35,7 @@ def test_parameters_buffer_samples_and_penalty_use_the_requested_dtype(dtype):
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 def test_an_l0_penalty_over_more_gates_than_float16_can_count_is_finite(dtype):
     n = 100_000  # > 65,504, the largest float16
-    gate = HardConcrete(n, init_mean=0.9, init_std=0.0, dtype=dtype)
+    gate = HardConcrete(n, init_prob_active=0.9, init_std=0.0, dtype=dtype)
     expected = gate.prob_active().double().sum().item()  # independent float64 sum
     for penalty in (gate.l0_penalty(), compute_l0_penalty(gate)):
         assert torch.isfinite(penalty)
@@ -47,11 +47,16 @@ def test_an_l0_penalty_over_more_gates_than_float16_can_count_is_finite(dtype):
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
-@pytest.mark.parametrize("init_mean", [0.001, 0.5, 0.999])
-def test_low_precision_samples_are_finite_and_stay_in_the_unit_interval(dtype, init_mean):
+@pytest.mark.parametrize("init_prob_active", [0.001, 0.5, 0.999])
+def test_low_precision_samples_are_finite_and_stay_in_the_unit_interval(dtype, init_prob_active):
     gen = torch.Generator().manual_seed(0)
     gate = HardConcrete(
-        20_000, temperature=0.1, init_mean=init_mean, init_std=3.0, dtype=dtype, generator=gen
+        20_000,
+        temperature=0.1,
+        init_prob_active=init_prob_active,
+        init_std=3.0,
+        dtype=dtype,
+        generator=gen,
     )
     z = gate.train()()
     assert torch.isfinite(z).all()
@@ -76,11 +81,11 @@ def test_low_and_double_precision_penalty_agrees_with_float32(dtype):
     ref = HardConcrete(
         1000,
         temperature=0.25,
-        init_mean=0.7,
+        init_prob_active=0.7,
         init_std=1.0,
         generator=torch.Generator().manual_seed(2),
     )
-    other = HardConcrete(1000, temperature=0.25, init_mean=0.7, dtype=dtype)
+    other = HardConcrete(1000, temperature=0.25, init_prob_active=0.7, dtype=dtype)
     with torch.no_grad():
         other.log_alpha.copy_(ref.log_alpha.to(dtype))
     rel = {torch.float64: 1e-6, torch.float16: 5e-3, torch.bfloat16: 2e-2}[dtype]
@@ -107,8 +112,10 @@ def test_penalties_and_controller_follow_a_float64_or_bfloat16_model(dtype, row_
     assert update_temperatures(model, 0.2) == 1
 
 
-def test_log_alpha_of_a_float16_gate_never_overflows_for_extreme_init_means():
-    gate = HardConcrete(4, temperature=0.05, init_mean=1 - 1e-6, dtype=torch.float16, init_std=0.0)
+def test_log_alpha_of_a_float16_gate_never_overflows_for_extreme_init_prob_actives():
+    gate = HardConcrete(
+        4, temperature=0.05, init_prob_active=1 - 1e-6, dtype=torch.float16, init_std=0.0
+    )
     expected = math.log(1 - 1e-6) - math.log(1e-6) + 0.05 * math.log(0.1 / 1.1)
     assert gate.log_alpha[0].item() == pytest.approx(expected, rel=1e-3)
     assert torch.isfinite(gate.eval()()).all() and torch.isfinite(gate.l0_penalty())
@@ -122,7 +129,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_cuda_gate_samples_penalties_and_generator_stay_on_the_gpu(dtype, row_gated_linear):
     gen = torch.Generator(device="cuda").manual_seed(0)
     gate = HardConcrete(
-        1000, temperature=0.25, init_mean=0.5, device="cuda", dtype=dtype, generator=gen
+        1000, temperature=0.25, init_prob_active=0.5, device="cuda", dtype=dtype, generator=gen
     )
     assert gate.log_alpha.device.type == "cuda" and gate.temperature.device.type == "cuda"
     z = gate.train()()

@@ -67,7 +67,9 @@ def test_deterministic_gates_uses_eval_mode_and_restores_the_training_flag(float
 
 
 def test_deterministic_gates_of_hard_concrete_equals_its_eval_output():
-    gate = HardConcrete(6, init_mean=0.5, init_std=2.0, generator=torch.Generator().manual_seed(0))
+    gate = HardConcrete(
+        6, init_prob_active=0.5, init_std=2.0, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(deterministic_gates(gate), gate.eval()().detach())
 
 

@@ -85,7 +85,7 @@ def test_monte_carlo_mean_matches_numerically_integrated_mean(samples):
 
 def test_expected_l0_penalty_matches_monte_carlo_count_of_nonzero_gates():
     gen = torch.Generator().manual_seed(7)
-    gate = HardConcrete(40, temperature=0.5, init_mean=0.5, init_std=1.5, generator=gen)
+    gate = HardConcrete(40, temperature=0.5, init_prob_active=0.5, init_std=1.5, generator=gen)
     gate.train()
     counts = torch.stack([(gate() > 0).sum() for _ in range(5000)]).double()
     expected = gate.l0_penalty().item()
@@ -133,9 +133,9 @@ def test_same_generator_seed_gives_bit_identical_gates_and_samples():
     assert torch.equal(la1, la2) and torch.equal(z1, z2)
 
 
-def test_init_mean_is_the_exact_initial_probability_of_a_nonzero_gate():
+def test_init_prob_active_is_the_exact_initial_probability_of_a_nonzero_gate():
     for beta in (0.1, 2 / 3, 1.5):
-        gate = HardConcrete(4, temperature=beta, init_mean=0.999, init_std=0.0)
+        gate = HardConcrete(4, temperature=beta, init_prob_active=0.999, init_std=0.0)
         assert torch.allclose(gate.prob_active(), torch.full((4,), 0.999), atol=1e-6)
 
 
@@ -149,9 +149,9 @@ def test_log_alpha_for_prob_active_rejects_probabilities_outside_zero_one():
         log_alpha_for_prob_active(1.0, 0.5)
 
 
-def test_init_std_jitters_log_alpha_around_the_init_mean_value():
+def test_init_std_jitters_log_alpha_around_the_init_prob_active_value():
     gen = torch.Generator().manual_seed(0)
-    gate = HardConcrete(20_000, temperature=0.5, init_mean=0.3, init_std=0.05, generator=gen)
+    gate = HardConcrete(20_000, temperature=0.5, init_prob_active=0.3, init_std=0.05, generator=gen)
     centre = log_alpha_for_prob_active(0.3, 0.5)
     assert gate.log_alpha.mean().item() == pytest.approx(centre, abs=0.003)
     assert gate.log_alpha.std().item() == pytest.approx(0.05, rel=0.03)
@@ -176,7 +176,9 @@ def test_eval_gate_is_the_temperature_aware_median_of_the_samples():
 
 
 def test_eval_gate_is_exactly_zero_iff_prob_active_is_at_most_one_half():
-    gate = HardConcrete(200, temperature=0.25, init_mean=0.5, init_std=2.0, dtype=torch.float64)
+    gate = HardConcrete(
+        200, temperature=0.25, init_prob_active=0.5, init_std=2.0, dtype=torch.float64
+    )
     gate.eval()
     det = gate()
     assert torch.equal(det == 0, gate.prob_active() <= 0.5)
@@ -210,7 +212,7 @@ def test_active_indices_of_a_two_dimensional_gate_are_index_pairs():
 
 
 def test_training_mode_sample_is_differentiable_in_log_alpha():
-    gate = HardConcrete(100, init_mean=0.5, generator=torch.Generator().manual_seed(0))
+    gate = HardConcrete(100, init_prob_active=0.5, generator=torch.Generator().manual_seed(0))
     gate.train()
     gate().sum().backward()
     grad = gate.log_alpha.grad
@@ -235,14 +237,14 @@ def test_sample_gradient_matches_a_finite_difference_with_the_same_noise():
 
 
 def test_l0_penalty_gradient_is_p_times_one_minus_p():
-    gate = HardConcrete(6, init_mean=0.5, init_std=1.0, dtype=torch.float64)
+    gate = HardConcrete(6, init_prob_active=0.5, init_std=1.0, dtype=torch.float64)
     gate.l0_penalty().backward()
     p = gate.prob_active().detach()
     assert torch.allclose(gate.log_alpha.grad, p * (1 - p), atol=1e-12)
 
 
 def test_state_dict_round_trip_restores_log_alpha_and_temperature():
-    gate = HardConcrete(8, temperature=0.25, init_mean=0.9, init_std=0.5)
+    gate = HardConcrete(8, temperature=0.25, init_prob_active=0.9, init_std=0.5)
     gate.set_temperature(0.125)
     assert set(gate.state_dict()) == {"log_alpha", "temperature"}
     buf = io.BytesIO()
@@ -268,7 +270,7 @@ def test_set_temperature_changes_prob_active_through_the_buffer():
 
 
 def test_reset_parameters_restores_the_initial_probability():
-    gate = HardConcrete(4, init_mean=0.7, init_std=0.0)
+    gate = HardConcrete(4, init_prob_active=0.7, init_std=0.0)
     with torch.no_grad():
         gate.log_alpha.fill_(-9.0)
     gate.reset_parameters()
@@ -289,8 +291,8 @@ def test_extra_repr_names_shape_temperature_and_estimator():
         ({"n_items": 3, "temperature": 0.0}, ValueError, r"temperature must be > 0\.0, got 0\.0"),
         ({"n_items": 3, "temperature": "hot"}, TypeError, "temperature must be a number"),
         ({"n_items": 3, "stretch": -0.1}, ValueError, r"stretch must be > 0\.0, got -0\.1"),
-        ({"n_items": 3, "init_mean": 1.0}, ValueError, "init_mean must lie strictly"),
-        ({"n_items": 3, "init_mean": 0.0}, ValueError, "init_mean must lie strictly"),
+        ({"n_items": 3, "init_prob_active": 1.0}, ValueError, "init_prob_active must lie strictly"),
+        ({"n_items": 3, "init_prob_active": 0.0}, ValueError, "init_prob_active must lie strictly"),
         ({"n_items": 3, "init_std": -1.0}, ValueError, "init_std must be >= 0"),
         (
             {"n_items": 3, "estimator": "mean"},

@@ -76,7 +76,7 @@ def test_l2_penalty_weights_each_row_norm_by_its_gate_probability(model):
 
 
 def test_l2_penalty_ignores_gate_logits_and_ungated_layers():
-    model = nn.ModuleList([HardConcrete(3, init_mean=0.9), nn.Linear(4, 4)])
+    model = nn.ModuleList([HardConcrete(3, init_prob_active=0.9), nn.Linear(4, 4)])
     assert compute_l2_penalty(model).item() == 0.0
 
 

@@ -36,10 +36,10 @@ class SigmoidGate(nn.Module):
     """A small deterministic gate type used as a plugin gate in these tests."""
 
     def __init__(
-        self, *shape, temperature=0.5, init_mean=0.5, device=None, dtype=None, generator=None
+        self, *shape, temperature=0.5, init_prob_active=0.5, device=None, dtype=None, generator=None
     ):
         super().__init__()
-        logit = torch.logit(torch.tensor(init_mean, dtype=torch.float64)).item()
+        logit = torch.logit(torch.tensor(init_prob_active, dtype=torch.float64)).item()
         self.logits = nn.Parameter(torch.full(shape, logit, device=device, dtype=dtype))
         self.register_buffer("temperature", torch.tensor(temperature, device=device, dtype=dtype))
 
@@ -98,7 +98,7 @@ def test_in_process_plugin_adds_a_gate_and_a_schedule_until_unregistered():
     try:
         assert name == "test-plugin"
         assert "test-sigmoid" in available("gates") and "test-half" in available("schedules")
-        gate = make_gate("test-sigmoid", 3, 2, init_mean=0.8, dtype=torch.float64)
+        gate = make_gate("test-sigmoid", 3, 2, init_prob_active=0.8, dtype=torch.float64)
         assert isinstance(gate, SigmoidGate) and gate().shape == (3, 2)
         assert gate.l0_penalty().item() == pytest.approx(6 * 0.8)
         s = TemperatureScheduler(1.0, 0.5, total_epochs=5, schedule="test-half")
@@ -327,10 +327,45 @@ def test_make_gate_rejects_a_class_that_is_not_a_gate():
 def test_make_gate_passes_the_constructor_convention_through():
     gen = torch.Generator().manual_seed(0)
     gate = make_gate(
-        "hard_concrete", 4, 3, temperature=0.3, init_mean=0.9, dtype=torch.float64, generator=gen
+        "hard_concrete",
+        4,
+        3,
+        temperature=0.3,
+        init_prob_active=0.9,
+        dtype=torch.float64,
+        generator=gen,
     )
     assert isinstance(gate, HardConcrete) and gate.shape == (4, 3)
     assert gate.temperature.item() == pytest.approx(0.3) and gate.log_alpha.dtype == torch.float64
+
+
+class LegacyGate(SigmoidGate):
+    """A gate written for the old contract: the open probability is called ``init_mean``."""
+
+    def __init__(self, *shape, temperature=0.5, init_mean=0.5, dtype=None):
+        super().__init__(*shape, temperature=temperature, init_prob_active=init_mean, dtype=dtype)
+
+
+def test_make_gate_passes_init_prob_active_as_init_mean_to_a_gate_of_the_old_contract():
+    with pytest.warns(
+        DeprecationWarning, match=r"takes init_mean, not init_prob_active.*Rename the constructor"
+    ):
+        gate = make_gate(LegacyGate, 5, init_prob_active=0.8, dtype=torch.float64)
+    want = torch.full((5,), 0.8, dtype=torch.float64)
+    assert isinstance(gate, LegacyGate) and torch.allclose(gate.prob_active(), want)
+
+
+def test_make_gate_passes_init_prob_active_unchanged_to_gates_that_take_it_or_kwargs():
+    class KwargsGate(SigmoidGate):
+        def __init__(self, *shape, **kw):
+            super().__init__(*shape, **kw)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        a = make_gate(SigmoidGate, 2, init_prob_active=0.3, dtype=torch.float64)
+        b = make_gate(KwargsGate, 2, init_prob_active=0.3, dtype=torch.float64)
+    for g in (a, b):
+        assert torch.allclose(g.prob_active(), torch.full((2,), 0.3, dtype=torch.float64))
 
 
 def test_get_gate_class_returns_a_class_unchanged():

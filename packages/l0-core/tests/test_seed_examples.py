@@ -20,7 +20,9 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gates_for_household_weights_by_position_start_almost_all_open(dtype):
     household_weights = torch.ones(500, dtype=dtype)
-    gates = HardConcrete(len(household_weights), temperature=0.25, init_mean=0.999, dtype=dtype)
+    gates = HardConcrete(
+        len(household_weights), temperature=0.25, init_prob_active=0.999, dtype=dtype
+    )
     assert gates.prob_active().float().mean().item() == pytest.approx(0.999, abs=2e-3)
     assert gates.num_active() == 500
 
@@ -29,13 +31,15 @@ def test_gates_for_household_weights_by_position_start_almost_all_open(dtype):
 def test_gates_by_keyword_produce_probabilities_that_mask_the_weights(dtype):
     households = list(range(300))
     weights = torch.rand(300, generator=torch.Generator().manual_seed(0)).to(dtype)
-    gates = HardConcrete(n_items=len(households), temperature=0.25, init_mean=0.999, dtype=dtype)
+    gates = HardConcrete(
+        n_items=len(households), temperature=0.25, init_prob_active=0.999, dtype=dtype
+    )
     probs = gates()
     assert probs.shape == (300,) and probs.dtype == dtype
     assert probs.min().item() >= 0 and probs.max().item() <= 1
     masked_weights = weights * probs
     assert masked_weights.shape == weights.shape and torch.isfinite(masked_weights).all()
-    assert (probs == 1).float().mean().item() > 0.9  # init_mean=0.999 at temperature 0.25
+    assert (probs == 1).float().mean().item() > 0.9  # init_prob_active=0.999 at temperature 0.25
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -43,9 +43,11 @@ def redundant_columns(
 class LogisticGate(nn.Module):
     """A minimal third-party gate: relaxed Bernoulli in training, hard 0/1 in eval."""
 
-    def __init__(self, n, temperature=0.5, init_mean=0.5, device=None, dtype=None, generator=None):
+    def __init__(
+        self, n, temperature=0.5, init_prob_active=0.5, device=None, dtype=None, generator=None
+    ):
         super().__init__()
-        logit = math.log(init_mean) - math.log1p(-init_mean)
+        logit = math.log(init_prob_active) - math.log1p(-init_prob_active)
         self.logits = nn.Parameter(torch.full((n,), logit, device=device, dtype=dtype))
         self.register_buffer("temperature", torch.tensor(float(temperature), device=device))
         self.generator = generator

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from l0_core import HardConcrete, compute_l0_penalty, is_gate, update_temperatures
@@ -9,21 +11,21 @@ from l0_gates import HybridGate, L0Gate
 
 
 def test_l0_gate_implements_the_core_gate_protocol_so_core_penalties_find_it():
-    gate = L0Gate(50, init_mean=0.3, seed=0)
+    gate = L0Gate(50, init_prob_active=0.3, seed=0)
     model = torch.nn.ModuleDict({"selector": gate, "head": torch.nn.Linear(3, 1)})
     assert is_gate(gate)
     assert torch.allclose(compute_l0_penalty(model), gate.prob_active().sum())
 
 
 def test_penalty_is_the_sum_of_prob_active_computed_from_log_alpha():
-    gate = L0Gate(40, temperature=0.3, init_mean=0.7, seed=1)
+    gate = L0Gate(40, temperature=0.3, init_prob_active=0.7, seed=1)
     hc = gate.gates
     expected = torch.sigmoid(hc.log_alpha - 0.3 * torch.log(torch.tensor(0.1 / 1.1))).sum()
     assert torch.allclose(gate.get_penalty(), expected)
 
 
 def test_training_mode_gates_are_random_samples_and_eval_gates_are_deterministic():
-    gate = L0Gate(200, init_mean=0.5, seed=0)
+    gate = L0Gate(200, init_prob_active=0.5, seed=0)
     a, b = gate.get_gates(), gate.get_gates()
     assert not torch.equal(a, b)
     gate.eval()
@@ -31,7 +33,7 @@ def test_training_mode_gates_are_random_samples_and_eval_gates_are_deterministic
 
 
 def test_apply_gates_multiplies_along_the_requested_dimension():
-    gate = L0Gate(4, init_mean=0.5, seed=3).eval()
+    gate = L0Gate(4, init_prob_active=0.5, seed=3).eval()
     x = torch.arange(12.0).reshape(3, 4)
     gates = gate.get_gates()
     assert torch.equal(gate.apply_gates(x, dim=1), x * gates[None, :])
@@ -39,7 +41,7 @@ def test_apply_gates_multiplies_along_the_requested_dimension():
 
 
 def test_apply_with_a_tensor_gates_it_and_with_a_function_keeps_module_apply():
-    gate = L0Gate(3, init_mean=0.5, seed=0).eval()
+    gate = L0Gate(3, init_prob_active=0.5, seed=0).eval()
     x = torch.ones(3, 2)
     assert torch.equal(gate.apply(x, dim=0), gate.apply_gates(x, dim=0))
     seen = []
@@ -48,7 +50,7 @@ def test_apply_with_a_tensor_gates_it_and_with_a_function_keeps_module_apply():
 
 
 def test_active_indices_are_the_items_whose_deterministic_gate_exceeds_the_threshold():
-    gate = L0Gate(6, init_mean=0.5, seed=0)
+    gate = L0Gate(6, init_prob_active=0.5, seed=0)
     with torch.no_grad():
         gate.gates.log_alpha.copy_(torch.tensor([5.0, -5.0, 0.5, -0.2, 3.0, -9.0]))
     det = gate.gates.deterministic()
@@ -73,7 +75,7 @@ def test_equal_seeds_give_identical_gates_and_samples():
 
 
 def test_gates_are_built_by_registered_name_including_plugin_gates(logistic_gate_name):
-    gate = L0Gate(10, gate=logistic_gate_name, init_mean=0.2, seed=0)
+    gate = L0Gate(10, gate=logistic_gate_name, init_prob_active=0.2, seed=0)
     assert type(gate.gates).__name__ == "LogisticGate"
     assert gate.get_penalty().item() == pytest.approx(2.0, rel=1e-5)
     assert isinstance(L0Gate(3, seed=0).gates, HardConcrete)
@@ -110,10 +112,14 @@ def test_a_non_positive_temperature_is_rejected(temperature, problem):
         L0Gate(3, temperature=temperature)
 
 
-@pytest.mark.parametrize("init_mean, bound", [(0.0, "> 0.0"), (1.0, "< 1.0"), (1.5, "< 1.0")])
-def test_init_mean_outside_the_open_unit_interval_is_rejected(init_mean, bound):
-    with pytest.raises(ValueError, match=f"init_mean must be {bound}, got {init_mean}"):
-        L0Gate(3, init_mean=init_mean)
+@pytest.mark.parametrize(
+    "init_prob_active, bound", [(0.0, "> 0.0"), (1.0, "< 1.0"), (1.5, "< 1.0")]
+)
+def test_init_prob_active_outside_the_open_unit_interval_is_rejected(init_prob_active, bound):
+    with pytest.raises(
+        ValueError, match=f"init_prob_active must be {bound}, got {init_prob_active}"
+    ):
+        L0Gate(3, init_prob_active=init_prob_active)
 
 
 def test_a_negative_seed_is_rejected():
@@ -145,3 +151,32 @@ def test_a_cuda_device_without_cuda_is_refused_by_name():
         ValueError, match="device='cuda' but this torch build or machine has no CUDA"
     ):
         HybridGate(100, 0.0, 1.0, target_items=10, device="cuda")
+
+
+def test_init_prob_active_is_the_initial_p_active_of_the_gate():
+    gate = L0Gate(6, temperature=0.4, init_prob_active=0.85, seed=0)
+    assert gate.init_prob_active == 0.85
+    # closed form P(z != 0) = sigmoid(log_alpha - beta * log(-gamma / zeta)) at the mean logit
+    la = gate.gates.log_alpha.double().mean().item()
+    p = 1.0 / (1.0 + math.exp(-(la - 0.4 * math.log(0.1 / 1.1))))
+    assert p == pytest.approx(0.85, abs=2e-3)  # N(0, 0.01) jitter on 6 logits
+
+
+def test_init_mean_keeps_062_meaning_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match=r"L0Gate\(init_mean=\.\.\.\) is deprecated.*"):
+        gate = L0Gate(2000, temperature=0.3, init_mean=0.7, seed=0)
+    logit = math.log(0.7 / 0.3)
+    want = 1.0 / (1.0 + math.exp(-(logit - 0.3 * math.log(0.1 / 1.1))))
+    assert gate.init_prob_active == pytest.approx(want, rel=1e-12)
+    # 0.6.2: logits = logit(init_mean); l0-gates adds N(0, 0.01) jitter
+    assert gate.gates.log_alpha.mean().item() == pytest.approx(logit, abs=1e-3)
+
+
+def test_init_mean_and_init_prob_active_together_are_rejected():
+    with pytest.raises(TypeError, match=r"L0Gate\(\) got both init_prob_active and init_mean"):
+        L0Gate(3, init_prob_active=0.5, init_mean=0.5)
+
+
+def test_bad_init_mean_is_rejected_naming_it():
+    with pytest.raises(ValueError, match=r"init_mean must be < 1\.0, got 1\.0; it is l0-python"):
+        L0Gate(3, init_mean=1.0)

@@ -11,12 +11,12 @@ class SigmoidGate(nn.Module):
     """A minimal third-party gate: P(active) = sigmoid(logit); hard 0/1 in eval."""
 
     def __init__(
-        self, *shape, temperature=1.0, init_mean=0.5, device=None, dtype=None, generator=None
+        self, *shape, temperature=1.0, init_prob_active=0.5, device=None, dtype=None, generator=None
     ):
         super().__init__()
         self.shape = torch.Size(shape)
         self.temperature = temperature
-        logit = math.log(init_mean / (1.0 - init_mean))
+        logit = math.log(init_prob_active / (1.0 - init_prob_active))
         self.logit = nn.Parameter(torch.full(shape, logit, device=device, dtype=dtype))
 
     def prob_active(self):

@@ -9,7 +9,7 @@ imported by hand.
 Examples
 --------
 >>> from l0_core import make_gate
->>> gate = make_gate("straight_through", 8, init_mean=0.9)
+>>> gate = make_gate("straight_through", 8, init_prob_active=0.9)
 >>> type(gate).__name__
 'StraightThroughGate'
 """

@@ -28,7 +28,7 @@ class StraightThroughGate(nn.Module):
     temperature : float, default 0.5
         Temperature of the relaxed value used for gradients; a buffer, so it
         follows ``state_dict``, ``.to()`` and ``l0_core.update_temperatures``.
-    init_mean : float, default 0.5
+    init_prob_active : float, default 0.5
         Initial probability that a gate is open (before jitter).
     init_std : float, default 0.01
         Normal jitter added to the initial logits.
@@ -39,7 +39,7 @@ class StraightThroughGate(nn.Module):
 
     Examples
     --------
-    >>> gate = StraightThroughGate(1000, init_mean=0.8, init_std=0.0)
+    >>> gate = StraightThroughGate(1000, init_prob_active=0.8, init_std=0.0)
     >>> round(gate.l0_penalty().item())
     800
     >>> sorted(set(gate().tolist()))
@@ -53,7 +53,7 @@ class StraightThroughGate(nn.Module):
         self,
         *shape: int,
         temperature: float = 0.5,
-        init_mean: float = 0.5,
+        init_prob_active: float = 0.5,
         init_std: float = 0.01,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -67,12 +67,14 @@ class StraightThroughGate(nn.Module):
             )
         if not isinstance(temperature, (int, float)) or not temperature > 0:
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-        if not isinstance(init_mean, (int, float)) or not 0.0 < init_mean < 1.0:
-            raise ValueError(f"init_mean must lie strictly between 0 and 1, got {init_mean!r}")
+        if not isinstance(init_prob_active, (int, float)) or not 0.0 < init_prob_active < 1.0:
+            raise ValueError(
+                f"init_prob_active must lie strictly between 0 and 1, got {init_prob_active!r}"
+            )
         if not isinstance(init_std, (int, float)) or init_std < 0:
             raise ValueError(f"init_std must be >= 0, got {init_std!r}")
         self.shape = torch.Size(shape)
-        self.init_mean = float(init_mean)
+        self.init_prob_active = float(init_prob_active)
         self.init_std = float(init_std)
         self.generator = generator
         self.logits = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
@@ -82,13 +84,13 @@ class StraightThroughGate(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Set the logits so that ``P(open) == init_mean`` (plus jitter).
+        """Set the logits so that ``P(open) == init_prob_active`` (plus jitter).
 
         Examples
         --------
-        >>> StraightThroughGate(3, init_mean=0.3).reset_parameters()
+        >>> StraightThroughGate(3, init_prob_active=0.3).reset_parameters()
         """
-        centre = math.log(self.init_mean) - math.log1p(-self.init_mean)
+        centre = math.log(self.init_prob_active) - math.log1p(-self.init_prob_active)
         with torch.no_grad():
             noise = torch.randn(
                 self.shape,
@@ -116,7 +118,7 @@ class StraightThroughGate(nn.Module):
 
         Examples
         --------
-        >>> StraightThroughGate(2, init_mean=0.25, init_std=0.0).prob_active().tolist()
+        >>> StraightThroughGate(2, init_prob_active=0.25, init_std=0.0).prob_active().tolist()
         [0.25, 0.25]
         """
         return torch.sigmoid(self.logits)
@@ -126,7 +128,7 @@ class StraightThroughGate(nn.Module):
 
         Examples
         --------
-        >>> round(StraightThroughGate(10, init_mean=0.3, init_std=0.0).l0_penalty().item(), 4)
+        >>> round(StraightThroughGate(10, init_prob_active=0.3, init_std=0.0).l0_penalty().item(), 4)
         3.0
         """
         return self.prob_active().sum()
@@ -153,7 +155,7 @@ class StraightThroughGate(nn.Module):
 
         Examples
         --------
-        >>> StraightThroughGate(3, init_mean=0.9).deterministic().tolist()
+        >>> StraightThroughGate(3, init_prob_active=0.9).deterministic().tolist()
         [1.0, 1.0, 1.0]
         """
         return (self.logits > 0).to(self.logits.dtype)
@@ -163,7 +165,7 @@ class StraightThroughGate(nn.Module):
 
         Examples
         --------
-        >>> StraightThroughGate(3, init_mean=0.1).eval()().tolist()
+        >>> StraightThroughGate(3, init_prob_active=0.1).eval()().tolist()
         [0.0, 0.0, 0.0]
         """
         return self.sample() if self.training else self.deterministic()

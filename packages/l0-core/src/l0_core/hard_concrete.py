@@ -109,8 +109,8 @@ def prob_active_for_log_alpha(
     Examples
     --------
     >>> round(prob_active_for_log_alpha(0.0, 2 / 3), 4)
-    0.8317
-    >>> round(prob_active_for_log_alpha(log_alpha_for_prob_active(0.3, 0.5), 0.5), 12)
+    0.8318
+    >>> round(prob_active_for_log_alpha(log_alpha_for_prob_active(0.3, 0.5), 0.5), 9)
     0.3
     """
     x = log_alpha - temperature * math.log(-gamma / zeta)
@@ -168,7 +168,7 @@ def resolve_init_prob_active(
     >>> with warnings.catch_warnings():
     ...     warnings.simplefilter("ignore", DeprecationWarning)
     ...     round(resolve_init_prob_active(None, 0.5, 0.5, owner="L0Gate"), 4)
-    0.7685
+    0.7683
     """
     if init_mean is None:
         if init_prob_active is None:
@@ -370,7 +370,7 @@ class HardConcrete(nn.Module):
             self.init_prob_active = prob_active_for_log_alpha(
                 _logit(self.init_mean), temperature, self.gamma, self.zeta
             )
-            _warn_init_mean("HardConcrete", self.init_prob_active, stacklevel=2)
+            _warn_init_mean("HardConcrete", self.init_prob_active, stacklevel=3)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.log_alpha = nn.Parameter(torch.empty(shape, **factory))
         dt = self.log_alpha.dtype

@@ -5,8 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from l0_core import deterministic_gates, gate_temperature, set_gate_temperature
-from l0_core.checks import check_device, check_dtype, check_float, check_int, check_probability
+from l0_core import (
+    deterministic_gates,
+    gate_temperature,
+    resolve_init_prob_active,
+    set_gate_temperature,
+)
+from l0_core.checks import check_device, check_dtype, check_float, check_int
 from torch import Tensor, nn
 
 from ._data import resolve_seed
@@ -30,7 +35,7 @@ class L0Gate(nn.Module):
         Number of items to gate.
     temperature : float, default 0.5
         Gate temperature.
-    init_mean : float, default 0.5
+    init_prob_active : float, default 0.5
         Initial probability that a gate is active.
     gate : str or type, default "hard_concrete"
         Registered gate type (see ``l0_core.available("gates")``) or a class.
@@ -39,6 +44,12 @@ class L0Gate(nn.Module):
         CPU for a given seed. ``None`` draws a seed from torch's global RNG.
     device, dtype : optional
         Where the gate parameters live and their dtype.
+    init_mean : float, optional
+        Deprecated; l0-python 0.6.2's keyword with 0.6.2's meaning, the
+        initial logit mean ``logit(init_mean)``. Translated to the
+        ``init_prob_active`` a Hard Concrete gate with those logits has at
+        ``temperature``, with a ``DeprecationWarning``; passing both is a
+        ``TypeError``.
 
     Attributes
     ----------
@@ -49,7 +60,7 @@ class L0Gate(nn.Module):
 
     Examples
     --------
-    >>> gate = L0Gate(100, temperature=0.3, init_mean=0.7, seed=0)
+    >>> gate = L0Gate(100, temperature=0.3, init_prob_active=0.7, seed=0)
     >>> gate.get_gates().shape
     torch.Size([100])
     >>> x = torch.ones(100, 3)
@@ -61,12 +72,13 @@ class L0Gate(nn.Module):
         self,
         size: int,
         temperature: float = 0.5,
-        init_mean: float = 0.5,
+        init_prob_active: float | None = None,
         *,
         gate: str | type = "hard_concrete",
         seed: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        init_mean: float | None = None,
     ) -> None:
         super().__init__()
         self.size = check_int(size, "size", min_val=1, hint="pass e.g. L0Gate(size=100)")
@@ -77,7 +89,9 @@ class L0Gate(nn.Module):
             include_boundaries="neither",
             hint="pass e.g. 0.25",
         )
-        self.init_mean = check_probability(init_mean, "init_mean", hint="pass e.g. 0.5")
+        self.init_prob_active = resolve_init_prob_active(
+            init_prob_active, init_mean, temperature, owner=type(self).__name__
+        )
         dtype = check_dtype(dtype)
         self.gate_type = gate
         self.seed = resolve_seed(seed)
@@ -87,7 +101,7 @@ class L0Gate(nn.Module):
             gate,
             self.size,
             temperature=temperature,
-            init_mean=self.init_mean,
+            init_prob_active=self.init_prob_active,
             seed=self.seed,
             device=self.device_arg,
             dtype=dtype,
@@ -134,7 +148,7 @@ class L0Gate(nn.Module):
 
         Examples
         --------
-        >>> round(L0Gate(10, init_mean=0.3, seed=0).l0_penalty().item())
+        >>> round(L0Gate(10, init_prob_active=0.3, seed=0).l0_penalty().item())
         3
         """
         return self.gates.l0_penalty()
@@ -154,7 +168,7 @@ class L0Gate(nn.Module):
 
         Examples
         --------
-        >>> bool((L0Gate(3, init_mean=0.99, seed=0).deterministic() > 0).all())
+        >>> bool((L0Gate(3, init_prob_active=0.99, seed=0).deterministic() > 0).all())
         True
         """
         if self.selection_ is not None:
@@ -173,7 +187,7 @@ class L0Gate(nn.Module):
 
         Examples
         --------
-        >>> g = L0Gate(5, init_mean=0.99, seed=0).eval()
+        >>> g = L0Gate(5, init_prob_active=0.99, seed=0).eval()
         >>> g.get_gates().tolist()
         [1.0, 1.0, 1.0, 1.0, 1.0]
         """
@@ -196,7 +210,7 @@ class L0Gate(nn.Module):
 
         Examples
         --------
-        >>> g = L0Gate(2, init_mean=0.99, seed=0).eval()
+        >>> g = L0Gate(2, init_prob_active=0.99, seed=0).eval()
         >>> g.apply_gates(torch.ones(3, 2), dim=1).tolist()
         [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]
         """
@@ -225,7 +239,7 @@ class L0Gate(nn.Module):
 
         Examples
         --------
-        >>> g = L0Gate(2, init_mean=0.99, seed=0).eval()
+        >>> g = L0Gate(2, init_prob_active=0.99, seed=0).eval()
         >>> g.apply(torch.ones(2)).tolist()
         [1.0, 1.0]
         """
@@ -238,7 +252,7 @@ class L0Gate(nn.Module):
 
         Examples
         --------
-        >>> round(L0Gate(10, init_mean=0.5, seed=0).get_penalty().item())
+        >>> round(L0Gate(10, init_prob_active=0.5, seed=0).get_penalty().item())
         5
         """
         return self.l0_penalty()
@@ -261,7 +275,7 @@ class L0Gate(nn.Module):
 
         Examples
         --------
-        >>> L0Gate(4, init_mean=0.99, seed=0).get_active_indices().tolist()
+        >>> L0Gate(4, init_prob_active=0.99, seed=0).get_active_indices().tolist()
         [0, 1, 2, 3]
         """
         if threshold is None:
@@ -273,13 +287,13 @@ class L0Gate(nn.Module):
         values = deterministic_gates(self.gates).reshape(-1)
         return (values > threshold).nonzero().reshape(-1)
 
-    def _rebuild(self, device: torch.device | None, init_mean: float) -> None:
+    def _rebuild(self, device: torch.device | None, init_prob_active: float) -> None:
         """Re-create the gate from the seed (start of every ``fit``)."""
         self.gates = build_gate(
             self.gate_type,
             self.size,
             temperature=self.temperature,
-            init_mean=init_mean,
+            init_prob_active=init_prob_active,
             seed=self.seed,
             device=device,
             dtype=self.dtype_arg,

@@ -54,7 +54,14 @@ def check_gate_kwargs(gate_kwargs: Any) -> dict[str, Any]:
             f"gate_kwargs must be a dict of extra gate keywords, got {type(gate_kwargs).__name__}; "
             "e.g. gate_kwargs={'stretch': 0.1}"
         )
-    reserved = {"temperature", "init_prob_active", "init_mean", "device", "dtype", "generator"} & set(gate_kwargs)
+    reserved = {
+        "temperature",
+        "init_prob_active",
+        "init_mean",
+        "device",
+        "dtype",
+        "generator",
+    } & set(gate_kwargs)
     if reserved:
         raise ValueError(
             f"gate_kwargs may not set {sorted(reserved)}; pass them as the layer's own arguments "
