@@ -168,6 +168,8 @@ def test_non_positive_sizes_are_rejected_with_the_argument_name():
 def test_gate_kwargs_may_not_override_layer_arguments():
     with pytest.raises(ValueError, match=r"gate_kwargs may not set \['init_mean'\]"):
         L0Linear(3, 2, gate_kwargs={"init_mean": 0.5})
+    with pytest.raises(ValueError, match=r"gate_kwargs may not set \['init_prob_active'\]"):
+        L0Linear(3, 2, gate_kwargs={"init_prob_active": 0.5})
 
 
 def test_gate_kwargs_reach_the_gate_constructor():
