@@ -114,6 +114,13 @@ def test_the_l0_penalty_is_the_expected_number_of_kept_features():
     assert model.l0_penalty().item() == pytest.approx(3.0, abs=0.05)  # 0.01 jitter on log_alpha
 
 
+def test_init_keep_prob_and_init_prob_active_together_are_rejected():
+    with pytest.raises(
+        TypeError, match=r"SparseL0Linear\(\) got both init_prob_active and init_keep_prob"
+    ):
+        SparseL0Linear(4, init_prob_active=0.5, init_keep_prob=0.5)
+
+
 def test_init_keep_prob_keeps_its_l0_python_06_meaning_and_warns():
     import math
 

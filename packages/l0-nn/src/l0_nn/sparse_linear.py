@@ -54,7 +54,8 @@ class SparseL0Linear(nn.Module):
         Deprecated: l0-python 0.6's keyword, with 0.6's meaning (and that of
         ``l0_calibrate.SparseCalibrationWeights``): the initial logit mean,
         ``log_alpha = logit(init_keep_prob)``. Translated to the equivalent
-        ``init_prob_active`` with a ``DeprecationWarning``.
+        ``init_prob_active`` with a ``DeprecationWarning``; passing both is a
+        ``TypeError``.
     device : str or torch.device, default "cpu"
         Where the parameters and the matrix products live.
     dtype : torch.dtype, default torch.float32
@@ -81,7 +82,7 @@ class SparseL0Linear(nn.Module):
         *,
         gate: str | type = "hard_concrete",
         temperature: float = 2.0 / 3.0,
-        init_prob_active: float = 0.5,
+        init_prob_active: float | None = None,
         init_keep_prob: float | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
@@ -101,8 +102,16 @@ class SparseL0Linear(nn.Module):
             include_boundaries="neither",
             hint="use e.g. 2/3",
         )
+        if init_prob_active is not None and init_keep_prob is not None:
+            raise TypeError(
+                "SparseL0Linear() got both init_prob_active and init_keep_prob; pass only "
+                "init_prob_active (the probability that a gate starts open). init_keep_prob is "
+                "deprecated: it is l0-python 0.6's logit mean, log_alpha = logit(init_keep_prob)"
+            )
         self.init_prob_active = check_probability(
-            init_prob_active, "init_prob_active", hint="e.g. 0.5"
+            0.5 if init_prob_active is None else init_prob_active,
+            "init_prob_active",
+            hint="e.g. 0.5",
         )
         if init_keep_prob is not None:
             keep = check_probability(init_keep_prob, "init_keep_prob", hint="e.g. 0.5")
