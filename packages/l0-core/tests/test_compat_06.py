@@ -134,6 +134,11 @@ def test_init_mean_jitter_is_centred_on_the_logit():
     assert gate.log_alpha.std().item() == pytest.approx(0.05, rel=0.05)
 
 
+def test_a_non_number_init_prob_active_is_rejected_naming_it():
+    with pytest.raises(TypeError, match=r"init_prob_active must be a number, got str"):
+        HardConcrete(3, init_prob_active="0.5")
+
+
 def test_init_mean_and_init_prob_active_together_are_rejected():
     with pytest.raises(
         TypeError, match=r"HardConcrete\(\) got both init_prob_active and init_mean; pass only"

@@ -362,7 +362,11 @@ class HardConcrete(nn.Module):
         self.generator = generator
         self.init_mean: float | None = None
         if init_mean is None:
-            self.init_prob_active = 0.5 if init_prob_active is None else float(init_prob_active)
+            self.init_prob_active = (
+                0.5
+                if init_prob_active is None
+                else check_float(init_prob_active, "init_prob_active", hint="e.g. 0.5")
+            )
             log_alpha_for_prob_active(self.init_prob_active, temperature)  # validates
         else:
             _check_both(init_prob_active, "HardConcrete")
