@@ -66,7 +66,7 @@ def make_gate(gate: str | type, *shape: int, **kwargs: Any) -> torch.nn.Module:
         warnings.warn(
             f"gate type {gate!r} ({cls.__module__}.{cls.__qualname__}) takes init_mean, not "
             "init_prob_active; l0-core passed the open probability as init_mean. Rename the "
-            "constructor's argument to init_prob_active (the gate contract since l0-core 1.0)",
+            "constructor's argument to init_prob_active (the gate contract of l0-core)",
             DeprecationWarning,
             stacklevel=2,
         )
