@@ -337,7 +337,48 @@ def polish_weights(
             raise ValueError(f"{name} must be a positive number, got {val!r}")
     _check_band(band)
 
-    X = X_full[:, sup].tocsr()
+    return _polish_support(
+        X_full[:, sup].tocsr(),
+        t,
+        sup,
+        n_cols,
+        q,
+        v,
+        kind=kind,
+        lo=lo,
+        hi=hi,
+        max_iter=max_iter,
+        tol=tol,
+        infeasible_tol=infeasible_tol,
+        ridge=ridge,
+        band=band,
+    )
+
+
+def _polish_support(
+    X: Any,
+    t: np.ndarray,
+    sup: np.ndarray,
+    n_cols: int,
+    q: np.ndarray,
+    v: np.ndarray,
+    *,
+    kind: str,
+    lo: float,
+    hi: float,
+    max_iter: int = 100,
+    tol: float = 1e-9,
+    infeasible_tol: float = 1e-6,
+    ridge: float = 1e-4,
+    band: float | None = 0.05,
+) -> PolishResult:
+    """:func:`polish_weights` on the kept columns only.
+
+    ``X`` is the float64 scipy CSR matrix of the kept households' columns
+    (``n_targets x len(sup)``), ``q`` their reference weights; no copy of
+    the whole matrix is needed (the select pipeline gathers these columns
+    from its operator).
+    """
     # Row scale: |t_i|, or for a zero target the row's size at the reference weights.
     row_size = np.asarray(abs(X) @ q).ravel()
     scale = np.where(np.abs(t) > 0, np.abs(t), np.where(row_size > 0, row_size, 1.0))
@@ -370,7 +411,7 @@ def polish_weights(
     rel = relative_errors(estimates, t)
     infeasible = np.abs(rel) > infeasible_tol
     converged = bool(ok and not empty_rows.any())
-    multipliers = np.zeros(n_targets)
+    multipliers = np.zeros(t.size)
     multipliers[active] = lam
     return PolishResult(
         weights=weights,

@@ -1,0 +1,235 @@
+"""Scale of the default ``calibrate()`` pipeline against the gate engine, measured in one run.
+
+For each problem size, ``calibrate(M, targets, target_count=n)`` runs twice:
+with its default ``method="select"`` and with ``method="gates"`` (the fast
+engine followed by its polish). Each run is a child process, so that its
+peak resident memory (``ru_maxrss``) is its own; both children read the
+same matrix from a temporary ``.npz`` file written by the parent.
+
+Problems (a generator of realistic survey-calibration matrices, targets x
+households):
+
+* nested geography: one nation, ``S`` states, ``D`` districts (each in one
+  state); every household lives in one district;
+* ``V = 45`` variables per household: 15 counts (persons by age band, etc.,
+  integers 1..4) and 30 amounts (log-normal, sigma 1.5: skewed); a household
+  has each variable with probability 2/3, so about 30 variables;
+* one target row per (variable, geography unit) at every level, so a
+  household column has about 90 non-zeros (30 variables x 3 levels);
+* targets ``M @ w_true`` with ``w_true`` positive (design-like weights,
+  log-normal sigma 0.3 around 1): an exact solution exists.
+
+Sizes: ``2k`` (2,000 x 100,000, 5,000 kept), ``5k`` (5,000 x 300,000,
+15,000 kept) and, with ``--large``, ``15k`` (15,000 x 1,000,000, 50,000
+kept). Printed per run: wall time of ``calibrate``, peak RSS, per-stage
+times (``result.diagnostics["stage_times"]``), mean and max relative error,
+kept count, design effect; per size the ratios default / gates; and the
+growth exponent of each method's time in nnz (least squares on log-log over
+the sizes run).
+
+Examples::
+
+    python benchmarks/calibrate_scale.py                 # 2k and 5k (about 6 minutes on 2 cores)
+    python benchmarks/calibrate_scale.py --sizes 2k      # quick
+    python benchmarks/calibrate_scale.py --large         # adds 15k x 1M (about 20 minutes more)
+    python benchmarks/calibrate_scale.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+SIZES = {
+    "tiny": (300, 400, 3),
+    "2k": (2_000, 100_000, 5_000),
+    "5k": (5_000, 300_000, 15_000),
+    "15k": (15_000, 1_000_000, 50_000),
+}
+N_COUNTS, N_AMOUNTS = 15, 30
+
+
+def make_problem(n_targets: int, n_households: int, seed: int = 0) -> tuple:
+    """A feasible calibration problem with nested geography and skewed values.
+
+    Returns ``(M, targets, w_true)`` with ``M`` a scipy CSR matrix of shape
+    about ``(n_targets, n_households)`` (the row count is rounded to whole
+    geography units: ``45 * (1 + S + D)`` rows).
+    """
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    n_vars = N_COUNTS + N_AMOUNTS
+    n_geo = max(3, n_targets // n_vars)  # 1 nation + S states + D districts
+    n_states = max(1, int(round(np.sqrt(n_geo - 1))))
+    n_districts = n_geo - 1 - n_states
+    district_state = np.concatenate(
+        [np.arange(n_states), rng.integers(0, n_states, max(0, n_districts - n_states))]
+    )
+    # Skewed district sizes: some districts hold many more households.
+    size = rng.lognormal(0.0, 0.7, n_districts)
+    district = rng.choice(n_districts, n_households, p=size / size.sum())
+    state = district_state[district]
+    has = rng.random((n_households, n_vars)) < 2.0 / 3.0
+    has[:, 0] = True  # every household counts as a household
+    values = np.empty((n_households, n_vars))
+    values[:, :N_COUNTS] = rng.integers(1, 5, (n_households, N_COUNTS))
+    values[:, N_COUNTS:] = rng.lognormal(9.0, 1.5, (n_households, N_AMOUNTS))
+    values[:, 0] = 1.0
+    hh, var = np.nonzero(has)
+    vals = values[hh, var]
+    units = (np.zeros(n_households, dtype=np.int64), 1 + state, 1 + n_states + district)
+    rows = np.concatenate([var * n_geo + u[hh] for u in units])
+    cols = np.concatenate([hh, hh, hh])
+    data = np.concatenate([vals, vals, vals])
+    M = sp.csr_matrix((data, (rows, cols)), shape=(n_vars * n_geo, n_households))
+    M.sum_duplicates()
+    keep = np.flatnonzero(M.getnnz(axis=1) > 0)
+    M = M[keep].tocsr()
+    w_true = rng.lognormal(0.0, 0.3, n_households)
+    return M, M @ w_true, w_true
+
+
+def _child(args: argparse.Namespace) -> None:
+    import logging
+
+    import scipy.sparse as sp
+    from l0_calibrate import calibrate
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(relativeCreated)8.0f ms %(name)s: %(message)s",
+    )
+    M = sp.load_npz(args.matrix).tocsr()
+    t = np.load(args.targets)
+    t0 = time.perf_counter()
+    res = calibrate(M, t, target_count=args.count, method=args.method, device=args.device, seed=0)
+    wall = time.perf_counter() - t0
+    err = res.report["abs_rel_error"].to_numpy()
+    out = {
+        "wall_s": wall,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "mean_rel_error": float(np.mean(err)),
+        "max_rel_error": float(np.max(err)),
+        "kept": res.n_active,
+        "design_effect": float(res.diagnostics.get("design_effect", float("nan"))),
+        "stages": {k: float(v) for k, v in res.diagnostics.get("stage_times", {}).items()},
+    }
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def _run_child(
+    method: str, matrix: str, targets: str, count: int, args: argparse.Namespace
+) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--method",
+        method,
+        "--matrix",
+        matrix,
+        "--targets",
+        targets,
+        "--count",
+        str(count),
+        "--device",
+        args.device,
+    ] + (["--verbose"] if args.verbose else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if args.verbose:
+        sys.stderr.write(proc.stderr)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+    raise RuntimeError(f"{method} child failed with status {proc.returncode}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--sizes", default="2k,5k", help="comma-separated: tiny, 2k, 5k, 15k")
+    p.add_argument("--large", action="store_true", help="add 15k x 1M (50,000 kept)")
+    p.add_argument("--methods", default="select,gates")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--verbose", action="store_true", help="children log stage records")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--method", help=argparse.SUPPRESS)
+    p.add_argument("--matrix", help=argparse.SUPPRESS)
+    p.add_argument("--targets", help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        _child(args)
+        return
+    import scipy.sparse as sp
+
+    sizes = [s for s in args.sizes.split(",") if s] + (["15k"] if args.large else [])
+    methods = [m for m in args.methods.split(",") if m]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sizes:
+            n_t, n_h, count = SIZES[name]
+            M, t, _ = make_problem(n_t, n_h)
+            mpath, tpath = os.path.join(tmp, f"{name}.npz"), os.path.join(tmp, f"{name}.npy")
+            sp.save_npz(mpath, M, compressed=False)
+            np.save(tpath, t)
+            shape, nnz = M.shape, M.nnz
+            del M
+            res = {}
+            for method in methods:
+                r = _run_child(method, mpath, tpath, count, args)
+                res[method] = r
+                stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items())
+                print(
+                    f"{name} {shape[0]:,} x {shape[1]:,} nnz {nnz / 1e6:.1f}M keep {count:,} "
+                    f"{method}: {r['wall_s']:.1f} s, peak {r['peak_rss_gib']:.2f} GiB, "
+                    f"mean err {r['mean_rel_error']:.2e}, max {r['max_rel_error']:.2e}, "
+                    f"kept {r['kept']:,}, deff {r['design_effect']:.3f} | {stages}",
+                    flush=True,
+                )
+            rows.append((name, shape, nnz, count, res))
+    print()
+    print(
+        "| problem | nnz | kept | method | wall s | peak RSS GiB | mean rel err | max rel err | "
+        "design effect | stage times s | wall default/gates | RSS default/gates |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for _name, shape, nnz, count, res in rows:
+        for method, r in res.items():
+            ratio = rss = ""
+            if method == "select" and "gates" in res:
+                ratio = f"{r['wall_s'] / res['gates']['wall_s']:.2f}x"
+                rss = f"{r['peak_rss_gib'] / res['gates']['peak_rss_gib']:.2f}x"
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items())
+            print(
+                f"| {shape[0]:,} x {shape[1]:,} | {nnz / 1e6:.1f}M | {r['kept']:,} / {count:,} | "
+                f"{method} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} | {r['mean_rel_error']:.1e} | "
+                f"{r['max_rel_error']:.1e} | {r['design_effect']:.3f} | {stages} | {ratio} | {rss} |"
+            )
+    for method in methods:
+        pts = [
+            (nnz, res[method]["wall_s"])
+            for _, _, nnz, _, res in rows
+            if method in res and nnz > 1e6
+        ]
+        if len(pts) >= 2:
+            x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+            slope = float(np.polyfit(x, y, 1)[0])
+            print(f"growth exponent of {method}'s time in nnz ({len(pts)} sizes): {slope:.2f}")
+
+
+if __name__ == "__main__":
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "2")
+    main()
