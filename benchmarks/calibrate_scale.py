@@ -231,5 +231,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_var, "2")
+        os.environ.setdefault(_var, "1")
     main()

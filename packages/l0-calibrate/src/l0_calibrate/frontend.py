@@ -520,7 +520,12 @@ def calibrate(
             holdout=(holdout_matrix, holdout_totals, holdout_names),
             callbacks=callbacks, seed=seed, device=device, dtype=dtype, log_freq=log_freq,
             n_households=n_households, tolerance=tolerance,
+            progress=progress if progress is not None else (None if verbose else False),
         )
+    from .stages import StageClock
+
+    clock = StageClock()
+    clock.start("prepare")
     model = SparseCalibrationWeights(
         n_households,
         init_keep_prob=0.5 if init_keep_prob is None else init_keep_prob,
@@ -551,6 +556,8 @@ def calibrate(
     if holdout_matrix is not None or holdout_totals is not None:
         if holdout_matrix is None or holdout_totals is None:
             raise ValueError("pass both holdout_matrix and holdout_totals, or neither")
+    clock.stop("prepare")
+    clock.start("fit", "gate engine and its polish")
     model.fit(
         problem.op,
         problem.targets,
@@ -577,11 +584,14 @@ def calibrate(
         max_weight_ratio=max_weight_ratio,
         polish=polish,
     )
+    clock.stop("fit")
     w = model._deterministic_weights().detach().to("cpu", torch.float64).numpy()
-    return _result(
+    out = _result(
         estimate_matrix, problem, w, init, household_index, n_households,
         (holdout_matrix, holdout_totals, holdout_names), model.history_, model, tolerance,
     )
+    out.diagnostics["stage_times"] = dict(clock.times)
+    return out
 
 
 def _result(
@@ -688,10 +698,57 @@ def _calibrate_select(estimate_matrix: Any, targets: Any, **kw: Any) -> Calibrat
         device=kw["device"],
         log_every=kw["log_freq"],
         band=kw["band"],
+        progress=kw["progress"],
         **options,
     )
-    return _result(
+    stages = res.diagnostics.get("stage_times", {})
+    history = list(res.history) + [
+        {"epoch": float(kw["epochs"]), "phase": name, "stage_seconds": secs} for name, secs in stages.items()
+    ]
+    out = _result(
         estimate_matrix, problem, np.asarray(res.weights, dtype=np.float64), kw["design_weights"],
-        kw["household_index"], kw["n_households"], kw["holdout"], res.history, None, kw["tolerance"],
+        kw["household_index"], kw["n_households"], kw["holdout"], history, None, kw["tolerance"],
         stacklevel=5,
     )
+    _report_unmet(out, res, problem, kw["max_weight_ratio"])
+    return out
+
+
+class UnmetTargetWarning(UserWarning):
+    """Some targets could not be met by the kept households (often: a weight bound holds them back)."""
+
+
+def _report_unmet(out: CalibrationResult, res: Any, problem: Any, max_weight_ratio: Any) -> None:
+    """Record stage times, the starting weight and the unmet targets; warn naming the unmet ones.
+
+    ``report["met"]`` is False for a target missed by more than 1e-6
+    (relative) after polishing, ``diagnostics["unmet_targets"]`` lists their
+    names and ``diagnostics["weights_at_bound"]`` counts the kept weights at
+    a ``max_weight_ratio`` bound.
+    """
+    import warnings
+
+    out.diagnostics["stage_times"] = dict(res.diagnostics.get("stage_times", {}))
+    out.diagnostics["start_weight"] = res.diagnostics.get("start_weight", float("nan"))
+    met = np.ones(len(out.report), dtype=bool)
+    met[res.unmet] = False
+    met &= ~out.report["infeasible"].to_numpy()
+    out.report["met"] = met
+    unmet = out.report.loc[~met & ~out.report["infeasible"].to_numpy(), "name"].tolist()
+    out.diagnostics["unmet_targets"] = unmet
+    out.diagnostics["weights_at_bound"] = int(res.weights_at_bound)
+    if unmet and res.polish is not None:
+        bound = "10 (the default)" if max_weight_ratio is None else repr(max_weight_ratio)
+        cause = (
+            f"; {res.weights_at_bound} kept weight(s) sit at the weight-ratio bound max_weight_ratio={bound}: "
+            "widen it (e.g. max_weight_ratio=None), keep more households, or pass design_weights"
+            if res.weights_at_bound
+            else "; keep more households or relax band"
+        )
+        warnings.warn(
+            f"{len(unmet)} target(s) not met after polishing (largest relative error "
+            f"{res.polish.max_abs_rel_error:.3g}): {', '.join(map(str, unmet[:10]))}"
+            + (" ..." if len(unmet) > 10 else "") + cause + ". See report['met'].",
+            UnmetTargetWarning,
+            stacklevel=4,
+        )

@@ -153,11 +153,44 @@ def _project_count(gate: HardConcrete, count: int) -> None:
     la.add_(delta)
 
 
+class _Adam:
+    """Adam (Kingma & Ba 2015) with torch's default constants, the same update as ``torch.optim.Adam``.
+
+    Written out because ``torch.optim`` imports ``torch._dynamo`` when an
+    optimiser is built, which costs seconds (more than a small selection).
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float) -> None:
+        self.params, self.lr, self.t = params, lr, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = 0.9, 0.999
+        bc1, bc2 = 1.0 - b1**self.t, math.sqrt(1.0 - b2**self.t)
+        for p, m, v in zip(self.params, self.m, self.v, strict=True):
+            if p.grad is None:
+                continue
+            m.lerp_(p.grad, 1.0 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1.0 - b2)
+            p.addcdiv_(m, (v.sqrt() / bc2).add_(1e-8), value=-self.lr / bc1)
+
+
 _WHITEN_MAX_ENTRIES = 50_000_000
 #: Candidates of each side gathered per refinement pass.
 _REFINE_POOL = 1024
 #: Most refinement passes (each one product with the matrix and one with its transpose).
 _REFINE_PASSES = 40
+#: Below this many non-zeros the gate training runs on one CPU thread.
+_SMALL_NNZ = 1 << 20
+#: Refused repair exchanges in a row after which the repair stops.
+_REPAIR_PATIENCE = 8
 #: An exchange must lower the squared imbalance by this fraction of it.
 _REFINE_RTOL = 1e-9
 
@@ -344,7 +377,8 @@ def _repair(
     leaves. "Best" is the first-order change of the sum of squared relative
     errors at the reference weight. The exchange is kept only if the
     polished total excess ``sum (|e| - band)_+`` shrinks; a target whose
-    move was refused is not tried again.
+    move was refused is not tried again, and after ``_REPAIR_PATIENCE``
+    refusals in a row the repair stops (each try costs a polish).
     """
     A = M.tocsc()
     with np.errstate(divide="ignore"):
@@ -360,9 +394,11 @@ def _repair(
         return float(np.maximum(e - band, 0.0).sum())
 
     tried: set[int] = set()
-    moves = 0
+    moves = refused = 0
     current = excess(result)
     for _ in range(max_moves):
+        if refused >= _REPAIR_PATIENCE:
+            break
         e = np.nan_to_num(result.rel_error, posinf=1e6, neginf=-1e6)
         gap = np.abs(e) - band
         gap[list(tried)] = -np.inf
@@ -395,7 +431,10 @@ def _repair(
         if new < current - 1e-12:
             support, result, current = cand, res, new
             moves += 1
+            refused = 0
             tried.discard(i)
+        else:
+            refused += 1
     return support, result, moves
 
 
@@ -620,51 +659,55 @@ def select_and_polish(
     )
     theta = torch.nn.Parameter(torch.zeros(n_cols, device=dev, dtype=dtype))
     _project_count(gate, count)
-    opt = torch.optim.Adam(
-        [gate.log_alpha, theta] if learn_adjustments else [gate.log_alpha], lr=lr
-    )
+    opt = _Adam([gate.log_alpha, theta] if learn_adjustments else [gate.log_alpha], lr=lr)
     history: list[dict[str, float]] = []
     gate.train()
+    threads = torch.get_num_threads()
+    if dev.type == "cpu" and op.nnz < _SMALL_NNZ:
+        torch.set_num_threads(1)  # small products: threads only add synchronisation
     with clock.stage("gates", where):
-        for epoch in range(epochs):
-            if final_temperature is not None and epochs > 1:
-                frac = epoch / (epochs - 1)
-                gate.set_temperature(temperature * (final_temperature / temperature) ** frac)
-            opt.zero_grad(set_to_none=True)
-            z = gate()
-            base = d * z
-            c = (total_d / base.sum().clamp_min(torch.finfo(dtype).tiny)).detach()
-            w = base * torch.exp(theta) * c
-            est = sparse_matvec(op, w)
-            rel = (est - t) / scale
-            fit = (v * rel * rel).sum()
-            loss = fit
-            disp = dispersion_penalty(w) if dispersion_weight > 0 else fit.new_zeros(())
-            if dispersion_weight > 0:
-                loss = loss + dispersion_weight * disp
-            if distance_weight > 0:
-                loss = loss + distance_weight * calibration_distance(
-                    w, d * c, kind, active_only=True
-                )
-            loss.backward()
-            opt.step()
-            _project_count(gate, count)
-            clock.tick()
-            if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
-                row = {
-                    "epoch": float(epoch + 1),
-                    "fit_loss": float(fit.item()),
-                    "dispersion": float(disp.item()),
-                    "expected_active": float(gate.l0_penalty().item()),
-                }
-                history.append(row)
-                logger.info(
-                    "select epoch %d: fit %.3e dispersion %.3f expected active %.0f",
-                    epoch + 1,
-                    row["fit_loss"],
-                    row["dispersion"],
-                    row["expected_active"],
-                )
+        try:
+            for epoch in range(epochs):
+                if final_temperature is not None and epochs > 1:
+                    frac = epoch / (epochs - 1)
+                    gate.set_temperature(temperature * (final_temperature / temperature) ** frac)
+                opt.zero_grad(set_to_none=True)
+                z = gate()
+                base = d * z
+                c = (total_d / base.sum().clamp_min(torch.finfo(dtype).tiny)).detach()
+                w = base * torch.exp(theta) * c
+                est = sparse_matvec(op, w)
+                rel = (est - t) / scale
+                fit = (v * rel * rel).sum()
+                loss = fit
+                disp = dispersion_penalty(w) if dispersion_weight > 0 else fit.new_zeros(())
+                if dispersion_weight > 0:
+                    loss = loss + dispersion_weight * disp
+                if distance_weight > 0:
+                    loss = loss + distance_weight * calibration_distance(
+                        w, d * c, kind, active_only=True
+                    )
+                loss.backward()
+                opt.step()
+                _project_count(gate, count)
+                clock.tick()
+                if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
+                    row = {
+                        "epoch": float(epoch + 1),
+                        "fit_loss": float(fit.item()),
+                        "dispersion": float(disp.item()),
+                        "expected_active": float(gate.l0_penalty().item()),
+                    }
+                    history.append(row)
+                    logger.info(
+                        "select epoch %d: fit %.3e dispersion %.3f expected active %.0f",
+                        epoch + 1,
+                        row["fit_loss"],
+                        row["dispersion"],
+                        row["expected_active"],
+                    )
+        finally:
+            torch.set_num_threads(threads)
 
     with torch.no_grad():
         order = torch.argsort(gate.log_alpha.detach(), descending=True, stable=True).cpu().numpy()

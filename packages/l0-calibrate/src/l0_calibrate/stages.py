@@ -44,6 +44,7 @@ class StageClock:
 
     def __init__(self, progress: bool | None = False, total: int = 0, desc: str = "calibrating"):
         self.times: dict[str, float] = {}
+        self._started: dict[str, float] = {}
         self._bar: Any = None
         if progress is None or progress:
             from tqdm.auto import tqdm
@@ -59,16 +60,25 @@ class StageClock:
     @contextmanager
     def stage(self, name: str, note: str = "") -> Iterator[None]:
         """Time the block as stage ``name`` (logged on start and end; ``note`` says where it runs)."""
-        logger.info("stage %s: start%s", name, f" ({note})" if note else "")
-        if self._bar is not None:
-            self._bar.set_postfix_str(name, refresh=False)
-        start = time.perf_counter()
+        self.start(name, note)
         try:
             yield
         finally:
-            took = time.perf_counter() - start
-            self.times[name] = self.times.get(name, 0.0) + took
-            logger.info("stage %s: end after %.3f s", name, took)
+            self.stop(name)
+
+    def start(self, name: str, note: str = "") -> None:
+        """Start stage ``name`` (for code that cannot sit in a ``with`` block)."""
+        logger.info("stage %s: start%s", name, f" ({note})" if note else "")
+        if self._bar is not None:
+            self._bar.set_postfix_str(name, refresh=False)
+        self._started[name] = time.perf_counter()
+
+    def stop(self, name: str) -> float:
+        """End stage ``name``; returns its time and adds it to :attr:`times`."""
+        took = time.perf_counter() - self._started.pop(name)
+        self.times[name] = self.times.get(name, 0.0) + took
+        logger.info("stage %s: end after %.3f s", name, took)
+        return took
 
     def tick(self, n: int = 1) -> None:
         """Advance the bar by ``n`` units (epochs, or one finished stage)."""
