@@ -10,12 +10,13 @@ Problems (a generator of realistic survey-calibration matrices, targets x
 households):
 
 * nested geography: one nation, ``S`` states, ``D`` districts (each in one
-  state); every household lives in one district;
-* ``V = 45`` variables per household: 15 counts (persons by age band, etc.,
-  integers 1..4) and 30 amounts (log-normal, sigma 1.5: skewed); a household
-  has each variable with probability 2/3, so about 30 variables;
-* one target row per (variable, geography unit) at every level, so a
-  household column has about 90 non-zeros (30 variables x 3 levels);
+  state, log-normal sizes); every household lives in one district;
+* ``V = 90`` variables: 30 counts (persons by age band, etc., integers
+  1..4) and 60 amounts (log-normal, sigma 1: skewed); a household has each
+  variable with probability 1/3, so about 30 variables;
+* one target row per variable for the nation and each state, one per count
+  variable for each district, so a household column has about 70 non-zeros
+  and a 5% sample keeps about three households per district row;
 * targets ``M @ w_true`` with ``w_true`` positive (design-like weights,
   log-normal sigma 0.3 around 1): an exact solution exists.
 
@@ -54,43 +55,50 @@ SIZES = {
     "5k": (5_000, 300_000, 15_000),
     "15k": (15_000, 1_000_000, 50_000),
 }
-N_COUNTS, N_AMOUNTS = 15, 30
+N_COUNTS, N_AMOUNTS = 30, 60
 
 
 def make_problem(n_targets: int, n_households: int, seed: int = 0) -> tuple:
     """A feasible calibration problem with nested geography and skewed values.
 
     Returns ``(M, targets, w_true)`` with ``M`` a scipy CSR matrix of shape
-    about ``(n_targets, n_households)`` (the row count is rounded to whole
-    geography units: ``45 * (1 + S + D)`` rows).
+    about ``(n_targets, n_households)``: ``90 (1 + S)`` nation and state rows
+    (every variable) and ``30 D`` district rows (the count variables), with
+    ``S`` about ``sqrt(n_targets) / 7`` states. A household has about 30
+    variables, so its column has about 70 non-zeros.
     """
     import scipy.sparse as sp
 
     rng = np.random.default_rng(seed)
     n_vars = N_COUNTS + N_AMOUNTS
-    n_geo = max(3, n_targets // n_vars)  # 1 nation + S states + D districts
-    n_states = max(1, int(round(np.sqrt(n_geo - 1))))
-    n_districts = n_geo - 1 - n_states
+    n_states = max(1, int(round(np.sqrt(n_targets) / 7)))
+    n_districts = max(n_states, (n_targets - n_vars * (1 + n_states)) // N_COUNTS)
     district_state = np.concatenate(
-        [np.arange(n_states), rng.integers(0, n_states, max(0, n_districts - n_states))]
+        [np.arange(n_states), rng.integers(0, n_states, n_districts - n_states)]
     )
-    # Skewed district sizes: some districts hold many more households.
-    size = rng.lognormal(0.0, 0.7, n_districts)
+    size = rng.lognormal(0.0, 0.4, n_districts)  # skewed district sizes
     district = rng.choice(n_districts, n_households, p=size / size.sum())
     state = district_state[district]
-    has = rng.random((n_households, n_vars)) < 2.0 / 3.0
+    has = rng.random((n_households, n_vars)) < 1.0 / 3.0
     has[:, 0] = True  # every household counts as a household
     values = np.empty((n_households, n_vars))
     values[:, :N_COUNTS] = rng.integers(1, 5, (n_households, N_COUNTS))
-    values[:, N_COUNTS:] = rng.lognormal(9.0, 1.5, (n_households, N_AMOUNTS))
+    values[:, N_COUNTS:] = rng.lognormal(9.0, 1.0, (n_households, N_AMOUNTS))
     values[:, 0] = 1.0
     hh, var = np.nonzero(has)
     vals = values[hh, var]
-    units = (np.zeros(n_households, dtype=np.int64), 1 + state, 1 + n_states + district)
-    rows = np.concatenate([var * n_geo + u[hh] for u in units])
-    cols = np.concatenate([hh, hh, hh])
-    data = np.concatenate([vals, vals, vals])
-    M = sp.csr_matrix((data, (rows, cols)), shape=(n_vars * n_geo, n_households))
+    n_top = n_vars * (1 + n_states)
+    loc = var < N_COUNTS
+    rows = np.concatenate(
+        [
+            var * (1 + n_states),
+            var * (1 + n_states) + 1 + state[hh],
+            n_top + var[loc] * n_districts + district[hh[loc]],
+        ]
+    )
+    cols = np.concatenate([hh, hh, hh[loc]])
+    data = np.concatenate([vals, vals, vals[loc]])
+    M = sp.csr_matrix((data, (rows, cols)), shape=(n_top + N_COUNTS * n_districts, n_households))
     M.sum_duplicates()
     keep = np.flatnonzero(M.getnnz(axis=1) > 0)
     M = M[keep].tocsr()

@@ -19,7 +19,7 @@ from .distributed_launch import run_distributed
 from .distributed_reducer import ColumnShard, all_reduce_sum
 from .distributed_state import ShardCheckpoint, consolidate_state_dicts, shard_state_dict
 from .fitting import InfeasibleTargetWarning
-from .frontend import CalibrationResult, calibrate
+from .frontend import CalibrationResult, UnmetTargetWarning, calibrate
 from .losses import (
     BUILTIN_LOSSES,
     capped_relative_loss,
@@ -45,6 +45,7 @@ __all__ = [
     "ShardedCalibrationResult",
     "ShardedCalibrationWeights",
     "SparseCalibrationWeights",
+    "UnmetTargetWarning",
     "__version__",
     "all_reduce_sum",
     "calibrate",

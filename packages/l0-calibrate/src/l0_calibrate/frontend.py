@@ -23,7 +23,7 @@ from .inputs import (
 )
 from .weights import SparseCalibrationWeights
 
-__all__ = ["CalibrationResult", "TargetMissWarning", "calibrate", "mark_misses"]
+__all__ = ["CalibrationResult", "TargetMissWarning", "UnmetTargetWarning", "calibrate", "mark_misses"]
 
 logger = logging.getLogger("l0_calibrate")
 
@@ -376,6 +376,17 @@ def calibrate(
         median ratio of each target to its unweighted column sum. A Series
         is aligned by its index to the households (``household_index``, the
         DataFrame's index, else 0..n-1) and raises when the labels differ.
+        With ``method="select"`` the default common weight is the geometric
+        median over the targets of ``target_i / (M 1)_i`` (the weight at
+        which the whole file reproduces the scale of the targets: a sample
+        of 2,000 households standing for 100,000 starts near 50), and
+        ``max_weight_ratio`` bounds each kept weight relative to this
+        starting weight inflated to the population total over the kept
+        households (``start * n_households / target_count``), not relative
+        to 1. When a bound keeps targets out of reach, an
+        :class:`UnmetTargetWarning` names them, the report's ``met`` column
+        is False for them, and ``diagnostics`` carries ``unmet_targets``
+        (names), ``weights_at_bound`` and ``start_weight``.
     household_index : sequence, optional
         Labels of the households for ``weights`` (default: the DataFrame's
         index, else 0..n-1).

@@ -488,14 +488,22 @@ def select_and_polish(
     target_count : int or float
         Households to keep: a count ``>= 1`` or a fraction in ``(0, 1]``.
     design_weights : array-like, optional
-        Positive design weights (default 1).
+        Positive design weights. Default: one common weight derived from the
+        data, the geometric median over the targets of ``t_i / (M 1)_i`` (so
+        that the whole file carries the scale of the targets; 1 when no
+        target is positive); see ``diagnostics["start_weight"]``.
     target_weights : array-like, optional
         Non-negative importance of each target in the fit (default 1).
     distance : {"raking", "chi2"}, default "raking"
         Calibration distance used when polishing (and by ``distance_weight``).
     max_weight_ratio : float, (lo, hi) or None, default 10
         Bounds on each kept weight relative to its inflated design weight
-        (see :mod:`l0_calibrate.regularizers`), enforced by the polish.
+        ``q_k = d_k * sum(d) / sum_kept(d)`` (see
+        :mod:`l0_calibrate.regularizers`), enforced by the polish. Without
+        design weights ``d`` is the common starting weight derived from the
+        data, so the bound is relative to the scale of the targets. Targets
+        a bound keeps out of reach are listed in ``SelectionResult.unmet``
+        (with ``weights_at_bound``) and logged as a warning.
     dispersion_weight : float, default 0.1
         Weight of the ``CV^2`` (design effect - 1) of the kept weights.
     distance_weight : float, default 0
