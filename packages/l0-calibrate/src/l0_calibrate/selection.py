@@ -189,6 +189,10 @@ _REFINE_POOL = 1024
 _REFINE_PASSES = 40
 #: Below this many non-zeros the gate training runs on one CPU thread.
 _SMALL_NNZ = 1 << 20
+#: Candidate pool of the cover LP and the repair, in multiples of ``target_count`` ...
+_POOL_FACTOR = 4
+#: ... and at least this many households beyond it.
+_POOL_MIN = 30_000
 #: Refused repair exchanges in a row after which the repair stops.
 _REPAIR_PATIENCE = 8
 #: An exchange must lower the squared imbalance by this fraction of it.
@@ -309,7 +313,13 @@ def _swap_refine(
 
 
 def _cover_seed(
-    X: Any, ts: np.ndarray, d: np.ndarray, count: int, band: float, hi: float
+    X: Any,
+    ts: np.ndarray,
+    d: np.ndarray,
+    count: int,
+    band: float,
+    hi: float,
+    q: np.ndarray | None = None,
 ) -> np.ndarray:
     """Households of a sparse basic solution that keeps every target within ``band``.
 
@@ -326,13 +336,15 @@ def _cover_seed(
     ``band = 0`` asks for an exact solution. Returns the sorted indices (at
     most ``count``: the largest weights; for ``band = 0`` none if the basic
     solution needs more than ``count``), or an empty array when the band
-    cannot hold even with every household.
+    cannot hold even with every household. ``q`` overrides the reference
+    weights (when ``X`` holds only some households' columns).
     """
     import scipy.sparse as sp
     from scipy.optimize import linprog
 
     n = X.shape[1]
-    q = d * d.sum() / (count * d.mean())
+    if q is None:
+        q = d * d.sum() / (count * d.mean())
     A = sp.vstack([X, -X]).tocsr()
     b = np.concatenate([ts + band, -(ts - band)])
     bounds = np.column_stack([np.zeros(n), hi * q if math.isfinite(hi) else np.full(n, np.inf)])
@@ -737,15 +749,21 @@ def select_and_polish(
         else:
             refine_cols = OperatorColumns(op, row_w)
     lo_b, hi_b = ratio_bounds(max_weight_ratio)
-    full: dict[str, Any] = {}
 
-    def X_full() -> Any:
-        """The whole matrix as float64 scipy CSR: only for the cover LP and the repair."""
-        if "X" not in full:
-            from .polish import as_scipy_csr
+    def pool(sup: np.ndarray) -> np.ndarray:
+        """Candidates of the cover and the repair: ``sup``, then the best-ranked gates.
 
-            full["X"] = as_scipy_csr(_matrix_for_scipy(M, op), "M")
-        return full["X"]
+        At most ``_POOL_FACTOR * count`` households (all of them when fewer),
+        so the linear programme and the repair's scoring work on a gathered
+        block of columns, never on a copy of the whole matrix.
+        """
+        size = min(n_cols, max(_POOL_FACTOR * count, count + _POOL_MIN))
+        if size >= n_cols:
+            return np.arange(n_cols)
+        is_sup = np.zeros(n_cols, dtype=bool)
+        is_sup[sup] = True
+        rest = order[~is_sup[order]][: size - sup.size]
+        return np.sort(np.concatenate([sup, rest]))
 
     def build(seed_set: np.ndarray) -> np.ndarray:
         """The seed households, the best-ranked gates up to ``count``, then the refinement."""
@@ -775,19 +793,44 @@ def select_and_polish(
             )
         return sup
 
-    def seed() -> np.ndarray:
+    def seed(sup: np.ndarray) -> np.ndarray:
         """An exact basic solution if it fits in ``count`` households, else a band-feasible one."""
         assert band is not None
-        with clock.stage("cover", "on cpu: scipy HiGHS linear programme"):
-            X_rel = (X_full().T.multiply(1.0 / sc)).T.tocsr()
+        with clock.stage("cover", "on cpu: scipy HiGHS linear programme on a candidate pool"):
+            cand = pool(sup)
+            X_rel = (_kept_columns(M, op, cand).T.multiply(1.0 / sc)).T.tocsr()
+            q_c = d_np[cand] * d_np.sum() / (count * d_np.mean())
             for b in (0.0, float(band)):
-                found = _cover_seed(X_rel, t_np / sc, d_np, count, b, hi_b)
+                found = _cover_seed(X_rel, t_np / sc, d_np[cand], count, b, hi_b, q=q_c)
                 if found.size:
                     logger.info(
                         "select: a basic solution within %g seeds %d households", b, found.size
                     )
-                    return found
-        return found
+                    return cand[found]
+        return cand[found]
+
+    def repair(sup: np.ndarray, res: PolishResult) -> tuple[np.ndarray, PolishResult, int]:
+        """:func:`_repair` on the columns of a candidate pool (indices local to it)."""
+        cand = pool(sup)
+        full: dict[int, PolishResult] = {}
+
+        def local(r: PolishResult) -> PolishResult:
+            out = PolishResult(**{**r.__dict__, "weights": r.weights[cand]})
+            full[id(out)] = r
+            return out
+
+        d_loc = d_np[cand] * (d_np.sum() / d_np[cand].sum())
+        sup_loc, res_loc, moves = _repair(
+            _kept_columns(M, op, cand),
+            t_np,
+            np.searchsorted(cand, sup),
+            lambda s_loc: local(polish_on(cand[s_loc])),
+            local(res),
+            float(band),
+            d_loc,
+            repair_moves,
+        )
+        return cand[sup_loc], full[id(res_loc)], moves
 
     def quality(res: PolishResult) -> tuple[int, float]:
         err = np.abs(np.nan_to_num(res.rel_error, posinf=1e6, neginf=1e6))
@@ -812,7 +855,7 @@ def select_and_polish(
         return int(np.sum(~(np.abs(res.rel_error) <= band))) if band is not None else 0
 
     seeded = bool(cover) and band is not None
-    support = build(seed() if seeded else np.zeros(0, dtype=np.int64))
+    support = build(seed(np.zeros(0, dtype=np.int64)) if seeded else np.zeros(0, dtype=np.int64))
     clock.tick()
     result: PolishResult | None = None
     if polish:
@@ -824,7 +867,7 @@ def select_and_polish(
             # support leaves fewer targets outside the band (then: the
             # smaller mean error).
             logger.info("select: polish not exact (%d outside the band); seeding", outside(result))
-            seed_set = seed()
+            seed_set = seed(support)
             if seed_set.size:
                 candidate = build(seed_set)
                 cand_res = polish_on(candidate)
@@ -833,9 +876,7 @@ def select_and_polish(
         clock.tick()
         if band is not None and repair_moves > 0 and not result.converged and outside(result) > 0:
             with clock.stage("repair", "on cpu: exchanges, one polish each"):
-                support, result, n_moves = _repair(
-                    X_full(), t_np, support, polish_on, result, float(band), d_np, repair_moves
-                )
+                support, result, n_moves = repair(support, result)
             logger.info("select: %d exchanges brought targets into the band", n_moves)
     with torch.no_grad():
         sup_t = torch.as_tensor(support, device=dev)
