@@ -433,7 +433,12 @@ def calibrate(
         Variables that were *not* targets (same orientation as
         ``estimate_matrix``) and their true totals: reported in ``holdout``.
     callbacks, log_freq, verbose, progress
-        Monitoring, as in ``SparseCalibrationWeights.fit``.
+        Monitoring, as in ``SparseCalibrationWeights.fit``. With
+        ``method="select"`` the bar spans the whole pipeline (epochs, then
+        one step per stage). Either method logs each stage's start, end and
+        time on the ``l0_calibrate`` logger and records the times in
+        ``diagnostics["stage_times"]`` (the select stages also as ``phase``
+        rows of ``history``).
     seed : int or None, default 0
         Seed of the gates' noise (None: from torch's global generator).
     device, dtype

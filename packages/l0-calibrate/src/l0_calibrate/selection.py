@@ -186,7 +186,7 @@ _WHITEN_MAX_ENTRIES = 50_000_000
 #: Candidates of each side gathered per refinement pass.
 _REFINE_POOL = 1024
 #: Most refinement passes (each one product with the matrix and one with its transpose).
-_REFINE_PASSES = 40
+_REFINE_PASSES = 100
 #: Below this many non-zeros the gate training runs on one CPU thread.
 _SMALL_NNZ = 1 << 20
 #: Candidate pool of the cover LP and the repair, in multiples of ``target_count`` ...
@@ -836,6 +836,11 @@ def select_and_polish(
         err = np.abs(np.nan_to_num(res.rel_error, posinf=1e6, neginf=1e6))
         return outside(res), float(err.mean()) if err.size else 0.0
 
+    # Columns gathered from a float32 operator carry float32 round-off: the
+    # targets (and dependent rows such as a total beside its parts) are then
+    # consistent to about 1e-7 only, so "exact" is judged at that precision.
+    polish_tol = 1e-9 if _kept_columns_dtype(M, op) == torch.float64 else 2e-7
+
     def polish_on(sup: np.ndarray) -> PolishResult:
         with clock.stage("polish", "on cpu: dual Newton on the kept columns"):
             return _polish_support(
@@ -849,6 +854,7 @@ def select_and_polish(
                 lo=lo_b,
                 hi=hi_b,
                 band=band,
+                tol=polish_tol,
             )
 
     def outside(res: PolishResult) -> int:
@@ -944,6 +950,15 @@ def _kept_columns(M: Any, op: Any, sup: np.ndarray) -> Any:
     if isinstance(M, np.ndarray) and M.ndim == 2:
         return sp.csr_matrix(np.asarray(M[:, sup], dtype=np.float64))
     return OperatorColumns(op).fetch(sup).T.tocsr()
+
+
+def _kept_columns_dtype(M: Any, op: Any) -> torch.dtype:
+    """Precision of the values :func:`_kept_columns` gathers."""
+    import scipy.sparse as sp
+
+    if sp.issparse(M) or (isinstance(M, np.ndarray) and M.ndim == 2):
+        return torch.float64
+    return op.dtype
 
 
 def _common_weight(op: Any, t: np.ndarray) -> float:
