@@ -90,7 +90,9 @@ def test_the_batched_refinement_reaches_the_exhaustive_greedy_imbalance():
     assert after < before
     assert after <= 1.5 * reference + 1e-12
     # the scipy access path gives the same refinement
-    sup2, _, _ = _swap_refine(ScipyColumns(sp.csr_matrix(X)), ts, d, start, 500, locked=locked, pool=32)
+    sup2, _, _ = _swap_refine(
+        ScipyColumns(sp.csr_matrix(X)), ts, d, start, 500, locked=locked, pool=32
+    )
     assert _imbalance(X, ts, d, sup2) <= 1.5 * reference + 1e-12
 
 
@@ -131,6 +133,7 @@ def test_a_bound_that_keeps_a_target_out_of_reach_is_named():
     assert res.report["abs_rel_error"].iloc[-1] > 0.5
 
 
+@pytest.mark.slow
 def test_stage_times_are_logged_and_recorded(caplog):
     M = sample()
     with caplog.at_level(logging.INFO, logger="l0_calibrate"):
