@@ -55,6 +55,7 @@ class OperatorColumns:
     def __init__(self, op: Any, row_scale: np.ndarray | None = None):
         self.op = op
         self.n_rows, self.n_cols = op.shape
+        self.nnz = int(op.nnz)
         self.scale = np.ones(self.n_rows) if row_scale is None else np.asarray(row_scale, float)
         self._scale_t = torch.as_tensor(self.scale, dtype=op.dtype, device=op.device)
         self._col_sq: np.ndarray | None = None
@@ -138,6 +139,7 @@ class ScipyColumns:
         self.X = X.tocsr()
         self._T = self.X.T.tocsr()
         self.n_rows, self.n_cols = X.shape
+        self.nnz = int(self.X.nnz)
         self.col_sq = np.asarray(self.X.multiply(self.X).sum(axis=0)).ravel()
 
     def matvec(self, w: np.ndarray) -> np.ndarray:

@@ -185,6 +185,9 @@ class _Adam:
 _WHITEN_MAX_ENTRIES = 50_000_000
 #: Candidates of each side gathered per refinement pass.
 _REFINE_POOL = 1024
+#: Below this ``nnz * refine_swaps`` the pool is every household (each exchange
+#: then updates every score exactly: the plain best-exchange descent).
+_FULL_POOL_WORK = 2_000_000_000
 #: Most refinement passes (each one product with the matrix and one with its transpose).
 _REFINE_PASSES = 100
 #: Below this many non-zeros the gate training runs on one CPU thread.
@@ -784,6 +787,9 @@ def select_and_polish(
                     sup,
                     refine_swaps,
                     locked=seed_set if seed_set.size else None,
+                    pool=n_cols
+                    if refine_cols.nnz * refine_swaps <= _FULL_POOL_WORK
+                    else _REFINE_POOL,
                 )
             logger.info(
                 "select: %d swaps in %d passes refined the support (%s metric)",
