@@ -9,6 +9,7 @@ import scipy.sparse as sp
 import torch
 from l0_calibrate import UnmetTargetWarning, calibrate
 from l0_calibrate.columns import OperatorColumns, ScipyColumns
+from l0_calibrate.frontend import TargetMissWarning
 from l0_calibrate.selection import _project_count, _swap_refine, select_and_polish
 from l0_core import HardConcrete, SparseOperator
 
@@ -97,7 +98,7 @@ def test_the_batched_refinement_reaches_the_exhaustive_greedy_imbalance():
 
 
 def test_the_count_projection_puts_the_expected_open_gates_on_the_count():
-    gate = HardConcrete(5000, init_mean=0.3)
+    gate = HardConcrete(5000, init_prob_active=0.3)
     with torch.no_grad():
         gate.log_alpha.normal_(0.0, 2.0, generator=torch.Generator().manual_seed(0))
     _project_count(gate, 250)
@@ -131,6 +132,22 @@ def test_a_bound_that_keeps_a_target_out_of_reach_is_named():
     assert not res.report["met"].iloc[-1]
     assert res.diagnostics["weights_at_bound"] > 0
     assert res.report["abs_rel_error"].iloc[-1] > 0.5
+
+
+def test_an_unmet_target_gives_one_warning_that_a_miss_filter_also_catches():
+    M = sample()
+    targets = M.sum(axis=1) * 2.0
+    targets[-1] *= 40.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = calibrate(M, targets, target_count=60, epochs=100, max_weight_ratio=2.0)
+    misses = [w for w in caught if issubclass(w.category, TargetMissWarning)]
+    assert len(misses) == 1 and misses[0].category is UnmetTargetWarning
+    assert bool(res.report["missed"].iloc[-1])  # beyond the 5% tolerance as well
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=TargetMissWarning)
+        calibrate(M, targets, target_count=60, epochs=100, max_weight_ratio=2.0)
 
 
 @pytest.mark.slow

@@ -16,10 +16,10 @@ from .distributed import ShardedCalibrationWeights, gather_weights, init_distrib
 from .distributed_calibrate import ShardedCalibrationResult
 from .distributed_io import load_columns
 from .distributed_launch import run_distributed
-from .distributed_reducer import ColumnShard, all_reduce_sum
+from .distributed_reducer import ColumnShard, RankLostError, all_reduce_sum
 from .distributed_state import ShardCheckpoint, consolidate_state_dicts, shard_state_dict
-from .fitting import InfeasibleTargetWarning
-from .frontend import CalibrationResult, UnmetTargetWarning, calibrate
+from .fitting import FitDivergedError, InfeasibleTargetWarning
+from .frontend import CalibrationResult, TargetMissWarning, UnmetTargetWarning, calibrate
 from .losses import (
     BUILTIN_LOSSES,
     capped_relative_loss,
@@ -40,11 +40,14 @@ __all__ = [
     "Checkpoint",
     "ColumnShard",
     "EarlyStopping",
+    "FitDivergedError",
     "InfeasibleTargetWarning",
+    "RankLostError",
     "ShardCheckpoint",
     "ShardedCalibrationResult",
     "ShardedCalibrationWeights",
     "SparseCalibrationWeights",
+    "TargetMissWarning",
     "UnmetTargetWarning",
     "__version__",
     "all_reduce_sum",

@@ -622,13 +622,14 @@ def _result(
     model: SparseCalibrationWeights | None,
     tolerance: float = 0.05,
     stacklevel: int = 4,
+    warn_misses: bool = True,
 ) -> CalibrationResult:
     import pandas as pd
 
     estimates = _exact_estimates(estimate_matrix, problem, w)
     report = _report(estimates, problem.targets, problem.names, problem.groups)
     report["infeasible"] = problem.infeasible
-    mark_misses(report, tolerance, stacklevel=stacklevel)
+    mark_misses(report, tolerance, warn=warn_misses, stacklevel=stacklevel)
     index = household_index if household_index is not None else problem.household_index
     if index is not None and len(index) != n_households:
         raise ValueError(f"household_index has {len(index)} labels but there are {n_households} households")
@@ -724,17 +725,23 @@ def _calibrate_select(estimate_matrix: Any, targets: Any, **kw: Any) -> Calibrat
     out = _result(
         estimate_matrix, problem, np.asarray(res.weights, dtype=np.float64), kw["design_weights"],
         kw["household_index"], kw["n_households"], kw["holdout"], history, None, kw["tolerance"],
-        stacklevel=5,
+        stacklevel=5, warn_misses=False,
     )
-    _report_unmet(out, res, problem, kw["max_weight_ratio"])
+    # One warning per call: the unmet-target warning (exactness, with its cause) when the
+    # polish left targets unmet, otherwise the tolerance-based miss/infeasible warning.
+    if not _report_unmet(out, res, problem, kw["max_weight_ratio"]):
+        mark_misses(out.report, kw["tolerance"], stacklevel=4)
     return out
 
 
-class UnmetTargetWarning(UserWarning):
-    """Some targets could not be met by the kept households (often: a weight bound holds them back)."""
+class UnmetTargetWarning(TargetMissWarning):
+    """Some targets could not be met exactly by the kept households (often: a weight bound).
+
+    A subclass of :class:`TargetMissWarning`, so one filter covers both.
+    """
 
 
-def _report_unmet(out: CalibrationResult, res: Any, problem: Any, max_weight_ratio: Any) -> None:
+def _report_unmet(out: CalibrationResult, res: Any, problem: Any, max_weight_ratio: Any) -> bool:
     """Record stage times, the starting weight and the unmet targets; warn naming the unmet ones.
 
     ``report["met"]`` is False for a target missed by more than 1e-6
@@ -764,7 +771,14 @@ def _report_unmet(out: CalibrationResult, res: Any, problem: Any, max_weight_rat
         warnings.warn(
             f"{len(unmet)} target(s) not met after polishing (largest relative error "
             f"{res.polish.max_abs_rel_error:.3g}): {', '.join(map(str, unmet[:10]))}"
-            + (" ..." if len(unmet) > 10 else "") + cause + ". See report['met'].",
+            + (" ..." if len(unmet) > 10 else "") + cause + ". See report['met']"
+            + (
+                f"; {int(out.report['infeasible'].sum())} target(s) are infeasible (report['infeasible'])."
+                if bool(out.report["infeasible"].any())
+                else "."
+            ),
             UnmetTargetWarning,
             stacklevel=4,
         )
+        return True
+    return False

@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 import torch
 from l0_core import HardConcrete, SparseOperator, TargetSparsityController, sparse_matvec
+from l0_core.checks import check_probability
+from l0_core.hard_concrete import prob_active_for_log_alpha
 
 from .columns import OperatorColumns, ScipyColumns
 from .diagnostics import weight_diagnostics
@@ -531,8 +533,11 @@ def select_and_polish(
     temperature : float, default 0.5
         Hard Concrete temperature.
     init_keep_prob : float, optional
-        Initial probability that a gate is open (default: twice the target
-        fraction, at most 0.5).
+        Initial gate location with :class:`SparseCalibrationWeights`' (and
+        l0-python 0.6.2's) meaning: ``log_alpha = logit(init_keep_prob)``.
+        Default: the location at which a gate is open with probability twice
+        the target fraction, at most 0.5. (The count projection then shifts
+        all locations together so that the expected count is ``count``.)
     hierarchy : Hierarchy, optional
         Reconcile the targets top-down first (see :mod:`l0_calibrate.hierarchy`).
     polish : bool, default True
@@ -644,10 +649,13 @@ def select_and_polish(
     if isinstance(refine_swaps, bool) or not isinstance(refine_swaps, int) or refine_swaps < 0:
         raise ValueError(f"refine_swaps must be a non-negative integer, got {refine_swaps!r}")
     if init_keep_prob is None:
-        init_keep_prob = min(0.5, 2.0 * count / n_cols)
-    if not 0.0 < init_keep_prob < 1.0:
-        raise ValueError(
-            f"init_keep_prob must lie strictly between 0 and 1, got {init_keep_prob!r}"
+        init_prob_active = min(0.5, 2.0 * count / n_cols)
+    else:
+        init_keep_prob = check_probability(
+            init_keep_prob, "init_keep_prob", hint="pass e.g. init_keep_prob=0.5"
+        )
+        init_prob_active = prob_active_for_log_alpha(
+            math.log(init_keep_prob / (1.0 - init_keep_prob)), temperature
         )
     if hierarchy is not None:
         t_np = reconcile_targets(t_np, hierarchy)
@@ -675,7 +683,7 @@ def select_and_polish(
     gate = HardConcrete(
         n_cols,
         temperature=temperature,
-        init_prob_active=init_keep_prob,
+        init_prob_active=init_prob_active,
         device=dev,
         dtype=dtype,
         generator=generator,
