@@ -562,3 +562,10 @@ def test_calibration_weights_class_signature_shows_the_constructor_keywords():
     names = list(inspect.signature(l0.SparseCalibrationWeights).parameters)
     assert names[:4] == ["n_features", "beta", "gamma", "zeta"]
     assert "seed" in names and "args" not in names and "kwargs" not in names
+
+
+def test_sample_and_feature_gates_keep_the_published_init_mean_attribute():
+    # 0.6.2 stores the mean it hands to L0Gate: target / n, and min(max / n, 0.99).
+    assert l0.SampleGate(n_samples=1000, target_samples=100).init_mean == 100 / 1000
+    assert l0.FeatureGate(n_features=50, max_features=10).init_mean == 10 / 50
+    assert l0.FeatureGate(n_features=10, max_features=10).init_mean == 0.99

@@ -100,6 +100,8 @@ class SampleGate(_ExactTemperature, l0_gates.SampleGate):
     ) -> None:
         super().__init__(n_samples, target_samples, temperature, **kw)
         _remember(self, temperature)
+        # 0.6.2's attribute: the mean it passed on to L0Gate (target_samples / n_samples).
+        self.init_mean = target_samples / n_samples
 
     def select_weighted_samples(self, data: Any, weights: Any = None) -> tuple[Any, Any, Any]:
         """Selected rows, their (positive) weights and their indices (0.6.2: weight > 0)."""
@@ -133,6 +135,8 @@ class FeatureGate(_ExactTemperature, l0_gates.FeatureGate):
     ) -> None:
         super().__init__(n_features, max_features, temperature, **kw)
         _remember(self, temperature)
+        # 0.6.2's attribute: the mean it passed on to L0Gate.
+        self.init_mean = min(max_features / n_features, 0.99)
 
 
 HybridGate = l0_gates.HybridGate
