@@ -52,13 +52,20 @@ def _init_mean(init_sparsity: float) -> float:
 
 
 class _L0Module(nn.Module):
-    """Shared penalties of the 0.6.2 layers (gates in ``self._gates()``)."""
+    """Shared initialisation and penalties of the 0.6.2 layers (gates in ``self._gates()``)."""
 
     use_l2: bool
     weight: Tensor
+    bias: Tensor | None
 
     def _gates(self) -> HardConcrete:
         raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal weights (``fan_out`` mode) and a zero bias."""
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def get_l0_penalty(self) -> Tensor:
         """Expected number of non-zero gates of this layer."""
@@ -142,12 +149,6 @@ class L0Linear(_L0Module):
         )
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Kaiming-normal weights (``fan_out`` mode) and a zero bias."""
-        nn.init.kaiming_normal_(self.weight, mode="fan_out")
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
     def _gates(self) -> HardConcrete:
         return self.weight_gates
 
@@ -225,12 +226,6 @@ class L0Conv2d(_L0Module):
                 out_channels, fan, temperature=temperature, init_mean=mean
             )
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Kaiming-normal weights (``fan_out`` mode) and a zero bias."""
-        nn.init.kaiming_normal_(self.weight, mode="fan_out")
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
 
     def _gates(self) -> HardConcrete:
         return self.channel_gates if self.structured else self.weight_gates
