@@ -23,6 +23,8 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from l0_core.checks import check_int
+
 __all__ = [
     "Callback",
     "Checkpoint",
@@ -403,7 +405,56 @@ def latest_checkpoint(
     )
 
 
-class Checkpoint:
+class _SavingCallback:
+    """What :class:`Checkpoint` and :class:`~l0_calibrate.ShardCheckpoint` share.
+
+    The arguments are checked and the path template (with the fields in
+    ``_fields``) is tried at construction; each call at a saving epoch writes
+    the model's ``state_dict()`` atomically to :meth:`_path_for` and keeps the
+    newest ``keep`` files.
+    """
+
+    _fields: dict[str, int]
+    _example: str
+
+    def __init__(
+        self, path: str | os.PathLike, every: int | None = None, *, keep: int | None = None
+    ) -> None:
+        if every is not None:
+            check_int(every, "every", min_val=1, hint="pass e.g. every=100 (epochs)")
+        if keep is not None:
+            check_int(keep, "keep", min_val=1, hint="pass e.g. keep=3, or None to keep every file")
+        self.path = os.fspath(path)
+        _check_template(self.path, self._fields, type(self).__name__)
+        self._check_path()
+        if keep is not None and "{epoch" not in self.path:
+            raise ValueError(
+                f"keep={keep} needs one file per save: put '{{epoch}}' in the path (e.g. "
+                f"'{self._example}'); {self.path!r} is overwritten at every save"
+            )
+        self.every = every
+        self.keep = keep
+        self.saved: list[str] = []
+
+    def _check_path(self) -> None:
+        """Further checks of ``self.path`` at construction (none here)."""
+
+    def _path_for(self, epoch: int, model: Any) -> str:
+        return self.path.format(epoch=epoch)
+
+    def __call__(self, event: dict) -> None:
+        epoch = int(event["epoch"])
+        if self.every is not None and epoch % self.every:
+            return None
+        model = event["model"]
+        path = self._path_for(epoch, model)
+        atomic_save(model.state_dict(), path)
+        _remember(self.saved, path, self.keep)
+        logger.debug("%s written to %s at epoch %d", type(self).__name__, path, epoch)
+        return None
+
+
+class Checkpoint(_SavingCallback):
     """Save ``model.state_dict()`` (optimiser and RNG state included) during a fit, crash-safely.
 
     Every file is written atomically (:func:`atomic_save`: a temporary file
@@ -434,35 +485,8 @@ class Checkpoint:
     (500, 3)
     """
 
-    def __init__(
-        self, path: str | os.PathLike, every: int | None = None, *, keep: int | None = None
-    ) -> None:
-        from l0_core.checks import check_int
-
-        if every is not None:
-            check_int(every, "every", min_val=1, hint="pass e.g. every=100 (epochs)")
-        if keep is not None:
-            check_int(keep, "keep", min_val=1, hint="pass e.g. keep=3, or None to keep every file")
-        self.path = os.fspath(path)
-        _check_template(self.path, {"epoch": 0}, "Checkpoint")
-        if keep is not None and "{epoch" not in self.path:
-            raise ValueError(
-                f"keep={keep} needs one file per save: put '{{epoch}}' in the path (e.g. "
-                f"'ckpt-{{epoch}}.pt'); {self.path!r} is overwritten at every save"
-            )
-        self.every = every
-        self.keep = keep
-        self.saved: list[str] = []
-
-    def __call__(self, event: dict) -> None:
-        epoch = int(event["epoch"])
-        if self.every is not None and epoch % self.every:
-            return None
-        path = self.path.format(epoch=epoch)
-        atomic_save(event["model"].state_dict(), path)
-        _remember(self.saved, path, self.keep)
-        logger.debug("checkpoint written to %s at epoch %d", path, epoch)
-        return None
+    _fields: dict[str, int] = {"epoch": 0}
+    _example = "ckpt-{epoch}.pt"
 
     @staticmethod
     def load(path: str | os.PathLike, *, n_features: int | None = None) -> dict[str, Any]:

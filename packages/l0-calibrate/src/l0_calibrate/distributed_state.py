@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .distributed_reducer import ColumnShard
+from .callbacks import _SavingCallback, latest_checkpoint
+from .distributed_reducer import ColumnShard, group_initialized
 from .weights import unpack_fit_state
 
 __all__ = ["ShardCheckpoint", "consolidate_state_dicts", "shard_state_dict"]
@@ -190,7 +191,7 @@ def shard_state_dict(state: dict[str, Any], shard: ColumnShard) -> dict[str, Any
     return out
 
 
-class ShardCheckpoint:
+class ShardCheckpoint(_SavingCallback):
     """Callback that saves each rank's ``state_dict()`` to its own file during a fit.
 
     Parameters
@@ -218,50 +219,22 @@ class ShardCheckpoint:
     100
     """
 
-    def __init__(
-        self, path: str | os.PathLike, every: int | None = None, *, keep: int | None = None
-    ) -> None:
-        from l0_core.checks import check_int
+    _fields: dict[str, int] = {"epoch": 0, "rank": 0}
+    _example = "rank{rank}-{epoch}.pt"
 
-        from .callbacks import _check_template
-        from .distributed_reducer import group_initialized
-
-        if every is not None:
-            check_int(every, "every", min_val=1, hint="pass e.g. every=100 (epochs)")
-        if keep is not None:
-            check_int(keep, "keep", min_val=1, hint="pass e.g. keep=3, or None to keep every file")
-        self.path = os.fspath(path)
-        _check_template(self.path, {"epoch": 0, "rank": 0}, "ShardCheckpoint")
+    def _check_path(self) -> None:
         if "{rank" not in self.path and group_initialized():
             import torch.distributed as dist
 
             if dist.get_world_size() > 1:
                 raise ValueError(_no_rank_field(self.path))
-        if keep is not None and "{epoch" not in self.path:
-            raise ValueError(
-                f"keep={keep} needs one file per save: put '{{epoch}}' in the path (e.g. "
-                f"'rank{{rank}}-{{epoch}}.pt'); {self.path!r} is overwritten at every save"
-            )
-        self.every = every
-        self.keep = keep
-        self.saved: list[str] = []
 
-    def __call__(self, event: dict) -> None:
-        from .callbacks import _remember, atomic_save
-
-        epoch = int(event["epoch"])
-        if self.every is not None and epoch % self.every:
-            return None
-        model = event["model"]
+    def _path_for(self, epoch: int, model: Any) -> str:
         shard = getattr(model, "shard", None)
         rank = shard.rank if shard is not None else 0
         if shard is not None and shard.world_size > 1 and "{rank" not in self.path:
             raise ValueError(_no_rank_field(self.path))
-        path = self.path.format(epoch=epoch, rank=rank)
-        atomic_save(model.state_dict(), path)
-        _remember(self.saved, path, self.keep)
-        logger.debug("rank %d checkpoint written to %s at epoch %d", rank, path, epoch)
-        return None
+        return self.path.format(epoch=epoch, rank=rank)
 
     @staticmethod
     def latest(where: str | os.PathLike, rank: int = 0) -> str:
@@ -275,8 +248,6 @@ class ShardCheckpoint:
         ...
         FileNotFoundError: no valid checkpoint in '...r{rank}-{epoch}.pt'
         """
-        from .callbacks import latest_checkpoint
-
         return latest_checkpoint(where, rank=rank)
 
 
