@@ -15,6 +15,7 @@ from l0_core.checks import (
     check_int,
     check_probability,
     check_seed,
+    check_temperature,
 )
 
 
@@ -121,3 +122,14 @@ def test_check_finite_tensor_names_the_first_bad_entry() -> None:
         check_finite_tensor(torch.tensor([[1.0, 2.0], [float("nan"), 3.0]]), "M")
     x = torch.tensor([1, 2])
     assert check_finite_tensor(x, "idx") is x
+
+
+def test_check_temperature_refuses_zero_negative_and_infinite_temperatures() -> None:
+    assert check_temperature(0.1) == 0.1
+    for bad, message in [
+        (0.0, "> 0.0, got 0.0"),
+        (-1, "> 0.0, got -1.0"),
+        (float("inf"), "finite"),
+    ]:
+        with pytest.raises(ValueError, match=rf"^beta must be .*{message}.*; use e.g. 2/3$"):
+            check_temperature(bad, "beta", hint="use e.g. 2/3")

@@ -39,6 +39,7 @@ __all__ = [
     "check_int",
     "check_probability",
     "check_seed",
+    "check_temperature",
 ]
 
 Boundaries = Literal["both", "left", "right", "neither"]
@@ -193,6 +194,21 @@ def check_float(
         raise ValueError(f"{name} must be a finite number, got {value!r}{_suffix(hint)}")
     _check_range(value, name, min_val, max_val, include_boundaries, hint)
     return value
+
+
+def check_temperature(value: Any, name: str = "temperature", *, hint: str = "") -> float:
+    """Return ``value`` as a ``float`` if it is a usable Hard Concrete temperature (finite, > 0).
+
+    Examples
+    --------
+    >>> check_temperature(2 / 3) == 2 / 3
+    True
+    >>> check_temperature(0, hint="use e.g. 2/3")
+    Traceback (most recent call last):
+    ...
+    ValueError: temperature must be > 0.0, got 0.0; use e.g. 2/3
+    """
+    return check_float(value, name, min_val=0.0, include_boundaries="neither", hint=hint)
 
 
 def check_probability(

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .checks import check_float
+from .checks import check_temperature
 
 __all__ = [
     "Gate",
@@ -236,13 +236,7 @@ def set_gate_temperature(gate: torch.nn.Module, temperature: float) -> None:
     >>> gate_temperature(g)
     0.25
     """
-    temperature = check_float(
-        temperature,
-        "temperature",
-        min_val=0.0,
-        include_boundaries="neither",
-        hint="pass a value such as 2/3 or 0.1",
-    )
+    temperature = check_temperature(temperature, hint="pass a value such as 2/3 or 0.1")
     if hasattr(gate, "set_temperature"):
         gate.set_temperature(temperature)
     elif isinstance(gate.temperature, Tensor):

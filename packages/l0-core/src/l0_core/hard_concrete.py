@@ -30,6 +30,7 @@ from .checks import (
     check_float,
     check_int,
     check_probability,
+    check_temperature,
 )
 from .precision import accumulate_sum
 
@@ -340,13 +341,7 @@ class HardConcrete(nn.Module):
         for i, d in enumerate(shape):
             name = "n_items" if i == 0 else f"more_dims[{i - 1}]"
             check_int(d, name, min_val=1, hint="pass the number of gates, e.g. HardConcrete(1000)")
-        temperature = check_float(
-            temperature,
-            "temperature",
-            min_val=0.0,
-            include_boundaries="neither",
-            hint="use e.g. 2/3",
-        )
+        temperature = check_temperature(temperature, hint="use e.g. 2/3")
         stretch = check_float(
             stretch, "stretch", min_val=0.0, include_boundaries="neither", hint="use e.g. 0.1"
         )
@@ -421,13 +416,7 @@ class HardConcrete(nn.Module):
         >>> g = HardConcrete(2); g.set_temperature(0.1); round(g.temperature.item(), 3)
         0.1
         """
-        temperature = check_float(
-            temperature,
-            "temperature",
-            min_val=0.0,
-            include_boundaries="neither",
-            hint="use e.g. 0.1",
-        )
+        temperature = check_temperature(temperature, hint="use e.g. 0.1")
         with torch.no_grad():
             self.temperature.fill_(temperature)
 

@@ -11,7 +11,7 @@ from l0_core import (
     resolve_init_prob_active,
     set_gate_temperature,
 )
-from l0_core.checks import check_device, check_dtype, check_float, check_int
+from l0_core.checks import check_device, check_dtype, check_int, check_temperature
 from torch import Tensor, nn
 
 from ._data import resolve_seed
@@ -82,13 +82,7 @@ class L0Gate(nn.Module):
     ) -> None:
         super().__init__()
         self.size = check_int(size, "size", min_val=1, hint="pass e.g. L0Gate(size=100)")
-        temperature = check_float(
-            temperature,
-            "temperature",
-            min_val=0.0,
-            include_boundaries="neither",
-            hint="pass e.g. 0.25",
-        )
+        temperature = check_temperature(temperature, hint="pass e.g. 0.25")
         self.init_prob_active = resolve_init_prob_active(
             init_prob_active, init_mean, temperature, owner=type(self).__name__
         )
@@ -124,13 +118,7 @@ class L0Gate(nn.Module):
         """
         set_gate_temperature(
             self.gates,
-            check_float(
-                temperature,
-                "temperature",
-                min_val=0.0,
-                include_boundaries="neither",
-                hint="pass e.g. 0.25",
-            ),
+            check_temperature(temperature, hint="pass e.g. 0.25"),
         )
 
     def forward(self) -> Tensor:

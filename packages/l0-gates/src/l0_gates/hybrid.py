@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from l0_core.checks import check_device, check_float, check_int
+from l0_core.checks import check_device, check_float, check_int, check_temperature
 from torch import Tensor, nn
 
 from ._data import as_index_output, resolve_seed, take_rows
@@ -110,13 +110,7 @@ class HybridGate(nn.Module):
         )
         if target > n:
             raise ValueError(f"target_items must be at most n_items={n}, got {target}")
-        temperature = check_float(
-            temperature,
-            "temperature",
-            min_val=0.0,
-            include_boundaries="neither",
-            hint="pass e.g. 0.25",
-        )
+        temperature = check_temperature(temperature, hint="pass e.g. 0.25")
         device = check_device(device)
         self.n_items = n
         self.l0_fraction = l0_fraction

@@ -13,7 +13,7 @@ from l0_core import (
     make_gate,
     set_gate_temperature,
 )
-from l0_core.checks import check_float, check_probability
+from l0_core.checks import check_probability, check_temperature
 from torch import Tensor, nn
 
 from ._checks import check_factory, check_gate_kwargs
@@ -90,13 +90,7 @@ class L0Layer(nn.Module):
         dtype: torch.dtype | None,
         generator: torch.Generator | None,
     ) -> None:
-        temperature = check_float(
-            temperature,
-            "temperature",
-            min_val=0.0,
-            include_boundaries="neither",
-            hint="use e.g. temperature=2/3",
-        )
+        temperature = check_temperature(temperature, hint="use e.g. temperature=2/3")
         self.init_sparsity = check_probability(
             init_sparsity, "init_sparsity", hint="it is the initial P(gate == 0), e.g. 0.1"
         )

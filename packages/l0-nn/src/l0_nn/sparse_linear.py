@@ -17,7 +17,13 @@ from l0_core import (
     make_gate,
     sparse_matvec,
 )
-from l0_core.checks import check_device, check_float, check_int, check_probability
+from l0_core.checks import (
+    check_device,
+    check_float,
+    check_int,
+    check_probability,
+    check_temperature,
+)
 from l0_core.precision import accumulate_sum
 from torch import Tensor, nn
 
@@ -95,13 +101,7 @@ class SparseL0Linear(nn.Module):
         if not isinstance(fit_intercept, bool):
             raise TypeError(f"fit_intercept must be True or False, got {fit_intercept!r}")
         self.fit_intercept = fit_intercept
-        temperature = check_float(
-            temperature,
-            "temperature",
-            min_val=0.0,
-            include_boundaries="neither",
-            hint="use e.g. 2/3",
-        )
+        temperature = check_temperature(temperature, hint="use e.g. 2/3")
         if init_prob_active is not None and init_keep_prob is not None:
             raise TypeError(
                 "SparseL0Linear() got both init_prob_active and init_keep_prob; pass only "
