@@ -31,6 +31,17 @@ Examples::
     python benchmarks/calibrate_bench.py --sizes small,medium --ref-epochs 3
     python benchmarks/calibrate_bench.py --sizes large --epochs 5 --no-ref
     python benchmarks/calibrate_bench.py --device cuda
+    python benchmarks/calibrate_bench.py --before ../before   # calibrate() before/after a change
+
+``--before SRC`` compares this tree with another checkout of the repository
+(e.g. ``git worktree add ../before <commit>``) in one run, on the 5,000 x
+300,000 problem of ``calibrate_scale.py`` (about 27M non-zeros, 15,000
+kept): each tree's code is imported in its own child processes (``SRC``'s
+``packages/*/src`` and ``src`` first on ``PYTHONPATH``), which run the default
+``calibrate(M, targets, target_count=15000)``, ``calibrate(...,
+method="gates")`` and the engine's epochs (``SparseCalibrationWeights.fit``);
+printed: wall time, peak RSS and seconds per epoch, before, after and their
+ratio.
 """
 
 from __future__ import annotations
@@ -233,6 +244,92 @@ def time_to_target(args, cls, M, y, n, device) -> dict:
     return {"target_s": found.get("s"), "target_epochs": found.get("epochs")}
 
 
+# --------------------------------------------------- calibrate() before / after
+def _tree_env(src: str | None) -> dict:
+    """The environment of a child that imports the packages of checkout ``src`` (this tree when None)."""
+    env = dict(os.environ)
+    if src:
+        root = Path(src).resolve()
+        paths = [str(root / "packages" / p / "src") for p in ("l0-core", "l0-nn", "l0-gates", "l0-calibrate")]
+        env["PYTHONPATH"] = os.pathsep.join([*paths, str(root / "src")])
+    return env
+
+
+def calibrate_child(args: argparse.Namespace) -> None:
+    """One measurement of ``calibrate()`` (or of the engine's epochs) in the tree on PYTHONPATH."""
+    import scipy.sparse as sp
+    import torch
+
+    M = sp.load_npz(os.path.join(args.data, "M.npz")).tocsr()
+    y = np.load(os.path.join(args.data, "y.npy"))
+    count = int(np.load(os.path.join(args.data, "count.npy")))
+    import l0_calibrate
+
+    out: dict = {"module": l0_calibrate.__file__}
+    t = time.perf_counter()
+    if args.calibrate in ("select", "gates"):
+        res = l0_calibrate.calibrate(M, y, target_count=count, method=args.calibrate, seed=0)
+        out["wall_s"] = time.perf_counter() - t
+        err = res.report["abs_rel_error"].to_numpy()
+        out.update(mean_rel_error=float(err.mean()), kept=int(res.n_active))
+    else:  # the engine's seconds per epoch on the caller's scipy matrix
+        model = l0_calibrate.SparseCalibrationWeights(M.shape[1], seed=0)
+        model.fit(M, y, epochs=1, num_threads=torch.get_num_threads(), **SETTINGS)
+        t = time.perf_counter()
+        model.fit(M, y, epochs=args.epochs, num_threads=torch.get_num_threads(), **SETTINGS)
+        out["epoch_s"] = (time.perf_counter() - t) / args.epochs
+    out["peak_rss_gib"] = peak_rss_gib()
+    Path(args.json).write_text(json.dumps(out))
+
+
+def compare_trees(args: argparse.Namespace) -> None:
+    """Run the same calibrate() measurements in ``args.before`` and in this tree; print the table."""
+    sys.path.insert(0, str(HERE))
+    import scipy.sparse as sp
+    from calibrate_scale import SIZES as SCALE_SIZES
+    from calibrate_scale import make_problem
+
+    m, n, count = SCALE_SIZES[args.compare_size]
+    M, y, _ = make_problem(m, n)
+    epochs = args.epochs or 30
+    print(f"problem {M.shape[0]:,} x {M.shape[1]:,}, {M.nnz / 1e6:.1f}M non-zeros, {count:,} kept; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="l0cmp-") as data:
+        sp.save_npz(os.path.join(data, "M.npz"), M)
+        np.save(os.path.join(data, "y.npy"), y)
+        np.save(os.path.join(data, "count.npy"), np.array(count))
+        del M
+        for what in ("select", "gates", "engine"):
+            pair: dict = {}
+            # the engine's epochs are short: alternate the trees three times and keep each one's fastest
+            order = (("before", args.before), ("after", None)) * (3 if what == "engine" else 1)
+            for label, src in order:
+                with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+                    out = f.name
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--calibrate", what, "--data", data,
+                       "--epochs", str(epochs), "--json", out]
+                proc = subprocess.run(cmd, env=_tree_env(src), capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                    raise RuntimeError(f"{label} child for {what} failed")
+                got = json.loads(Path(out).read_text())
+                os.unlink(out)
+                print(json.dumps({"what": what, "tree": label, **got}), flush=True)
+                if label not in pair or got.get("epoch_s", 0) < pair[label].get("epoch_s", 0):
+                    pair[label] = got
+            rows.append((what, pair))
+    print()
+    print("| run | before | after | after / before | before peak RSS GiB | after peak RSS GiB | RSS after / before |")
+    print("|---|---|---|---|---|---|---|")
+    for what, pair in rows:
+        b, a = pair["before"], pair["after"]
+        key, unit = ("epoch_s", "s/epoch") if what == "engine" else ("wall_s", "s")
+        label = "engine epochs (fit)" if what == "engine" else f"calibrate(method={what!r})"
+        print(f"| {label} | {b[key]:.3f} {unit} | {a[key]:.3f} {unit} | {a[key] / b[key]:.3f} | "
+              f"{b['peak_rss_gib']:.2f} | {a['peak_rss_gib']:.2f} | {a['peak_rss_gib'] / b['peak_rss_gib']:.3f} |")
+
+
 # ----------------------------------------------------------------- parent
 def run_child(
     which: str, size: str, data: str, args: argparse.Namespace, epochs: int, target_epochs: int, threads: int = 0
@@ -276,7 +373,16 @@ def main() -> None:
     p.add_argument("--size", help=argparse.SUPPRESS)
     p.add_argument("--data", default="", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
+    p.add_argument("--before", default="", help="another checkout: compare calibrate() there and here (5k x 300k)")
+    p.add_argument("--compare-size", default="5k", help="problem of calibrate_scale.py for --before (tiny, 2k, 5k)")
+    p.add_argument("--calibrate", choices=["select", "gates", "engine"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.calibrate:
+        calibrate_child(args)
+        return
+    if args.before:
+        compare_trees(args)
+        return
     if args.child:
         args.which = args.child
         child(args)
