@@ -15,6 +15,7 @@ import pickle
 import queue
 import traceback
 import warnings
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +25,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 import torch.distributed as dist
-from l0_calibrate import InfeasibleTargetWarning, SparseCalibrationWeights, calibrate
+from l0_calibrate import (
+    CalibrationResult,
+    InfeasibleTargetWarning,
+    SparseCalibrationWeights,
+    calibrate,
+)
 from l0_calibrate.distributed import ShardedCalibrationWeights, gather_weights, init_distributed
 from l0_calibrate.distributed_io import (
     household_labels,
@@ -58,7 +64,7 @@ MODEL = dict(
     log_alpha_jitter_sd=0.05,
     dtype=torch.float64,
 )
-FIT = dict(lr=0.05, loss_type="relative", lambda_l0=1e-4, log_freq=50)
+FIT = dict(lr=0.05, loss_type="relative", lambda_l0=1e-4, verbose_freq=50)
 COUNT_FIT = dict(FIT, epochs=60, target_count=COUNT, refit_epochs=10)
 UNEVEN = dict(init_weights=np.linspace(1.0, 2.0, N), init_keep_prob=0.999, seed=0)
 # the weight penalties, with the Adam re-fit and with the exact polish
@@ -98,6 +104,52 @@ def _problem() -> tuple[sp.csc_matrix, np.ndarray]:
 
 
 M_FULL, Y = _problem()
+
+
+#: What one rank reports back (see ``_auto_work`` and ``_rank_work`` for the keys).
+RankResult = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Files:
+    """The matrix file every rank reads and the command line's job file, in one folder."""
+
+    dir: str
+    npz: str
+    job: str
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Every rank's results with 2 and with 3 ranks (the 3 resume the 2's consolidated checkpoint)."""
+
+    two: list[RankResult]
+    three: list[RankResult]
+
+    def __getitem__(self, world: int) -> list[RankResult]:
+        return {2: self.two, 3: self.three}[world]
+
+
+@dataclass(frozen=True)
+class Single:
+    """The single-process references the sharded results are compared with (same seeds)."""
+
+    count_weights: torch.Tensor
+    infeasible: list[str]
+    estimates: torch.Tensor
+    history: list[dict[str, Any]]
+    straight: dict[str, Any]
+    grad: tuple[torch.Tensor, torch.Tensor]
+    penalties: torch.Tensor
+    penalties_history: list[float]
+    polished: torch.Tensor
+    polished_history: list[float]
+    polish_result: Any
+    e1: torch.Tensor
+    calibrate: CalibrationResult
+    calibrate_file: CalibrationResult
+    calibrate_design: pd.Series
+    calibrate_plain: pd.Series
 REL = dict(rtol=1e-6, atol=1e-12)
 HOLDOUT = M_FULL[2:5] * 2.0  # variables that are not targets
 HOLDOUT_TOTALS = np.asarray(HOLDOUT.sum(axis=1)).ravel()
@@ -117,13 +169,13 @@ def _loss(estimate: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------ the ranks' work
-def _auto_work(rank: int, world: int, files: dict) -> dict:
+def _auto_work(rank: int, world: int, files: Files) -> RankResult:
     """The plain API inside the process group: each rank passes its own columns."""
-    out: dict = {}
+    out: RankResult = {}
     cuts = AUTO_CUTS[world]
     local = M_FULL[:, cuts[rank] : cuts[rank + 1]]
     model = SparseCalibrationWeights(local.shape[1], **MODEL)
-    out["auto_type"] = type(model).__name__
+    out["auto_type"] = (type(model).__name__, type(model.reducer).__name__)
     out["auto_start"] = model.shard.start
     model.fit(local, Y, **COUNT_FIT)
     out["auto_weights"] = model.get_weights(deterministic=True).detach().clone()
@@ -136,7 +188,7 @@ def _auto_work(rank: int, world: int, files: dict) -> dict:
     out["polish_result"] = fitted.polish_result_
     # a path: the file holds every household, the model this rank's even share of them
     from_file = SparseCalibrationWeights(ColumnShard.even(N).n_local, **MODEL)
-    from_file.fit(files["npz"], Y, epochs=E1 + E2, **FIT)
+    from_file.fit(files.npz, Y, epochs=E1 + E2, **FIT)
     out["from_file"] = from_file.log_weight.detach().clone()
     # calibrate() with this rank's columns, and with design weights of all households
     holdout = HOLDOUT[:, cuts[rank] : cuts[rank + 1]]
@@ -147,11 +199,11 @@ def _auto_work(rank: int, world: int, files: dict) -> dict:
         local, Y, design_weights=np.linspace(1.0, 3.0, N), epochs=30, seed=2, dtype=torch.float64
     ).weights
     # a path: the file's households are the total, each rank reads its even share
-    out["calibrate_file"] = calibrate(files["npz"], Y, epochs=30, seed=2, dtype=torch.float64)
+    out["calibrate_file"] = calibrate(files.npz, Y, epochs=30, seed=2, dtype=torch.float64)
     # opting out: every rank fits the whole problem on its own
     alone = SparseCalibrationWeights(N, distributed=False, **MODEL)
     alone.fit(M_FULL, Y, epochs=E1, **FIT)
-    out["alone_type"] = type(alone).__name__
+    out["alone_type"] = (type(alone).__name__, type(alone.reducer).__name__)
     out["alone"] = alone.log_weight.detach().clone()
     out["alone_calibrate"] = calibrate(M_FULL, Y, epochs=30, seed=2, distributed=False).weights
     # errors, raised on every rank alike
@@ -169,7 +221,7 @@ def _auto_work(rank: int, world: int, files: dict) -> dict:
     except ValueError as exc:
         out["one_rank_error"] = str(exc)
     try:  # the last rank cannot read the file
-        path = files["npz"] if rank < world - 1 else files["npz"] + ".missing.npz"
+        path = files.npz if rank < world - 1 else files.npz + ".missing.npz"
         SparseCalibrationWeights(ColumnShard.even(N).n_local, **MODEL).fit(path, Y, epochs=2)
     except (ValueError, OSError) as exc:
         out["file_error"] = f"{type(exc).__name__}: {exc}"
@@ -187,34 +239,36 @@ def _auto_work(rank: int, world: int, files: dict) -> dict:
     except ValueError as exc:
         out["select_error"] = str(exc)
     try:
-        SparseCalibrationWeights(N, **MODEL).fit(files["npz"], Y, epochs=2)
+        SparseCalibrationWeights(N, **MODEL).fit(files.npz, Y, epochs=2)
     except ValueError as exc:
         out["file_total_error"] = str(exc)
     return out
 
 
-def _rank_work(rank: int, world: int, files: dict, consolidated: dict | None) -> dict:
+def _rank_work(
+    rank: int, world: int, files: Files, consolidated: dict[str, Any] | None
+) -> RankResult:
     """Everything one rank does; the results go back to the test process."""
     warnings.simplefilter("ignore", InfeasibleTargetWarning)
-    out: dict = _auto_work(rank, world, files)
+    out = _auto_work(rank, world, files)
     # a target_count fit that reads only its columns of the npz file
     # the command line's worker (a target_count fit reading only its columns of the npz
     # file, weights gathered to rank 0), inside this process group
-    out["job"] = run_job(files["job"])
+    out["job"] = run_job(files.job)
     model = ShardedCalibrationWeights(N, **MODEL)
     events: list = []
-    model.fit(files["npz"], Y, epochs=20, callbacks=[events.append], **dict(FIT, log_freq=10))
+    model.fit(files.npz, Y, epochs=20, callbacks=[events.append], **dict(FIT, verbose_freq=10))
     out["event_layout"] = {(e["rank"], e["world_size"], e["column_offset"]) for e in events}
     out["infeasible"] = list(model.infeasible_targets_)
     out["shard"] = model.shard
     before = model.reducer.bytes_reduced
-    model.fit(files["npz"], Y, epochs=20, **FIT)
+    model.fit(files.npz, Y, epochs=20, **FIT)
     out["bytes_per_epoch"] = (model.reducer.bytes_reduced - before) / 20
     # per-rank checkpoint at E1, resumed by a fresh model
-    local = load_columns(files["npz"], model.shard)
+    local = load_columns(files.npz, model.shard)
     first = ShardedCalibrationWeights(N, **MODEL)
     first.fit(local, Y, epochs=E1, **FIT)
-    path = os.path.join(files["dir"], f"world{world}-rank{rank}.pt")
+    path = os.path.join(files.dir, f"world{world}-rank{rank}.pt")
     torch.save(first.state_dict(), path)
     out["state_e1"] = first.state_dict()
     second = ShardedCalibrationWeights(N, **MODEL)
@@ -251,10 +305,10 @@ def _rank_work(rank: int, world: int, files: dict, consolidated: dict | None) ->
     except ValueError as exc:
         out["plain_checkpoint_error"] = str(exc)
     try:
-        ShardCheckpoint(os.path.join(files["dir"], "shared.pt"))({"epoch": 1, "model": model})
+        ShardCheckpoint(os.path.join(files.dir, "shared.pt"))({"epoch": 1, "model": model})
     except ValueError as exc:
         out["checkpoint_error"] = str(exc)
-    other = torch.load(os.path.join(files["dir"], f"world{world}-rank{(rank + 1) % world}.pt"))
+    other = torch.load(os.path.join(files.dir, f"world{world}-rank{(rank + 1) % world}.pt"))
     dist.barrier()
     try:
         ShardedCalibrationWeights(N, **MODEL).load_state_dict(other)
@@ -282,7 +336,7 @@ def _rank_target(rank: int, world: int, store: str, results: Any, args: tuple) -
         results.put((rank, None, traceback.format_exc()))
 
 
-def _run_ranks(world: int, workdir: str, *args: object) -> list[dict]:
+def _run_ranks(world: int, workdir: str, *args: object) -> list[RankResult]:
     """Start ``world`` ranks joined by a gloo group; return each rank's result.
 
     Forked (fast) on machines without CUDA; spawned where CUDA is present,
@@ -297,7 +351,7 @@ def _run_ranks(world: int, workdir: str, *args: object) -> list[dict]:
     procs = [ctx.Process(target=_rank_target, args=(r, world, store, results, args)) for r in range(world)]
     for p in procs:
         p.start()
-    out: dict[int, dict] = {}
+    out: dict[int, RankResult] = {}
     errors = []
     try:
         for _ in range(world):
@@ -318,102 +372,102 @@ def _run_ranks(world: int, workdir: str, *args: object) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     d = tmp_path_factory.mktemp("distributed")
     npz = str(d / "M.npz")
     sp.save_npz(npz, M_FULL)
     job = write_job(d / "job.pkl", npz, Y, model_options=MODEL, fit_options=COUNT_FIT)
-    return {"dir": str(d), "npz": npz, "job": job}
+    return Files(dir=str(d), npz=npz, job=str(job))
 
 
 @pytest.fixture(scope="module")
-def ranks(files: dict) -> dict[int, list[dict]]:
-    two = _run_ranks(2, files["dir"], files, None)
+def ranks(files: Files) -> Ranks:
+    two = _run_ranks(2, files.dir, files, None)
     merged = consolidate_state_dicts([r["state_e1"] for r in two])
-    three = _run_ranks(3, files["dir"], files, merged)
-    return {2: two, 3: three}
+    three = _run_ranks(3, files.dir, files, merged)
+    return Ranks(two=two, three=three)
 
 
-def _calibrate_single(matrix: object, **options: object) -> object:
+def _calibrate_single(matrix: object, **options: Any) -> CalibrationResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InfeasibleTargetWarning)
         return calibrate(matrix, Y, **options)
 
 
 @pytest.fixture(scope="module")
-def single() -> dict:
+def single() -> Single:
     count_model = _fit_single(**COUNT_FIT)
     straight = _fit_single(epochs=E1 + E2, **FIT)
     penalties = _fit_single(**PENALTIES)
     polished = _fit_single(**POLISHED)
     grad_model = SparseCalibrationWeights(N, **MODEL)
     _loss(grad_model(M_FULL)).backward()
-    return {
-        "count_weights": count_model.get_weights(deterministic=True).detach(),
-        "infeasible": list(count_model.infeasible_targets_),
-        "estimates": count_model.predict(M_FULL),
-        "history": count_model.history_,
-        "straight": straight.state_dict(),
-        "grad": (grad_model.log_weight.grad, grad_model.log_alpha.grad),
-        "penalties": penalties.get_weights(deterministic=True).detach(),
-        "penalties_history": [h["penalty_loss"] for h in penalties.history_],
-        "polished": polished.get_weights(deterministic=True).detach(),
-        "polished_history": [h["penalty_loss"] for h in polished.history_],
-        "polish_result": polished.polish_result_,
-        "e1": _fit_single(epochs=E1, **FIT).log_weight.detach(),
-        "calibrate": _calibrate_single(
+    return Single(
+        count_weights=count_model.get_weights(deterministic=True).detach(),
+        infeasible=list(count_model.infeasible_targets_),
+        estimates=count_model.predict(M_FULL),
+        history=count_model.history_,
+        straight=straight.state_dict(),
+        grad=(grad_model.log_weight.grad, grad_model.log_alpha.grad),
+        penalties=penalties.get_weights(deterministic=True).detach(),
+        penalties_history=[h["penalty_loss"] for h in penalties.history_],
+        polished=polished.get_weights(deterministic=True).detach(),
+        polished_history=[h["penalty_loss"] for h in polished.history_],
+        polish_result=polished.polish_result_,
+        e1=_fit_single(epochs=E1, **FIT).log_weight.detach(),
+        calibrate=_calibrate_single(
             M_FULL,
             method="gates",
             holdout_matrix=HOLDOUT,
             holdout_totals=HOLDOUT_TOTALS,
             **CALIBRATE,
         ),
-        "calibrate_file": _calibrate_single(M_FULL, epochs=30, seed=2, dtype=torch.float64),
-        "calibrate_design": _calibrate_single(
+        calibrate_file=_calibrate_single(M_FULL, epochs=30, seed=2, dtype=torch.float64),
+        calibrate_design=_calibrate_single(
             M_FULL, design_weights=np.linspace(1.0, 3.0, N), epochs=30, seed=2, dtype=torch.float64
         ).weights,
-        "calibrate_plain": _calibrate_single(M_FULL, epochs=30, seed=2).weights,
-    }
+        calibrate_plain=_calibrate_single(M_FULL, epochs=30, seed=2).weights,
+    )
 
 
-def _concat(parts: list[dict], key: str) -> torch.Tensor:
+def _concat(parts: list[RankResult], key: str) -> torch.Tensor:
     return torch.cat([p[key] for p in parts])
 
 
 # ------------------------------------------------------------- multi-process
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_fit_gives_the_single_process_weights(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
     np.testing.assert_allclose(
-        ranks[world][0]["job"].weights, single["count_weights"].numpy(), **TOL
+        ranks[world][0]["job"].weights, single.count_weights.numpy(), **TOL
     )
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_fit_keeps_the_single_process_households(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
     sharded = ranks[world][0]["job"].weights > 0
     assert int(sharded.sum()) == COUNT
-    np.testing.assert_array_equal(sharded, single["count_weights"].numpy() > 0)
+    np.testing.assert_array_equal(sharded, single.count_weights.numpy() > 0)
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_only_rank_zero_receives_the_gathered_weights(world: int, ranks: dict) -> None:
+def test_only_rank_zero_receives_the_gathered_weights(world: int, ranks: Ranks) -> None:
     assert [r["job"] is None for r in ranks[world]] == [False] + [True] * (world - 1)
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_target_reached_by_one_rank_only_stays_feasible_on_every_rank(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
-    assert single["infeasible"] == ["target_1"]
-    assert all(r["infeasible"] == single["infeasible"] for r in ranks[world])
+    assert single.infeasible == ["target_1"]
+    assert all(r["infeasible"] == single.infeasible for r in ranks[world])
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_each_epoch_exchanges_about_one_target_vector(world: int, ranks: dict) -> None:
+def test_each_epoch_exchanges_about_one_target_vector(world: int, ranks: Ranks) -> None:
     per_epoch = [r["bytes_per_epoch"] for r in ranks[world]]
     vector = N_TARGETS * 8
     # one all-reduce of the estimates per epoch, plus the logging step's few scalars
@@ -422,49 +476,49 @@ def test_each_epoch_exchanges_about_one_target_vector(world: int, ranks: dict) -
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_per_rank_checkpoints_resume_to_the_uninterrupted_fit(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
     resumed = consolidate_state_dicts([r["resumed"] for r in ranks[world]])
     for key in ("log_weight", "log_alpha"):
-        torch.testing.assert_close(resumed[key], single["straight"][key], **TOL)
+        torch.testing.assert_close(resumed[key], single.straight[key], **TOL)
 
 
-def test_two_rank_checkpoint_resumes_on_three_ranks(ranks: dict, single: dict) -> None:
+def test_two_rank_checkpoint_resumes_on_three_ranks(ranks: Ranks, single: Single) -> None:
     resumed = consolidate_state_dicts([r["resharded"] for r in ranks[3]])
     for key in ("log_weight", "log_alpha"):
-        torch.testing.assert_close(resumed[key], single["straight"][key], **TOL)
+        torch.testing.assert_close(resumed[key], single.straight[key], **TOL)
 
 
-def test_consolidated_checkpoint_resumes_in_one_process(ranks: dict, single: dict) -> None:
+def test_consolidated_checkpoint_resumes_in_one_process(ranks: Ranks, single: Single) -> None:
     model = SparseCalibrationWeights(N, **MODEL)
     model.load_state_dict(consolidate_state_dicts([r["state_e1"] for r in ranks[3]]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InfeasibleTargetWarning)
         model.fit(M_FULL, Y, epochs=E2, **FIT)
-    torch.testing.assert_close(model.log_alpha.detach(), single["straight"]["log_alpha"], **TOL)
+    torch.testing.assert_close(model.log_alpha.detach(), single.straight["log_alpha"], **TOL)
 
 
-def test_consolidated_adam_state_equals_the_single_process_one(ranks: dict, single: dict) -> None:
+def test_consolidated_adam_state_equals_the_single_process_one(ranks: Ranks, single: Single) -> None:
     merged = consolidate_state_dicts([r["resumed"] for r in ranks[2]])["_extra_state"]["optimizer"][
         "state"
     ]
     # A single-process state_dict holds tensors only: its fit state is a packed uint8 tensor.
-    straight = unpack_fit_state(single["straight"]["_extra_state"])["optimizer"]["state"]
+    straight = unpack_fit_state(single.straight["_extra_state"])["optimizer"]["state"]
     for pid in (0, 1):
         torch.testing.assert_close(merged[pid]["exp_avg_sq"], straight[pid]["exp_avg_sq"], **TOL)
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_all_reduced_estimate_backpropagates_the_single_process_gradient(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
     for i in (0, 1):
         grad = torch.cat([r["grad"][i] for r in ranks[world]])
-        torch.testing.assert_close(grad, single["grad"][i], **TOL)
+        torch.testing.assert_close(grad, single.grad[i], **TOL)
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_global_top_k_breaks_ties_toward_the_lower_column(world: int, ranks: dict) -> None:
+def test_global_top_k_breaks_ties_toward_the_lower_column(world: int, ranks: Ranks) -> None:
     scores = (torch.arange(N) % 7 - 3).to(torch.float32) * 0.5
     expected = torch.zeros(N, dtype=torch.bool)
     expected[torch.argsort(scores, descending=True, stable=True)[:100]] = True
@@ -472,33 +526,33 @@ def test_global_top_k_breaks_ties_toward_the_lower_column(world: int, ranks: dic
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_command_line_worker_reports_the_world_size_and_epochs(world: int, ranks: dict) -> None:
+def test_command_line_worker_reports_the_world_size_and_epochs(world: int, ranks: Ranks) -> None:
     job = ranks[world][0]["job"]
     assert (job.world_size, job.epochs) == (world, COUNT_FIT["epochs"])
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_shards_from_local_counts_follow_rank_order(world: int, ranks: dict) -> None:
+def test_shards_from_local_counts_follow_rank_order(world: int, ranks: Ranks) -> None:
     sizes = {2: [200, 101], 3: [50, 200, 51]}[world]
     assert [r["uneven_start"] for r in ranks[world]] == [sum(sizes[:r]) for r in range(world)]
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_gather_from_uneven_shards_restores_the_column_order(world: int, ranks: dict) -> None:
+def test_gather_from_uneven_shards_restores_the_column_order(world: int, ranks: Ranks) -> None:
     plain = SparseCalibrationWeights(N, **UNEVEN).get_weights(deterministic=True).detach()
     assert torch.equal(ranks[world][0]["gathered"], plain)
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_command_line_worker_returns_the_single_process_estimates(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
-    np.testing.assert_allclose(ranks[world][0]["job"].estimates, single["estimates"].numpy(), **TOL)
+    np.testing.assert_allclose(ranks[world][0]["job"].estimates, single.estimates.numpy(), **TOL)
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_logged_history_matches_the_single_process_fit(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
     keys = (
         "epoch",
@@ -511,34 +565,34 @@ def test_logged_history_matches_the_single_process_fit(
         "mean_rel_error",
     )
     sharded = [[h[k] for k in keys] for h in ranks[world][0]["job"].history]
-    expected = [[h[k] for k in keys] for h in single["history"]]
+    expected = [[h[k] for k in keys] for h in single.history]
     assert [row[:3] for row in sharded] == [row[:3] for row in expected]
     np.testing.assert_allclose([row[3:] for row in sharded], [row[3:] for row in expected], **TOL)
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_callback_events_carry_the_rank_layout(world: int, ranks: dict) -> None:
+def test_callback_events_carry_the_rank_layout(world: int, ranks: Ranks) -> None:
     layouts = [r["event_layout"] for r in ranks[world]]
     assert layouts == [{(r, world, s["shard"].start)} for r, s in enumerate(ranks[world])]
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_per_household_arrays_of_all_columns_are_cut_to_each_rank(world: int, ranks: dict) -> None:
+def test_per_household_arrays_of_all_columns_are_cut_to_each_rank(world: int, ranks: Ranks) -> None:
     expected = torch.as_tensor(np.linspace(1.0, 2.0, N), dtype=torch.float32)
     torch.testing.assert_close(_concat(ranks[world], "init_weights"), expected, rtol=0, atol=0)
 
 
 def test_single_process_checkpoint_into_a_two_rank_shard_asks_for_shard_state_dict(
-    ranks: dict,
+    ranks: Ranks,
 ) -> None:
     assert "shard_state_dict(state, model.shard)" in ranks[2][1]["plain_checkpoint_error"]
 
 
-def test_shard_checkpoint_needs_a_rank_field_with_several_ranks(ranks: dict) -> None:
+def test_shard_checkpoint_needs_a_rank_field_with_several_ranks(ranks: Ranks) -> None:
     assert "{rank}" in ranks[2][1]["checkpoint_error"]
 
 
-def test_loading_another_ranks_checkpoint_names_both_column_ranges(ranks: dict) -> None:
+def test_loading_another_ranks_checkpoint_names_both_column_ranges(ranks: Ranks) -> None:
     msg = ranks[2][0]["wrong_rank_error"]
     assert "[151, 301)" in msg and "[0, 151)" in msg
 
@@ -546,18 +600,21 @@ def test_loading_another_ranks_checkpoint_names_both_column_ranges(ranks: dict) 
 # ------------------------------------- the plain API inside a process group
 @pytest.mark.parametrize("world", [2, 3])
 def test_plain_model_inside_a_group_is_a_shard_laid_out_by_local_counts(
-    world: int, ranks: dict
+    world: int, ranks: Ranks
 ) -> None:
-    assert {r["auto_type"] for r in ranks[world]} == {"ShardedCalibrationWeights"}
+    # one class: the reducer chosen in the constructor makes the plain model a shard
+    assert {r["auto_type"] for r in ranks[world]} == {
+        ("SparseCalibrationWeights", "ProcessGroupReducer")
+    }
     assert [r["auto_start"] for r in ranks[world]] == AUTO_CUTS[world][:-1]
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_plain_model_fit_on_local_columns_gives_the_single_process_weights(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
     sharded = _concat(ranks[world], "auto_weights")
-    expected = single["count_weights"]
+    expected = single.count_weights
     torch.testing.assert_close(sharded, expected, **REL)
     assert int((sharded > 0).sum()) == int((expected > 0).sum()) == COUNT
     assert torch.equal(ranks[world][0]["auto_gathered"], sharded)
@@ -566,23 +623,23 @@ def test_plain_model_fit_on_local_columns_gives_the_single_process_weights(
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("name", ["penalties", "polished"])
 def test_weight_penalties_and_polish_give_the_single_process_weights(
-    world: int, name: str, ranks: dict, single: dict
+    world: int, name: str, ranks: Ranks, single: Single
 ) -> None:
     sharded = _concat(ranks[world], name)
-    torch.testing.assert_close(sharded, single[name], **REL)
-    assert torch.equal(sharded > 0, single[name] > 0)
+    torch.testing.assert_close(sharded, getattr(single, name), **REL)
+    assert torch.equal(sharded > 0, getattr(single, name) > 0)
     # the penalty term is the same on every rank and equals the single-process one
     for r in ranks[world]:
-        np.testing.assert_allclose(r[name + "_history"], single[name + "_history"], **REL)
-    assert max(single[name + "_history"]) > 0  # the penalties were active
+        np.testing.assert_allclose(r[name + "_history"], getattr(single, name + "_history"), **REL)
+    assert max(getattr(single, name + "_history")) > 0  # the penalties were active
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_polish_result_holds_each_ranks_columns(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
     results = [r["polish_result"] for r in ranks[world]]
-    expected = single["polish_result"]
+    expected = single.polish_result
     np.testing.assert_allclose(
         np.concatenate([p.weights for p in results]), expected.weights, **REL
     )
@@ -592,17 +649,17 @@ def test_sharded_polish_result_holds_each_ranks_columns(
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_fit_from_a_file_reads_each_ranks_columns(world: int, ranks: dict, single: dict) -> None:
+def test_fit_from_a_file_reads_each_ranks_columns(world: int, ranks: Ranks, single: Single) -> None:
     torch.testing.assert_close(
-        _concat(ranks[world], "from_file"), single["straight"]["log_weight"], **REL
+        _concat(ranks[world], "from_file"), single.straight["log_weight"], **REL
     )
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_calibrate_inside_a_group_equals_single_process_calibrate(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
-    expected = single["calibrate"]
+    expected = single.calibrate
     results = [r["calibrate"] for r in ranks[world]]
     weights = pd.concat([r.weights for r in results])
     np.testing.assert_allclose(weights.to_numpy(), expected.weights.to_numpy(), **REL)
@@ -625,7 +682,7 @@ def test_calibrate_inside_a_group_equals_single_process_calibrate(
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_calibrate_from_a_file_reads_each_ranks_even_share(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
     results = [r["calibrate_file"] for r in ranks[world]]
     assert [res.shard.start for res in results] == [
@@ -633,38 +690,38 @@ def test_calibrate_from_a_file_reads_each_ranks_even_share(
     ]
     weights = pd.concat([res.weights for res in results])
     np.testing.assert_allclose(
-        weights.to_numpy(), single["calibrate_file"].weights.to_numpy(), **REL
+        weights.to_numpy(), single.calibrate_file.weights.to_numpy(), **REL
     )
     pd.testing.assert_index_equal(weights.index, pd.RangeIndex(N))
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_calibrate_cuts_design_weights_of_all_households(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
     weights = pd.concat([r["calibrate_design"] for r in ranks[world]])
-    np.testing.assert_allclose(weights.to_numpy(), single["calibrate_design"].to_numpy(), **REL)
+    np.testing.assert_allclose(weights.to_numpy(), single.calibrate_design.to_numpy(), **REL)
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_distributed_false_inside_a_group_fits_each_rank_alone(
-    world: int, ranks: dict, single: dict
+    world: int, ranks: Ranks, single: Single
 ) -> None:
     for r in ranks[world]:
-        assert r["alone_type"] == "SparseCalibrationWeights"
-        assert torch.equal(r["alone"], single["e1"])
-        pd.testing.assert_series_equal(r["alone_calibrate"], single["calibrate_plain"])
+        assert r["alone_type"] == ("SparseCalibrationWeights", "LocalReducer")
+        assert torch.equal(r["alone"], single.e1)
+        pd.testing.assert_series_equal(r["alone_calibrate"], single.calibrate_plain)
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_ranks_with_different_targets_all_raise_naming_y(world: int, ranks: dict) -> None:
+def test_ranks_with_different_targets_all_raise_naming_y(world: int, ranks: Ranks) -> None:
     for r in ranks[world]:
         assert "y (the targets) differs between the ranks" in r["targets_error"]
         assert "same full target vector" in r["targets_error"]
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_ranks_with_different_target_counts_all_raise_naming_the_option(world: int, ranks: dict) -> None:
+def test_ranks_with_different_target_counts_all_raise_naming_the_option(world: int, ranks: Ranks) -> None:
     for r in ranks[world]:
         msg = r["count_error"]
         assert "fit option target_count differs between the ranks" in msg
@@ -672,7 +729,7 @@ def test_ranks_with_different_target_counts_all_raise_naming_the_option(world: i
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_a_bad_argument_on_one_rank_stops_every_rank(world: int, ranks: dict) -> None:
+def test_a_bad_argument_on_one_rank_stops_every_rank(world: int, ranks: Ranks) -> None:
     *others, last = ranks[world]
     assert last["one_rank_error"].startswith("lr must be a positive finite number")
     for r in others:
@@ -681,7 +738,7 @@ def test_a_bad_argument_on_one_rank_stops_every_rank(world: int, ranks: dict) ->
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_a_file_one_rank_cannot_read_stops_every_rank(world: int, ranks: dict) -> None:
+def test_a_file_one_rank_cannot_read_stops_every_rank(world: int, ranks: Ranks) -> None:
     *others, last = ranks[world]
     assert "missing" in last["file_error"]
     for r in others:
@@ -689,7 +746,7 @@ def test_a_file_one_rank_cannot_read_stops_every_rank(world: int, ranks: dict) -
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_bad_design_weights_on_one_rank_stop_every_calibrate(world: int, ranks: dict) -> None:
+def test_bad_design_weights_on_one_rank_stop_every_calibrate(world: int, ranks: Ranks) -> None:
     *others, last = ranks[world]
     assert last["design_error"].startswith("design_weights must be positive")
     for r in others:
@@ -697,29 +754,29 @@ def test_bad_design_weights_on_one_rank_stop_every_calibrate(world: int, ranks: 
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_a_target_count_above_one_ranks_columns_counts_over_all_ranks(world: int, ranks: dict) -> None:
+def test_a_target_count_above_one_ranks_columns_counts_over_all_ranks(world: int, ranks: Ranks) -> None:
     local_counts = [r["big_count_local"] for r in ranks[world]]
     assert min(AUTO_CUTS[world][i + 1] - AUTO_CUTS[world][i] for i in range(world)) < 150
     assert sum(local_counts) == 150
 
 
-def test_calibrate_inside_a_group_refuses_the_select_method(ranks: dict) -> None:
+def test_calibrate_inside_a_group_refuses_the_select_method(ranks: Ranks) -> None:
     for r in ranks[2]:
         assert "method='select'" in r["select_error"] and "method='gates'" in r["select_error"]
 
 
-def test_file_of_another_total_names_the_model_to_build(ranks: dict) -> None:
+def test_file_of_another_total_names_the_model_to_build(ranks: Ranks) -> None:
     msg = ranks[2][0]["file_total_error"]
     assert f"has {N} households but the model's columns total {2 * N}" in msg
     assert f"ShardedCalibrationWeights({N})" in msg
 
 
-def test_torchrun_launch_gives_the_single_process_weights(files: dict, single: dict) -> None:
+def test_torchrun_launch_gives_the_single_process_weights(files: Files, single: Single) -> None:
     result = run_distributed(
-        files["npz"], Y, nproc=2, model_options=MODEL, fit_options=COUNT_FIT, timeout=300
+        files.npz, Y, nproc=2, model_options=MODEL, fit_options=COUNT_FIT, timeout=300
     )
     assert result.world_size == 2
-    np.testing.assert_allclose(result.weights, single["count_weights"].numpy(), **TOL)
+    np.testing.assert_allclose(result.weights, single.count_weights.numpy(), **TOL)
 
 
 # ------------------------------------------------------------- one process
@@ -750,18 +807,18 @@ def test_sharded_model_refuses_distributed_false() -> None:
         ShardedCalibrationWeights(N, distributed=False)
 
 
-def test_outside_a_group_the_plain_model_stays_plain_and_reads_a_file(files: dict) -> None:
+def test_outside_a_group_the_plain_model_stays_plain_and_reads_a_file(files: Files) -> None:
     model = SparseCalibrationWeights(N, **MODEL)
     assert type(model) is SparseCalibrationWeights
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InfeasibleTargetWarning)
-        model.fit(files["npz"], Y, epochs=E1, **FIT)
+        model.fit(files.npz, Y, epochs=E1, **FIT)
     twin = _fit_single(epochs=E1, **FIT)
     assert torch.equal(model.log_weight, twin.log_weight)
 
 
-def test_calibrate_reads_a_file_in_one_process(files: dict) -> None:
-    from_file = _calibrate_single(files["npz"], epochs=20, seed=2)
+def test_calibrate_reads_a_file_in_one_process(files: Files) -> None:
+    from_file = _calibrate_single(files.npz, epochs=20, seed=2)
     direct = _calibrate_single(M_FULL, epochs=20, seed=2)
     pd.testing.assert_series_equal(from_file.weights, direct.weights)
 
@@ -798,12 +855,12 @@ def test_cutting_a_partial_checkpoint_again_is_refused() -> None:
         shard_state_dict(part, ColumnShard(N, 0, 100, 0, 3))
 
 
-def test_command_line_worker_runs_alone_outside_a_process_group(files: dict, single: dict) -> None:
+def test_command_line_worker_runs_alone_outside_a_process_group(files: Files, single: Single) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InfeasibleTargetWarning)
-        result = run_job(files["job"])
+        result = run_job(files.job)
     assert result.world_size == 1
-    np.testing.assert_allclose(result.weights, single["count_weights"].numpy(), **TOL)
+    np.testing.assert_allclose(result.weights, single.count_weights.numpy(), **TOL)
 
 
 def test_init_distributed_outside_torchrun_describes_one_process(

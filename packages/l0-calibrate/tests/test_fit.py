@@ -23,7 +23,7 @@ def _with_nan(dense):
     return dense
 
 
-FIT = dict(lambda_l0=0.001, lr=0.05, loss_type="relative", log_freq=20)
+FIT = dict(lambda_l0=0.001, lr=0.05, loss_type="relative", verbose_freq=20)
 
 
 def test_resuming_from_a_checkpoint_at_half_time_equals_the_uninterrupted_run_bit_for_bit():
@@ -318,3 +318,14 @@ def test_weight_penalties_are_added_to_the_gradient():
     spread.fit(M, y, epochs=10, lambda_dispersion=5.0, **FIT)
     assert not torch.equal(plain.log_weight, spread.log_weight)
     assert math.isfinite(spread.history_[-1]["penalty_loss"]) and spread.history_[-1]["penalty_loss"] > 0
+
+
+def test_log_freq_is_a_deprecated_spelling_of_verbose_freq():
+    M, y = make_problem(seed=5)
+    old = SparseCalibrationWeights(M.shape[1], seed=0)
+    with pytest.warns(DeprecationWarning, match="verbose_freq"):
+        old.fit(M, y, epochs=12, log_freq=4)
+    new = SparseCalibrationWeights(M.shape[1], seed=0)
+    new.fit(M, y, epochs=12, verbose_freq=4)
+    assert [h["epoch"] for h in old.history_] == [h["epoch"] for h in new.history_] == [4, 8, 12]
+    assert torch.equal(old.log_weight, new.log_weight)

@@ -163,3 +163,46 @@ def test_accepts_every_matrix_format():
     ref = dense @ model.get_weights(deterministic=True).detach().numpy()
     for fmt in (M, sp.csr_array(M), M.tocoo(), dense, torch.tensor(dense), torch.tensor(dense).to_sparse()):
         np.testing.assert_allclose(model.predict(fmt).numpy(), ref, rtol=1e-10)
+
+
+def test_the_constructor_signature_shows_the_published_keywords_and_the_class_is_never_swapped():
+    import inspect
+
+    from l0_calibrate import ShardedCalibrationWeights
+    from l0_calibrate.distributed_reducer import LocalReducer, ProcessGroupReducer
+
+    names = list(inspect.signature(SparseCalibrationWeights).parameters)
+    assert names[:11] == [
+        "n_features", "beta", "gamma", "zeta", "init_keep_prob", "init_weights",
+        "log_weight_jitter_sd", "log_alpha_jitter_sd", "device", "use_gates", "seed",
+    ]  # fmt: skip
+    assert names[11:] == ["dtype", "distributed"]
+    # no __new__: the class is what was asked for; the reducer decides the behaviour
+    assert "__new__" not in vars(SparseCalibrationWeights)
+    plain, sharded = SparseCalibrationWeights(4), ShardedCalibrationWeights(4)
+    assert type(plain) is SparseCalibrationWeights and type(plain.reducer) is LocalReducer
+    assert type(sharded) is ShardedCalibrationWeights
+    assert type(sharded.reducer) is ProcessGroupReducer
+    assert (plain.n_total, plain.shard.start, plain.shard.stop) == (4, 0, 4)
+
+
+def test_the_fit_state_lives_in_one_object_and_round_trips_through_the_state_dict():
+    from l0_calibrate.fit_state import FitState, unpack_fit_state
+
+    M, y = make_problem(seed=4)
+    model = SparseCalibrationWeights(M.shape[1], seed=1)
+    model.fit(M, y, epochs=12, verbose_freq=4, target_count=10, refit_epochs=0)
+    state = model._fit_state
+    assert isinstance(state, FitState)
+    assert (state.epoch, len(state.history)) == (12, 3)
+    assert state.optimizer is not None and state.controller is not None
+    assert model.history_ is state.history and model.epochs_trained == 12
+    twin = SparseCalibrationWeights(M.shape[1], seed=9)
+    twin.load_state_dict(model.state_dict())
+    assert (twin._fit_state.epoch, twin._fit_state.count_schedule) == (12, state.count_schedule)
+    assert twin._fit_state.pending_optimizer is not None  # applied by the next fit
+    # saved again before any fit, the loaded optimiser and controller state are kept
+    again, first = unpack_fit_state(twin.get_extra_state()), unpack_fit_state(model.get_extra_state())
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(again["optimizer"]["state"][0][key], first["optimizer"]["state"][0][key])
+    assert torch.equal(again["controller"]["lambda1"], first["controller"]["lambda1"])

@@ -33,25 +33,17 @@ an explicit layout instead (e.g. ``ShardedCalibrationWeights(n_total)`` with
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .distributed_reducer import (
-    ColumnShard,
-    ProcessGroupReducer,
-    _dist,
-    cut_to_shard,
-    group_initialized,
-    stop_together,
-    use_sharding,
-)
+from .distributed_group import _dist, group_initialized
+from .distributed_reducer import ColumnShard, ProcessGroupReducer, model_reducer
 from .inputs import check_nonneg_float, check_positive_int
 from .weights import SparseCalibrationWeights
 
@@ -161,32 +153,16 @@ def init_distributed(
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, str(used))
 
 
-def _shared_seed(seed: int | None, reducer: ProcessGroupReducer) -> int:
-    """The seed every rank uses: ``seed``, or rank 0's draw from torch's global generator."""
-    if seed is not None:
-        return int(seed)
-    drawn = int(torch.randint(0, 2**62, (1,)).item())
-    if reducer.world_size == 1:
-        return drawn
-    t = torch.tensor(
-        [drawn if reducer.shard.rank == 0 else 0], dtype=torch.int64, device=reducer.device
-    )
-    return int(reducer._reduce_op(t, "SUM").item())
-
-
-def _rank_stream_seed(seed: int, shard: ColumnShard) -> int:
-    """Seed of the per-rank stream of ``noise="local"``, keyed on the first column."""
-    state = np.random.SeedSequence([seed % 2**63, shard.start]).generate_state(1, np.uint64)[0]
-    return int(state % np.uint64(2**63))
-
-
 class ShardedCalibrationWeights(SparseCalibrationWeights):
-    """:class:`SparseCalibrationWeights` for this rank's block of household columns.
+    """:class:`SparseCalibrationWeights` that always shards, laid out from the *total* household count.
 
     ``SparseCalibrationWeights(n_local, ...)`` inside a process group of
-    several ranks builds one from this rank's column count (the layout is
-    every rank's count, in rank order). Built directly, it takes the
-    *total* number of households and the published arguments; it keeps the columns
+    several ranks already shards (from this rank's column count; the layout
+    is every rank's count, in rank order). This subclass only changes how
+    the model is built: it takes the *total* number of households, an
+    optional explicit ``shard`` (default: the even split), ``group`` and
+    ``noise``, and shards even in a group of one rank (outside a process
+    group it is the whole problem). It keeps the columns
     ``shard.start:shard.stop``. ``fit`` takes this rank's columns of ``M``
     (or a path to an ``.npz``/``.parquet``/``.npy``/``.csv`` file, of
     which it reads only those columns) and the full target vector, and
@@ -266,218 +242,35 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
         distributed: bool | None = None,
     ) -> None:
         n_features = check_positive_int(n_features, "n_features")
-        # Built through SparseCalibrationWeights(n_local) inside a process group: n_features is
-        # this rank's column count and the layout comes from every rank's count, in rank order.
-        local_count = self.__dict__.pop("_l0_local_count", False)
-        if distributed is not None:
-            if distributed is False or not isinstance(distributed, (bool, np.bool_)):
-                raise ValueError(
-                    f"ShardedCalibrationWeights always shards; got distributed={distributed!r}. "
-                    "Use SparseCalibrationWeights(..., distributed=False) for an unsharded model"
-                )
-            use_sharding(True, group)  # raises outside a process group
-        if local_count:
-            if shard is not None:
-                raise ValueError(
-                    "pass either shard= or a local column count, not both; "
-                    "use ShardedCalibrationWeights(n_total, shard=...) for an explicit layout"
-                )
-            shard = ColumnShard.from_local_count(n_features, group=group)
-            n_features = shard.n_total
-        elif shard is None:
-            shard = ColumnShard.even(n_features, group=group)
-        elif not isinstance(shard, ColumnShard):
-            raise TypeError(f"shard must be a ColumnShard, got {type(shard).__name__}")
-        elif shard.n_total != n_features:
-            raise ValueError(
-                f"shard covers {shard.n_total} columns in total but n_features={n_features}; "
-                "pass the total number of households as n_features"
-            )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        sd = check_nonneg_float(log_alpha_jitter_sd, "log_alpha_jitter_sd")
-        reducer = ProcessGroupReducer(shard, group, device=device, noise=noise)
-        seed_used = _shared_seed(seed, reducer)
-        stream_seed = _rank_stream_seed(seed_used, shard) if noise == "local" else seed_used
-        super().__init__(
-            shard.n_local,
+        reducer = model_reducer(
+            n_features,
+            distributed=distributed,
+            device=device,
+            shard=shard,
+            group=group,
+            noise=noise,
+            always_shard=True,
+        )
+        self._setup(
+            reducer,
             beta,
             gamma,
             zeta,
-            cut_to_shard(init_keep_prob, shard, "init_keep_prob"),
-            cut_to_shard(init_weights, shard, "init_weights"),
+            init_keep_prob,
+            init_weights,
             log_weight_jitter_sd,
-            0.0,
+            log_alpha_jitter_sd,
             device,
             use_gates,
-            stream_seed,
-            dtype=dtype,
+            seed,
+            dtype,
         )
-        self.seed = seed
-        self.log_alpha_jitter_sd = sd
-        self.n_total = shard.n_total
-        self.shard = shard
-        self._reducer = reducer
-        if sd > 0:  # the single-process model's draw of all columns, this rank's slice
-            draw = reducer.normal_noise(
-                shard.n_local, generator=self._generator, device=self.device, dtype=dtype
-            )
-            with torch.no_grad():
-                self.log_alpha.add_(draw * sd)
 
     @property
     def reducer(self) -> ProcessGroupReducer:
         """The reducer this model's fits use (its ``bytes_reduced`` counts the traffic)."""
-        return self._reducer
+        return cast(ProcessGroupReducer, self._reducer)
 
-    def _sample_gates(self) -> Tensor:
-        """This rank's slice of the single-process gate sample (``noise="global"``)."""
-        red = self._reducer
-        if red.noise == "local" or red.world_size == 1:
-            return super()._sample_gates()
-        log_alpha = self.log_alpha.clamp(-self.LOG_ALPHA_BOUND, self.LOG_ALPHA_BOUND)
-        u = torch.rand(
-            self.n_total, generator=self._generator, device=log_alpha.device, dtype=log_alpha.dtype
-        )
-        u = u[self.shard.columns].clamp(1e-6, 1 - 1e-6)
-        s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + log_alpha) / self.beta)
-        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0, 1)
-
-    # ------------------------------------------------- collective results
-    def forward(self, M: Any, deterministic: bool = False) -> Tensor:
-        """Weighted totals ``M @ w`` over all ranks (collective), differentiable.
-
-        ``M`` is this rank's columns; the partial products are all-reduced
-        (:func:`l0_calibrate.distributed_reducer.all_reduce_sum`).
-
-        Examples
-        --------
-        >>> model = ShardedCalibrationWeights(2, init_keep_prob=0.999, seed=0)
-        >>> [round(v, 3) for v in model(np.array([[1.0, 2.0]]), deterministic=True).tolist()]
-        [3.0]
-        """
-        return self._reducer.all_reduce_sum(super().forward(M, deterministic=deterministic))
-
-    @torch.no_grad()
-    def get_sparsity(self) -> float:
-        """Fraction of all ranks' weights whose deterministic gate is 0 (collective).
-
-        Examples
-        --------
-        >>> ShardedCalibrationWeights(4, init_keep_prob=0.999).get_sparsity()
-        0.0
-        """
-        if not self.use_gates:
-            return 0.0
-        zeros = (self.get_deterministic_gates() == 0).sum().reshape(1).to(torch.int64)
-        return float(self._reducer._reduce_op(zeros, "SUM").item()) / self.n_total
-
-    @torch.no_grad()
-    def get_active_weights(self) -> dict[str, Any]:
-        """This rank's non-zero weights; ``indices`` are global column numbers (not collective).
-
-        Examples
-        --------
-        >>> out = ShardedCalibrationWeights(3, init_keep_prob=0.999).get_active_weights()
-        >>> out["count"], out["indices"].tolist()
-        (3, [0, 1, 2])
-        """
-        out = super().get_active_weights()
-        out["indices"] = out["indices"] + self.shard.start
-        return out
-
-    # ---------------------------------------------------------------- fit
-    def fit(self, M: Any, y: Any, *args: Any, **kwargs: Any) -> ShardedCalibrationWeights:
-        """Fit on this rank's columns (collective); same arguments as :meth:`SparseCalibrationWeights.fit`.
-
-        ``M`` holds this rank's ``shard.n_local`` columns (any matrix type
-        ``SparseCalibrationWeights.fit`` accepts), or is a path to a file
-        holding all columns, of which only this rank's are read
-        (:func:`l0_calibrate.distributed_io.load_columns`). ``y`` and the
-        target options are the full, identical ones on every rank.
-        ``target_count`` counts households over all ranks. Progress is
-        logged by rank 0 only; callbacks run on every rank (their events
-        carry ``rank``, ``world_size`` and ``column_offset``), and a stop
-        asked for on any rank stops all. The weight penalties
-        (``lambda_distance``, ``lambda_dispersion``, ``max_weight_ratio``)
-        all-reduce their sums; ``polish`` gathers the kept columns to every
-        rank and solves there (``polish_result_.weights`` is this rank's
-        part). ``design_weights`` may hold all households or this rank's.
-        Ranks given different targets or target options raise ``ValueError``.
-
-        Examples
-        --------
-        >>> model = ShardedCalibrationWeights(4, init_keep_prob=0.9, seed=1)
-        >>> M = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
-        >>> _ = model.fit(M, [4.0, 10.0], epochs=200, lr=0.05, loss_type="relative", target_count=2)
-        >>> model.get_active_weights()["count"]
-        2
-        """
-        if isinstance(M, (str, os.PathLike)):
-            from .distributed_io import load_columns, matrix_shape
-
-            with stop_together("reading its columns of M", self._reducer.group):
-                n_file = matrix_shape(M)[1]
-                if n_file != self.n_total:
-                    s = self.shard
-                    raise ValueError(
-                        f"M: {os.fspath(M)!r} has {n_file} households but the model's columns total "
-                        f"{self.n_total} (this rank holds [{s.start}, {s.stop}) of {s.world_size} "
-                        "ranks' columns). Inside a process group SparseCalibrationWeights(n_features) "
-                        "takes this rank's column count; for a file, build the model with "
-                        f"ShardedCalibrationWeights({n_file}) (the even split), or pass each rank's "
-                        "count"
-                    )
-                M = load_columns(M, self.shard)
-        bound = inspect.signature(SparseCalibrationWeights.fit).bind(self, M, y, *args, **kwargs)
-        if not self._reducer.is_main:
-            bound.arguments["verbose"] = False
-            bound.arguments["progress"] = False
-        return super().fit(*bound.args[1:], **bound.kwargs)
-
-    # -------------------------------------------------------------- state
-    def get_extra_state(self) -> dict[str, Any]:
-        """The single-process fit state plus this rank's layout (``"shard"``)."""
-        state = self._fit_state()  # a dict: the shard tools read and cut it
-        state["shard"] = {**self.shard.as_dict(), "noise": self._reducer.noise}
-        return state
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore the fit state after checking that it was saved for these columns."""
-        saved = state.get("shard") if isinstance(state, dict) else None
-        here = self.shard
-        if saved is None:
-            if here.world_size != 1:
-                raise ValueError(
-                    "this is a single-process checkpoint but the model holds columns "
-                    f"[{here.start}, {here.stop}) of {here.n_total}; cut it with "
-                    "l0_calibrate.shard_state_dict(state, model.shard) first"
-                )
-        else:
-            if (saved["n_total"], saved["start"], saved["stop"]) != (
-                here.n_total,
-                here.start,
-                here.stop,
-            ):
-                raise ValueError(
-                    f"this checkpoint holds columns [{saved['start']}, {saved['stop']}) of {saved['n_total']} "
-                    f"but this rank holds [{here.start}, {here.stop}) of {here.n_total}; resume with the "
-                    "same world size, or merge the ranks' checkpoints with consolidate_state_dicts and "
-                    "cut them again with shard_state_dict"
-                )
-            if saved.get("noise", "global") != self._reducer.noise:
-                raise ValueError(
-                    f"this checkpoint was written with noise={saved.get('noise')!r} but the model uses "
-                    f"noise={self._reducer.noise!r}; build the model with the same noise mode"
-                )
-        super().set_extra_state(state)
-
-    def extra_repr(self) -> str:
-        s = self.shard
-        return (
-            f"n_total={self.n_total}, columns=[{s.start}, {s.stop}), rank={s.rank}/{s.world_size}, "
-            + super().extra_repr()
-        )
 
 
 @torch.no_grad()
@@ -507,9 +300,8 @@ def gather_weights(
     >>> gather_weights(ShardedCalibrationWeights(3, init_weights=2.0, init_keep_prob=0.999)).tolist()
     [2.0, 2.0, 2.0]
     """
-    from .frontend import CalibrationResult
-
-    if isinstance(model, CalibrationResult):
+    if not isinstance(model, SparseCalibrationWeights) and hasattr(model, "weights"):
+        # a calibrate() result (duck-typed, so that this layer needs no result type)
         return _gather_result_weights(model, dst)
     if not isinstance(model, SparseCalibrationWeights):
         raise TypeError(
@@ -517,7 +309,7 @@ def gather_weights(
             f"{type(model).__name__}"
         )
     w = model.get_weights(deterministic=deterministic).detach()
-    red = getattr(model, "_reducer", None)
+    red = model.reducer
     if not isinstance(red, ProcessGroupReducer) or red.world_size == 1:
         return w.clone()
     check_positive_int(dst, "dst", minimum=0)
@@ -527,8 +319,8 @@ def gather_weights(
     layout = torch.zeros(2 * red.world_size, dtype=torch.int64, device=red.device)
     layout[2 * shard.rank] = shard.start
     layout[2 * shard.rank + 1] = shard.n_local
-    layout = red._reduce_op(layout, "SUM").tolist()
-    starts, sizes = layout[0::2], layout[1::2]
+    counts = red.reduce_op(layout, "SUM").tolist()
+    starts, sizes = counts[0::2], counts[1::2]
     width = max(sizes)
     padded = w.new_zeros(width)
     padded[: shard.n_local] = w

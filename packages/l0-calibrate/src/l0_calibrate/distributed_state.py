@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .callbacks import _SavingCallback, latest_checkpoint
 from .distributed_reducer import ColumnShard, group_initialized
-from .weights import unpack_fit_state
+from .fit_state import unpack_fit_state
 
 __all__ = ["ShardCheckpoint", "consolidate_state_dicts", "shard_state_dict"]
 
