@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -47,6 +46,7 @@ from .fit_options import (
     weight_penalties,
 )
 from .fit_polish import polish_in_fit
+from .fit_progress import progress_bar, remove_handler, verbose_handler
 from .inputs import Problem
 
 if TYPE_CHECKING:
@@ -63,38 +63,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("l0_calibrate")
-
-
-class _TqdmHandler(logging.Handler):
-    """Writes log records through tqdm so they do not break a progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # pragma: no cover - logging must never raise
-            self.handleError(record)
-
-
-def _verbose_handler(verbose: bool) -> logging.Handler | None:
-    """Attach a stderr handler for ``verbose=True`` when the application configured no logging."""
-    if not verbose or logger.hasHandlers():
-        return None
-    handler = _TqdmHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
-        handler._l0_reset_level = True  # type: ignore[attr-defined]
-    return handler
-
-
-def _remove_handler(handler: logging.Handler | None) -> None:
-    if handler is not None:
-        logger.removeHandler(handler)
-        if getattr(handler, "_l0_reset_level", False):
-            logger.setLevel(logging.NOTSET)
 
 
 def _make_optimizer(params: list[Tensor], lr: float) -> torch.optim.Optimizer:
@@ -394,22 +362,6 @@ class _Fit:
         m.log_weight.grad = None
 
 
-def _progress_bar(total: int, opts: FitOptions, verbose: bool) -> Any:
-    show = opts.progress if opts.progress is not None else verbose
-    if not show or total == 0:
-        return None
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
-    # disable=None: tqdm turns itself off when stderr is not a terminal
-    return tqdm(
-        total=total,
-        desc="calibrating",
-        unit="epoch",
-        disable=None if opts.progress is None else False,
-        leave=False,
-    )
-
-
 def run_fit(
     model: SparseCalibrationWeights, M: Any, y: Any, **kwargs: Any
 ) -> SparseCalibrationWeights:
@@ -477,8 +429,8 @@ def run_fit(
     fit.prepare()
     fit.guard.take_snapshot()
     epochs = args["epochs"]
-    handler = _verbose_handler(args["verbose"])
-    bar = _progress_bar(epochs + refit_epochs, opts, args["verbose"])
+    handler = verbose_handler(args["verbose"])
+    bar = progress_bar(epochs + refit_epochs, opts, args["verbose"])
     try:
         _train(fit, model, opts, epochs, refit_epochs, target_count, bar)
     except RuntimeError as exc:
@@ -488,7 +440,7 @@ def run_fit(
     finally:
         if bar is not None:
             bar.close()
-        _remove_handler(handler)
+        remove_handler(handler)
         if threads is not None:
             torch.set_num_threads(threads_before)
     return model
