@@ -1,6 +1,6 @@
 """Callbacks for calibration fits, and the dispatch to the ``l0_calibration_log`` plugin hook.
 
-At every logging step (every ``log_freq`` epochs and at the last epoch) a fit
+At every logging step (every ``verbose_freq`` epochs and at the last epoch) a fit
 builds one *event* dict and hands it to the plugin hook
 ``l0_calibration_log(event=...)`` and then to each callback of
 ``callbacks=``. A callback is any callable ``cb(event)``; returning ``True``

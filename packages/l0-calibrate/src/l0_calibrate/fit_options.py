@@ -153,7 +153,20 @@ def design_weights_of(model: SparseCalibrationWeights, opts: FitOptions) -> Tens
 def weight_penalties(
     model: SparseCalibrationWeights, opts: FitOptions, target_count: int | None
 ) -> list[tuple[float, WeightPenalty]]:
-    """The penalties on ``w`` asked for by the options (calibration distance, dispersion, ratio)."""
+    """The penalties on ``w`` asked for by the options (calibration distance, dispersion, ratio).
+
+    Each is ``(weight, function of w)``; sharded, the functions all-reduce
+    their sums over households so every rank evaluates the single-process value.
+
+    Examples
+    --------
+    >>> from l0_calibrate import SparseCalibrationWeights
+    >>> model = SparseCalibrationWeights(4)
+    >>> weight_penalties(model, FitOptions(), None)
+    []
+    >>> [lam for lam, _ in weight_penalties(model, FitOptions(lambda_dispersion=0.5), None)]
+    [0.5]
+    """
     wants = (
         opts.lambda_distance > 0 or opts.lambda_dispersion > 0 or opts.max_weight_ratio is not None
     )
@@ -197,6 +210,23 @@ def weight_penalties(
 def validate_fit(
     model: SparseCalibrationWeights, args: dict[str, Any], opts: FitOptions
 ) -> tuple[Problem, Callable, int | None, int]:
+    """Check every argument of ``fit`` once; the problem, the loss, the target count and the re-fit epochs.
+
+    ``args`` holds the published arguments (and ``M``, ``y``); checked values
+    replace the given ones in ``args`` and ``opts``. Each bad value raises a
+    ``ValueError`` or ``TypeError`` naming the argument.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from l0_calibrate import SparseCalibrationWeights
+    >>> args = dict(M=np.eye(2), y=[1.0, 2.0], lambda_l0=0.01, lambda_l2=0.0, lr=0.1, epochs=5,
+    ...             loss_type="mse", verbose_freq=1, target_groups=None, normalize_groups=True,
+    ...             group_multipliers=None)
+    >>> problem, loss, count, refit = validate_fit(SparseCalibrationWeights(2), args, FitOptions(target_count=1))
+    >>> problem.targets.tolist(), count, refit
+    ([1.0, 2.0], 1, 200)
+    """
     args["lambda_l0"] = check_nonneg_float(args["lambda_l0"], "lambda_l0")
     args["lambda_l2"] = check_nonneg_float(args["lambda_l2"], "lambda_l2")
     args["lr"] = check_nonneg_float(args["lr"], "lr", positive=True)
@@ -274,7 +304,14 @@ def validate_fit(
 
 
 def shared_options(args: dict[str, Any], opts: FitOptions) -> dict[str, str]:
-    """The fit options every rank of a sharded fit must agree on, as comparable strings."""
+    """The fit options every rank of a sharded fit must agree on, as comparable strings.
+
+    Examples
+    --------
+    >>> args = dict(lambda_l0=0.01, lambda_l2=0.0, lr=0.1, epochs=5, loss_type="mse")
+    >>> shared_options(args, FitOptions())["epochs"]
+    '5'
+    """
 
     def show(value: Any) -> str:
         if callable(value) and not isinstance(value, (int, float, str)):
