@@ -236,7 +236,7 @@ def time_to_target(args, cls, M, y, n, device) -> dict:
 
         stop = EarlyStopping(threshold=0.01)
         start = time.perf_counter()
-        model.fit(M, y, epochs=args.target_epochs, log_freq=10, callbacks=[stop],
+        model.fit(M, y, epochs=args.target_epochs, verbose_freq=10, callbacks=[stop],
                   num_threads=torch.get_num_threads(), **SETTINGS)
         found = {}
         if stop.stopped_epoch is not None:

@@ -68,7 +68,7 @@ def worker(args: argparse.Namespace) -> None:
     n_columns = matrix_shape(args.matrix)[1]
     model = ShardedCalibrationWeights(n_columns, seed=0, init_keep_prob=0.9)
     op = SparseOperator.from_any(load_columns(args.matrix, model.shard), dtype=torch.float32)
-    fit = dict(lr=0.05, loss_type="relative", lambda_l0=1e-6, log_freq=10_000)
+    fit = dict(lr=0.05, loss_type="relative", lambda_l0=1e-6, verbose_freq=10_000)
     model.fit(op, y, epochs=2, **fit)  # warm-up: allocations, first kernels
 
     def timed(epochs: int) -> tuple[float, int]:
