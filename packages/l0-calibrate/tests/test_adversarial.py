@@ -30,7 +30,8 @@ from l0_calibrate.callbacks import atomic_save, load_checkpoint
 from l0_calibrate.cli import build_parser, main
 from l0_calibrate.fitting import FitDivergedError
 from l0_calibrate.frontend import TargetMissWarning
-from l0_calibrate.inputs import align_to_labels, prepare_problem
+from l0_calibrate.inputs import align_to_labels
+from l0_calibrate.problem import prepare_problem
 
 HERE = os.path.dirname(__file__)
 WORKERS = os.path.join(HERE, "adv_workers.py")

@@ -367,7 +367,8 @@ def _distributed_report(args: argparse.Namespace, targets: Any, design: Any) -> 
     from .distributed_io import matrix_shape
     from .distributed_launch import run_distributed
     from .frontend import _report
-    from .inputs import as_vector, prepare_problem
+    from .inputs import as_vector
+    from .problem import prepare_problem
 
     # the checks calibrate() makes, before any process starts: names, text columns, lengths
     sample = _table_sample(args.matrix)

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .problem import gather_columns
+
 __all__ = ["OperatorColumns", "ScipyColumns"]
 
 _CHUNK_ROWS_NNZ = 1 << 22
@@ -102,26 +104,7 @@ class OperatorColumns:
 
     def fetch(self, idx: np.ndarray) -> Any:
         """Columns ``idx`` of ``s * M`` as a scipy CSR matrix of shape ``(len(idx), n_rows)``, float64."""
-        import scipy.sparse as sp
-
-        csr_t = self.op.csr_t
-        dev = csr_t.device
-        crow = csr_t.crow_indices().long()
-        it = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=dev)
-        starts = crow[it]
-        lens = crow[it + 1] - starts
-        new_crow = torch.zeros(it.numel() + 1, dtype=torch.long, device=dev)
-        torch.cumsum(lens, 0, out=new_crow[1:])
-        total = int(new_crow[-1])
-        pos = torch.arange(total, device=dev) + torch.repeat_interleave(
-            starts - new_crow[:-1], lens
-        )
-        cols = csr_t.col_indices()[pos].long()
-        vals = csr_t.values()[pos].to(torch.float64) * self._scale_t.to(torch.float64)[cols]
-        return sp.csr_matrix(
-            (vals.cpu().numpy(), cols.cpu().numpy(), new_crow.cpu().numpy()),
-            shape=(it.numel(), self.n_rows),
-        )
+        return gather_columns(self.op, idx, self.scale)
 
 
 class ScipyColumns:

@@ -23,9 +23,15 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from .polish import as_scipy_csr, relative_errors
+from .problem import Problem, column_view, relative_errors
 
-__all__ = ["error_summary", "holdout_errors", "target_report", "weight_diagnostics"]
+__all__ = [
+    "error_summary",
+    "holdout_errors",
+    "problem_report",
+    "target_report",
+    "weight_diagnostics",
+]
 
 
 def _vector(x: Any, argument: str, n: int | None = None) -> np.ndarray:
@@ -50,8 +56,9 @@ def weight_diagnostics(weights: Any, design_weights: Any = None) -> dict[str, fl
     ----------
     weights : array-like (numpy, torch, pandas Series)
         Non-negative weights, one per household (zeros = dropped).
-    design_weights : array-like, optional
-        Positive design weights, same length; adds the ratio statistics.
+    design_weights : array-like or Problem, optional
+        Positive design weights, same length; adds the ratio statistics. A
+        :class:`~l0_calibrate.problem.Problem` gives its design weights (if any).
 
     Returns
     -------
@@ -72,6 +79,8 @@ def weight_diagnostics(weights: Any, design_weights: Any = None) -> dict[str, fl
     >>> diag["n_nonzero"], diag["design_effect"], diag["kish_ess"]
     (2, 1.25, 1.6)
     """
+    if isinstance(design_weights, Problem):
+        design_weights = design_weights.design_weights
     w = _vector(weights, "weights")
     if (w < 0).any():
         raise ValueError("weights must be non-negative")
@@ -130,7 +139,9 @@ def target_report(
     Parameters
     ----------
     estimates, targets : array-like
-        Same length ``n_targets``.
+        Same length ``n_targets``. ``targets`` may be a
+        :class:`~l0_calibrate.problem.Problem`: its targets, and its names
+        and groups unless given.
     names : sequence of str, optional
         Target names (default ``"target_0"``, ...).
     groups : sequence, optional
@@ -149,6 +160,12 @@ def target_report(
     """
     import pandas as pd
 
+    if isinstance(targets, Problem):
+        names = targets.names if names is None else names
+        groups = (
+            (None if targets.groups is None else list(targets.groups)) if groups is None else groups
+        )
+        targets = targets.targets
     t = _vector(targets, "targets")
     est = _vector(estimates, "estimates", t.size)
     if names is None:
@@ -253,7 +270,32 @@ def holdout_errors(
     >>> holdout_errors([1.0, 1.0, 1.0], H, [5.0])["rel_error"].round(6).tolist()
     [0.2]
     """
-    H = as_scipy_csr(holdout_matrix, "holdout_matrix")
-    w = _vector(weights, "weights", H.shape[1])
-    totals = _vector(holdout_totals, "holdout_totals", H.shape[0])
-    return target_report(np.asarray(H @ w).ravel(), totals, names=names, groups=groups)
+    (n_rows, n_cols), columns, _ = column_view(holdout_matrix, "holdout_matrix")
+    w = _vector(weights, "weights", n_cols)
+    totals = _vector(holdout_totals, "holdout_totals", n_rows)
+    nz = np.flatnonzero(w)  # only the kept households' columns are read
+    return target_report(
+        np.asarray(columns(nz) @ w[nz]).ravel(), totals, names=names, groups=groups
+    )
+
+
+def problem_report(problem: Problem, weights: Any) -> Any:
+    """:func:`target_report` of ``weights`` on a :class:`~l0_calibrate.problem.Problem`, with ``infeasible``.
+
+    The estimates are the exact float64 ``M @ w`` of the caller's matrix
+    (:meth:`Problem.estimates <l0_calibrate.problem.Problem.estimates>`);
+    names and groups are the problem's.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from l0_calibrate.problem import build_problem
+    >>> p = build_problem(np.array([[1.0, 1.0], [0.0, 0.0]]), [2.0, 1.0], dtype=torch.float64)
+    >>> problem_report(p, [1.0, 1.0])[["name", "abs_rel_error", "infeasible"]].values.tolist()
+    [['target_0', 0.0, False], ['target_1', 1.0, True]]
+    """
+    rep = target_report(
+        problem.estimates(_vector(weights, "weights", problem.n_households)), problem
+    )
+    rep["infeasible"] = problem.infeasible
+    return rep

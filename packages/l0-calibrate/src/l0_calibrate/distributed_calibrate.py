@@ -23,7 +23,8 @@ import torch
 
 from .distributed_reducer import ColumnShard, ProcessGroupReducer, cut_to_shard, stop_together
 from .frontend import CalibrationResult, _exact_estimates, _report, mark_misses
-from .inputs import as_vector, is_dataframe, prepare_problem
+from .inputs import as_vector, is_dataframe
+from .problem import prepare_problem
 
 __all__ = ["ShardedCalibrationResult", "calibrate_sharded"]
 

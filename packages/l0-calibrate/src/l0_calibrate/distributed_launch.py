@@ -188,7 +188,7 @@ def run_distributed(
     matrix = os.path.abspath(os.fspath(matrix))
     from .distributed_io import load_columns, matrix_shape
     from .distributed_reducer import ColumnShard
-    from .inputs import prepare_problem
+    from .problem import prepare_problem
 
     # the file exists, has a known format and a readable header
     n_households = matrix_shape(matrix)[1]

@@ -23,14 +23,13 @@ from .callbacks import Callback
 from .distributed_reducer import LocalReducer
 from .engine import WeightPenalty
 from .inputs import (
-    Problem,
     align_to_labels,
     as_vector,
     check_nonneg_float,
     check_positive_int,
-    prepare_problem,
 )
 from .losses import get_loss
+from .problem import Problem, prepare_problem
 
 if TYPE_CHECKING:
     from .weights import SparseCalibrationWeights

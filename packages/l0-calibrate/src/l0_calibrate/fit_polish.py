@@ -20,8 +20,9 @@ from torch import Tensor
 from .distributed_reducer import LocalReducer
 from .engine import deterministic_gates
 from .fit_options import FitOptions, design_weights_of
-from .inputs import Problem
 from .polish import polish_weights
+from .problem import Problem
+from .views import gather_columns
 
 if TYPE_CHECKING:
     from .weights import SparseCalibrationWeights
@@ -38,7 +39,7 @@ def polish_in_fit(
     Examples
     --------
     >>> from l0_calibrate import SparseCalibrationWeights
-    >>> from l0_calibrate.inputs import prepare_problem
+    >>> from l0_calibrate.problem import prepare_problem
     >>> model = SparseCalibrationWeights(2, init_keep_prob=0.999, seed=0)
     >>> pb = prepare_problem(np.eye(2), [2.0, 3.0], n_features=2, dtype=torch.float32, device="cpu")
     >>> polish_in_fit(model, pb, FitOptions(), model.reducer)
@@ -102,15 +103,7 @@ def _polish_sharded(
 
     op = problem.op
     d = design_weights_of(model, opts).to("cpu", torch.float64).numpy()
-    t = op.csr_t.cpu()  # households x targets
-    rows = sp.csr_matrix(
-        (
-            t.values().numpy().astype(np.float64),
-            t.col_indices().numpy().astype(np.int64),
-            t.crow_indices().numpy().astype(np.int64),
-        ),
-        shape=(op.shape[1], op.shape[0]),
-    )[support]
+    rows = gather_columns(op, support)  # kept households x targets, float64 (no whole copy)
     pieces = red.all_gather_object((rows, d[support], float(d.sum())))
     sizes = [p[0].shape[0] for p in pieces]
     if sum(sizes) == 0:

@@ -47,7 +47,7 @@ from .fit_options import (
 )
 from .fit_polish import polish_in_fit
 from .fit_progress import progress_bar, remove_handler, verbose_handler
-from .inputs import Problem
+from .problem import Problem
 
 if TYPE_CHECKING:
     from .weights import SparseCalibrationWeights

@@ -19,8 +19,8 @@ from .inputs import (
     check_matrix_shape,
     check_model_dtype,
     is_dataframe,
-    prepare_problem,
 )
+from .problem import Problem, prepare_problem
 from .weights import SparseCalibrationWeights
 
 __all__ = ["CalibrationResult", "TargetMissWarning", "UnmetTargetWarning", "calibrate", "mark_misses"]
@@ -258,10 +258,9 @@ class CalibrationResult:
         )
 
 
-def _auto_init_weight(M: Any, targets: np.ndarray, names_hint: Any = None) -> float:
+def _auto_init_weight(problem: Problem) -> float:
     """One weight for every household: the median of ``target_i / (M 1)_i`` over positive rows."""
-    problem = prepare_problem(M, targets, n_features=None, dtype=torch.float64, device="cpu")
-    row_sums = problem.op.matvec(torch.ones(problem.op.shape[1], dtype=torch.float64)).numpy()
+    row_sums = problem.row_sums()
     ok = (row_sums > 0) & (problem.targets > 0)
     if not ok.any():
         return 1.0
@@ -293,17 +292,9 @@ def _household_labels(M: Any, household_index: Any, n: int) -> Any:
     return list(range(n))
 
 
-def _exact_estimates(estimate_matrix: Any, problem: Any, w: np.ndarray) -> np.ndarray:
+def _exact_estimates(estimate_matrix: Any, problem: Problem, w: np.ndarray) -> np.ndarray:
     """``M @ w`` in float64 from the caller's matrix (not its float32 copy), for the report."""
-    from l0_core import SparseOperator
-
-    if problem.op.dtype == torch.float64:
-        op = problem.op
-    elif is_dataframe(estimate_matrix):
-        return estimate_matrix.to_numpy(dtype=np.float64).T @ w
-    else:
-        op = SparseOperator.from_any(estimate_matrix, dtype=torch.float64, transpose_copy=False)
-    return op.matvec(torch.as_tensor(w, device=op.device)).cpu().numpy()
+    return problem.estimates(w)
 
 
 def calibrate(
@@ -566,7 +557,7 @@ def calibrate(
     )
     if init is None:
         with torch.no_grad():
-            scale = _auto_init_weight(problem.op.to(dtype=torch.float64), problem.targets)
+            scale = _auto_init_weight(problem)
             model.log_weight.fill_(float(np.log(scale + 1e-8)))
             model.initial_weights.fill_(scale)
     if holdout_matrix is not None or holdout_totals is not None:
@@ -700,7 +691,7 @@ def _calibrate_select(estimate_matrix: Any, targets: Any, **kw: Any) -> Calibrat
     if kw["init_keep_prob"] is not None:
         options["init_keep_prob"] = kw["init_keep_prob"]
     res = select_and_polish(
-        problem.op,
+        problem,
         problem.targets,
         kw["target_count"],
         design_weights=kw["design_weights"],

@@ -16,16 +16,17 @@ from l0_core import SparseOperator
 from l0_core.checks import check_dtype, check_int
 
 __all__ = [
-    "Problem",
     "as_matrix",
     "as_vector",
     "check_model_dtype",
     "check_nonneg_float",
     "check_positive_int",
     "align_to_labels",
+    "check_matrix_shape",
     "group_weights",
     "is_dataframe",
-    "prepare_problem",
+    "row_signs",
+    "unreachable",
 ]
 
 
@@ -343,53 +344,6 @@ def group_weights(
     return np.asarray(weights, dtype=np.float64), labels
 
 
-class Problem:
-    """A validated calibration problem: operator, targets, names, loss weights, infeasible rows.
-
-    Attributes
-    ----------
-    op : l0_core.SparseOperator
-        The estimate matrix (targets x households).
-    targets : numpy.ndarray
-        Float64 copy of the targets.
-    names : list of str
-        Target names (``"target_<i>"`` when none were given).
-    household_index : pandas.Index or None
-        Household labels when the matrix was a DataFrame.
-    loss_weights : numpy.ndarray
-        Per-target weight in the loss (group rule; 0 for infeasible targets).
-    groups : numpy.ndarray or None
-        Group label per target.
-    infeasible : numpy.ndarray of bool
-        Targets that non-negative weights cannot reach: a non-zero value that
-        no household contributes to, a negative value whose row holds no
-        negative entry, or a positive one whose row holds no positive entry.
-    """
-
-    def __init__(
-        self,
-        op: SparseOperator,
-        targets: np.ndarray,
-        names: list[str],
-        household_index: Any,
-        loss_weights: np.ndarray,
-        groups: np.ndarray | None,
-        infeasible: np.ndarray,
-    ) -> None:
-        self.op = op
-        self.targets = targets
-        self.names = names
-        self.household_index = household_index
-        self.loss_weights = loss_weights
-        self.groups = groups
-        self.infeasible = infeasible
-
-    @property
-    def infeasible_names(self) -> list[str]:
-        """Names of the infeasible targets."""
-        return [self.names[i] for i in np.flatnonzero(self.infeasible)]
-
-
 def check_matrix_shape(
     n_targets: int, n_households: int, argument: str, *, frame: bool = False
 ) -> None:
@@ -441,104 +395,3 @@ def unreachable(targets: np.ndarray, has_pos: np.ndarray, has_neg: np.ndarray) -
     [False, True, False]
     """
     return ((targets > 0) & ~has_pos) | ((targets < 0) & ~has_neg)
-
-
-def prepare_problem(
-    M: Any,
-    y: Any,
-    *,
-    n_features: int | None,
-    dtype: torch.dtype,
-    device: torch.device | str | None,
-    target_groups: Any = None,
-    normalize_groups: bool = True,
-    group_multipliers: Mapping[Hashable, float] | None = None,
-    target_names: Any = None,
-    matrix_argument: str = "M",
-    targets_argument: str = "y",
-) -> Problem:
-    """Validate and convert a matrix, its targets and group settings into a :class:`Problem`.
-
-    Targets given as a pandas Series are aligned by name to the columns of a
-    DataFrame matrix (or to ``target_names``).
-
-    Examples
-    --------
-    >>> p = prepare_problem(np.array([[1.0, 0.0], [0.0, 0.0]]), [2.0, 3.0], n_features=2,
-    ...                     dtype=torch.float64, device=None)
-    >>> p.infeasible.tolist(), p.names
-    ([False, True], ['target_0', 'target_1'])
-    """
-    op, names, hh_index = as_matrix(M, dtype=dtype, device=device, argument=matrix_argument)
-    n_targets, n_cols = op.shape
-    check_matrix_shape(n_targets, n_cols, matrix_argument, frame=is_dataframe(M))
-    if n_features is not None and n_cols != n_features:
-        raise ValueError(
-            f"{matrix_argument} has {n_cols} household columns but the model has n_features="
-            f"{n_features}; {matrix_argument} must be (n_targets, n_households)"
-            + (" (a DataFrame is households x targets)" if is_dataframe(M) else "")
-        )
-    if target_names is not None:
-        given = [str(t) for t in target_names]
-        if len(given) != n_targets:
-            raise ValueError(
-                f"target_names has {len(given)} names but {matrix_argument} has {n_targets} targets"
-            )
-        if names is not None and given != names:
-            raise ValueError(
-                "target_names differs from the DataFrame's column names; pass one of them"
-            )
-        names = given
-    if names is not None:
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(
-                f"target names must be unique, but {dup[:5]} appear more than once; rename or drop "
-                "the duplicates"
-            )
-    if _is_series(y):
-        index = [str(i) for i in y.index]
-        dup = sorted({i for i in index if index.count(i) > 1})
-        if dup:
-            raise ValueError(
-                f"{targets_argument} has duplicate label(s) {dup[:5]}; give each target one value"
-            )
-    if _is_series(y) and names is not None:
-        missing = [n for n in names if n not in set(index)]
-        unknown = sorted(set(index) - set(names))
-        if missing or unknown:
-            parts = []
-            if unknown:
-                parts.append(
-                    f"names {len(unknown)} target(s) that match no column of {matrix_argument}: "
-                    f"{unknown[:5]}" + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-                )
-            if missing:
-                parts.append(
-                    f"has no value for target(s) {missing[:5]}"
-                    + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                    + f" (columns of {matrix_argument})"
-                )
-            raise ValueError(
-                f"{targets_argument} " + " and ".join(parts) + "; every target needs exactly one "
-                "column and every column one target: add the missing ones or drop the extra ones"
-            )
-        lookup = dict(zip(index, y.to_numpy(), strict=False))
-        y = [lookup[name] for name in names]
-    targets = as_vector(
-        y, targets_argument, n_targets, what=f"one per row of {matrix_argument}, its targets"
-    )
-    if names is None:
-        names = [f"target_{i}" for i in range(n_targets)]
-    weights, labels = group_weights(
-        target_groups,
-        n_targets,
-        normalize_groups=normalize_groups,
-        group_multipliers=group_multipliers,
-    )
-    has_pos, has_neg = row_signs(op)
-    infeasible = unreachable(targets, has_pos, has_neg)
-    if infeasible.any():
-        weights = weights.copy()
-        weights[infeasible] = 0.0
-    return Problem(op, targets, names, hh_index, weights, labels, infeasible)

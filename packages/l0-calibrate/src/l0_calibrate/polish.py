@@ -39,18 +39,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
+from .polish_dual import _independent_rows, _newton, _penalised
+from .problem import Problem, as_scipy_csr, column_view, relative_errors
 from .regularizers import RatioBound, _check_distance, inflate_design_weights, ratio_bounds
 
-__all__ = ["PolishResult", "as_scipy_csr", "polish_weights", "relative_errors"]
+__all__ = ["PolishResult", "as_scipy_csr", "polish_weights", "polish_columns", "relative_errors"]
 
 logger = logging.getLogger(__name__)
-
-_DENSE_HESSIAN_MAX = 3000
-_STALL_ITERS = 30
-_BAND_OUTER = 1e-6
 
 
 @dataclass
@@ -94,49 +91,6 @@ class PolishResult:
 
 
 # ---------------------------------------------------------------- inputs
-def as_scipy_csr(matrix: Any, argument: str = "M") -> Any:
-    """Any supported matrix (scipy.sparse, numpy, torch dense/sparse, SparseOperator) as scipy CSR float64.
-
-    The caller's object is not modified.
-
-    Examples
-    --------
-    >>> as_scipy_csr(np.eye(2)).toarray().tolist()
-    [[1.0, 0.0], [0.0, 1.0]]
-    """
-    import scipy.sparse as sp
-    from l0_core import SparseOperator
-
-    if sp.issparse(matrix):
-        if matrix.ndim != 2:
-            raise ValueError(f"{argument} must be 2-D, got shape {matrix.shape}")
-        out = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
-        if out.nnz and not np.isfinite(out.data).all():
-            raise ValueError(
-                f"{argument} contains NaN or infinite values; replace them (e.g. with 0)"
-            )
-        return out
-    op = SparseOperator.from_any(
-        matrix, dtype=torch.float64, transpose_copy=False, argument=argument
-    )
-    return _operator_to_csr(op)
-
-
-def _operator_to_csr(op: Any) -> Any:
-    import scipy.sparse as sp
-
-    t = op.csr_t.cpu()
-    csr_t = sp.csr_matrix(
-        (
-            t.values().numpy().astype(np.float64),
-            t.col_indices().numpy().astype(np.int64),
-            t.crow_indices().numpy().astype(np.int64),
-        ),
-        shape=(op.shape[1], op.shape[0]),
-    )
-    return csr_t.T.tocsr()
-
-
 def _as_vector(x: Any, argument: str, n: int | None = None) -> np.ndarray:
     if isinstance(x, Tensor):
         x = x.detach().cpu().numpy()
@@ -187,46 +141,6 @@ def _check_band(band: Any) -> None:
         )
 
 
-def relative_errors(estimates: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """``(estimate - target) / |target|``; 0 where both are 0, +-inf where only the target is.
-
-    Examples
-    --------
-    >>> relative_errors(np.array([1.1, 0.0, 2.0]), np.array([1.0, 0.0, 0.0])).round(6).tolist()
-    [0.1, 0.0, inf]
-    """
-    diff = estimates - targets
-    denom = np.abs(targets)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(denom > 0, diff / np.where(denom > 0, denom, 1.0), np.sign(diff) * np.inf)
-    return np.where((denom == 0) & (diff == 0), 0.0, out)
-
-
-# ------------------------------------------------------- dual functions
-def _ratio(u: np.ndarray, kind: str, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
-    """``r = F(u)`` clipped to [lo, hi] and its derivative (0 where clipped)."""
-    if kind == "chi2":
-        raw = 1.0 + u
-        d_raw = np.ones_like(u)
-    else:
-        raw = np.exp(np.minimum(u, 700.0))
-        d_raw = raw
-    r = np.clip(raw, lo, hi)
-    inside = (raw > lo) & (raw < hi)
-    return r, np.where(inside, d_raw, 0.0)
-
-
-def _conjugate(u: np.ndarray, r: np.ndarray, kind: str) -> np.ndarray:
-    """``G*(u) = u r - G(r)`` at ``r = F(u)`` (convex, C1 in u)."""
-    if kind == "chi2":
-        g = 0.5 * (r - 1.0) ** 2
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rlogr = np.where(r > 0, r * np.log(np.where(r > 0, r, 1.0)), 0.0)
-        g = rlogr - r + 1.0
-    return u * r - g
-
-
 def polish_weights(
     M: Any,
     targets: Any,
@@ -247,11 +161,14 @@ def polish_weights(
 
     Parameters
     ----------
-    M : scipy.sparse matrix, numpy array, torch tensor or l0_core.SparseOperator
+    M : Problem, scipy.sparse matrix, numpy array, torch tensor or l0_core.SparseOperator
         Estimate matrix, shape ``(n_targets, n_cols)``: ``M @ w`` are the
-        weighted estimates. Not modified.
-    targets : array-like
-        Target totals, length ``n_targets``.
+        weighted estimates. Not modified, and never copied whole: only the
+        support's columns are read (a torch tensor is converted once). A
+        :class:`~l0_calibrate.problem.Problem` also supplies the defaults of
+        ``targets``, ``target_weights`` (its loss weights) and ``design_weights``.
+    targets : array-like or None
+        Target totals, length ``n_targets`` (None: the Problem's).
     support : array-like of int or bool
         Households allowed a non-zero weight (indices or a mask of length ``n_cols``).
     design_weights : array-like, optional
@@ -305,8 +222,11 @@ def polish_weights(
     """
     kind = _check_distance(distance, "distance")
     lo, hi = ratio_bounds(max_weight_ratio)
-    X_full = as_scipy_csr(M, "M")
-    n_targets, n_cols = X_full.shape
+    (n_targets, n_cols), columns, _ = column_view(M, "M")
+    if isinstance(M, Problem):
+        targets = M.targets if targets is None else targets
+        target_weights = M.loss_weights if target_weights is None else target_weights
+        design_weights = M.design_weights if design_weights is None else design_weights
     t = _as_vector(targets, "targets", n_targets)
     sup = _support_indices(support, n_cols)
     if design_weights is None:
@@ -337,8 +257,8 @@ def polish_weights(
             raise ValueError(f"{name} must be a positive number, got {val!r}")
     _check_band(band)
 
-    return _polish_support(
-        X_full[:, sup].tocsr(),
+    return polish_columns(
+        columns(sup),
         t,
         sup,
         n_cols,
@@ -355,7 +275,7 @@ def polish_weights(
     )
 
 
-def _polish_support(
+def polish_columns(
     X: Any,
     t: np.ndarray,
     sup: np.ndarray,
@@ -372,12 +292,23 @@ def _polish_support(
     ridge: float = 1e-4,
     band: float | None = 0.05,
 ) -> PolishResult:
-    """:func:`polish_weights` on the kept columns only.
+    """:func:`polish_weights` on the kept columns only, without argument checks.
 
     ``X`` is the float64 scipy CSR matrix of the kept households' columns
-    (``n_targets x len(sup)``), ``q`` their reference weights; no copy of
-    the whole matrix is needed (the select pipeline gathers these columns
-    from its operator).
+    (``n_targets x len(sup)``, e.g. :meth:`Problem.columns
+    <l0_calibrate.problem.Problem.columns>`), ``q`` their reference weights
+    and ``v`` the target weights; no copy of the whole matrix is needed.
+    ``kind`` is ``"chi2"`` or ``"raking"`` and ``(lo, hi)`` the bounds on
+    ``w / q``; the other arguments are those of :func:`polish_weights`.
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> X = sp.csr_matrix(np.array([[1.0, 1.0], [1.0, 4.0]]))
+    >>> res = polish_columns(X, np.array([10.0, 25.0]), np.array([0, 3]), 4, np.ones(2), np.ones(2),
+    ...                      kind="chi2", lo=0.0, hi=np.inf)
+    >>> res.weights.round(6).tolist(), res.converged
+    ([5.0, 0.0, 0.0, 5.0], True)
     """
     # Row scale: |t_i|, or for a zero target the row's size at the reference weights.
     row_size = np.asarray(abs(X) @ q).ravel()
@@ -425,233 +356,5 @@ def _polish_support(
     )
 
 
-def _newton(
-    Xs: Any,
-    ts: np.ndarray,
-    q: np.ndarray,
-    kind: str,
-    lo: float,
-    hi: float,
-    max_iter: int,
-    tol: float,
-    rho: np.ndarray | None = None,
-    lam0: np.ndarray | None = None,
-    band: np.ndarray | None = None,
-    outer: float = 1e-6,
-) -> tuple[np.ndarray, np.ndarray, int, bool]:
-    """Damped Newton on the dual ``phi(lam) = sum q G*(Xs' lam) - lam' ts + sum H(lam_i)``.
-
-    ``rho = None`` is exact calibration (``H = 0``); a positive ``rho`` is
-    the dual of penalised calibration
-    ``sum q G(r) + sum_i h_i(e_i)``, ``e = Xs w - ts``, which always has a
-    solution: ``h_i(e) = e^2 / (2 rho_i)`` (``H = rho lam^2 / 2``), or with
-    a ``band`` ``h_i(e) = e^2 / (2 rho_i) + (|e| - band_i)_+^2 / (2 outer rho_i)``,
-    a steep extra penalty on the part of an error beyond the band (``H`` is
-    then a piecewise quadratic, C1, see :func:`_band_penalty`).
-    """
-    m = Xs.shape[0]
-    lam = np.zeros(m) if lam0 is None else lam0.copy()
-    XsT = Xs.T.tocsr()
-    pen = np.zeros(m) if rho is None else rho
-
-    def penalty(lam_: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        if band is None or rho is None:
-            return 0.5 * float(np.dot(pen, lam_ * lam_)), pen * lam_, pen
-        return _band_penalty(lam_, pen, band, outer)
-
-    def evaluate(lam_: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        with np.errstate(over="ignore", invalid="ignore"):
-            u = XsT @ lam_
-            r_, dr_ = _ratio(u, kind, lo, hi)
-            phi = float(np.dot(q, _conjugate(u, r_, kind)) - np.dot(lam_, ts) + penalty(lam_)[0])
-        return (phi if math.isfinite(phi) else math.inf), r_, dr_
-
-    phi, r, dr = evaluate(lam)
-    mu = 1e-10
-    best, best_it = math.inf, 0
-    for it in range(max_iter + 1):
-        _, pen_grad, pen_hess = penalty(lam)
-        g = Xs @ (q * r) - ts + pen_grad
-        gmax = float(np.max(np.abs(g))) if m else 0.0
-        # Penalised: lam grows like residual / rho and round-off with it.
-        tol_eff = tol if rho is None else tol + 1e-14 * float(np.max(np.abs(lam), initial=0.0))
-        if gmax <= tol_eff:
-            return lam, r, it, True
-        if it == max_iter:
-            break
-        if gmax < 0.5 * best:
-            best, best_it = gmax, it
-        elif rho is None and it - best_it >= _STALL_ITERS:  # no progress: likely infeasible
-            return lam, r, it, False
-        D = q * dr
-        if m <= _DENSE_HESSIAN_MAX:
-            XD = Xs.multiply(D).tocsr()
-            H = np.asarray((XD @ XsT).todense())
-            H[np.diag_indices(m)] += pen_hess
-            shift = mu * max(float(np.max(np.diag(H))), 1e-300)
-            step = _solve_psd(H, -g, shift)
-        else:
-            step = _cg_step(Xs, XsT, D, pen_hess, g, mu)
-        slope = float(np.dot(g, step))
-        if not np.isfinite(slope) or slope >= 0:  # not a descent direction: use the gradient
-            step, slope = -g, -float(np.dot(g, g))
-        alpha = 1.0
-        improved = False
-        for _ in range(40):
-            cand = lam + alpha * step
-            phi_c, r_c, dr_c = evaluate(cand)
-            # Armijo on phi, or (where phi's changes drown in round-off near the
-            # optimum) a clear decrease of the gradient.
-            armijo = phi_c <= phi + 1e-4 * alpha * slope
-            if not armijo and math.isfinite(phi_c) and phi_c <= phi + 1e-12 * (1.0 + abs(phi)):
-                g_c = Xs @ (q * r_c) - ts + penalty(cand)[1]
-                armijo = np.max(np.abs(g_c)) < 0.5 * np.max(np.abs(g))
-            if armijo:
-                lam, phi, r, dr = cand, phi_c, r_c, dr_c
-                improved = True
-                break
-            alpha *= 0.5
-        if not improved:
-            if mu >= 1e2:
-                return lam, r, it + 1, False
-            mu *= 100.0
-        else:
-            mu = max(mu / 10.0, 1e-12)
-        # Exact mode: multipliers running off mean the constraints cannot hold.
-        if not np.all(np.isfinite(lam)) or (rho is None and np.max(np.abs(lam)) > 1e12):
-            return lam, r, it + 1, False
-    return lam, r, max_iter, False
-
-
-def _band_penalty(
-    lam: np.ndarray, rho: np.ndarray, band: np.ndarray, outer: float
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Conjugate ``H`` of ``h(e) = e^2 / (2 rho) + (|e| - band)_+^2 / (2 sigma)``, ``sigma = outer rho``.
-
-    ``H'(lam)`` is the error ``e`` at which ``h'(e) = lam``: ``rho lam`` up to
-    the knot ``|lam| = band / rho``, then ``band + rho' (|lam| - knot)`` with
-    the flat slope ``rho' = rho sigma / (rho + sigma)``. Returns the value,
-    the gradient and the (diagonal) second derivative.
-    """
-    sigma = outer * rho
-    flat = rho * sigma / (rho + sigma)
-    knot = band / rho
-    a = np.abs(lam)
-    beyond = np.maximum(a - knot, 0.0)
-    inside = a <= knot
-    val = np.where(
-        inside, 0.5 * rho * a * a, 0.5 * rho * knot * knot + band * beyond + 0.5 * flat * beyond**2
-    )
-    grad = np.sign(lam) * np.where(inside, rho * a, band + flat * beyond)
-    hess = np.where(inside, rho, flat)
-    return float(val.sum()), grad, hess
-
-
-def _independent_rows(Xs: Any, q: np.ndarray) -> np.ndarray:
-    """Indices of a maximal set of linearly independent constraint rows (pivoted Cholesky).
-
-    Redundant targets (a total next to the categories that add up to it)
-    make the Newton system singular; they are solved through the
-    independent ones and checked afterwards. Above ``_DENSE_HESSIAN_MAX``
-    rows all are kept (the CG solver tolerates a singular system).
-    """
-    m = Xs.shape[0]
-    if m == 0 or m > _DENSE_HESSIAN_MAX:
-        return np.arange(m)
-    from scipy.linalg import lapack
-
-    G = np.asarray((Xs.multiply(q) @ Xs.T).todense())
-    d = np.sqrt(np.clip(np.diag(G), 1e-300, None))
-    C = G / d[:, None] / d[None, :]
-    _, piv, rank, info = lapack.dpstrf(C, lower=1, tol=1e-10)
-    return np.sort(piv[:rank] - 1)
-
-
-def _solve_psd(H: np.ndarray, rhs: np.ndarray, shift: float) -> np.ndarray:
-    import scipy.linalg as sla
-
-    A = H + shift * np.eye(H.shape[0])
-    try:
-        c = sla.cho_factor(A, lower=True, check_finite=False)
-        return sla.cho_solve(c, rhs, check_finite=False)
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(A, rhs, rcond=None)[0]
-
-
-def _cg_step(
-    Xs: Any, XsT: Any, D: np.ndarray, pen: np.ndarray, g: np.ndarray, mu: float
-) -> np.ndarray:
-    from scipy.sparse.linalg import LinearOperator, cg
-
-    m = Xs.shape[0]
-    diag = np.asarray(Xs.multiply(Xs).multiply(D).sum(axis=1)).ravel() + pen
-    shift = mu * max(float(diag.max()), 1e-300)
-
-    def hv(x: np.ndarray) -> np.ndarray:
-        return Xs @ (D * (XsT @ x)) + (pen + shift) * x
-
-    A = LinearOperator((m, m), matvec=hv, dtype=np.float64)
-    precond = LinearOperator((m, m), matvec=lambda x: x / (diag + shift), dtype=np.float64)
-    sol, _ = cg(A, -g, M=precond, rtol=1e-10, maxiter=500)
-    return sol
-
-
-def _penalised(
-    Xs: Any,
-    ts: np.ndarray,
-    q: np.ndarray,
-    v: np.ndarray,
-    kind: str,
-    lo: float,
-    hi: float,
-    ridge: float,
-    max_iter: int,
-    tol: float,
-    band: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Penalised calibration by continuation: ``rho`` from 1e-1 down to ``ridge``, warm-started.
-
-    Minimises ``ridge * sum q G(w/q) / sum q + sum v_i e_i^2 / 2`` (``e`` the
-    relative errors) under the bounds; targets with ``v_i = 0`` are ignored.
-    With ``band`` (per target, in the same scaled units as ``e``) the part
-    of an error beyond ``band_i`` costs ``1 / _BAND_OUTER`` times more, so
-    every target is kept within its band whenever the bounds allow it.
-    """
-    keep = v > 0
-    Xk, tk, vk = Xs[keep], ts[keep], v[keep]
-    bk = None if band is None else band[keep]
-    total_q = float(q.sum())
-    lam = np.zeros(int(keep.sum()))
-    levels = []
-    level = 1e-1
-    while level > ridge * 1.0001:
-        levels.append(level)
-        level /= 10.0
-    levels.append(ridge)
-    iters = 0
-    r = np.clip(np.ones_like(q), lo, hi)
-    for level in levels:
-        rho = level / (total_q * vk)
-        lam_new, r_new, it, _ = _newton(Xk, tk, q, kind, lo, hi, max_iter, tol, rho=rho, lam0=lam)
-        iters += it
-        if np.all(np.isfinite(r_new)):
-            lam, r = lam_new, r_new
-    if bk is not None:
-        # Steepen the penalty beyond the band step by step from the plain
-        # solution; a step whose Newton solve fails (very ill-conditioned
-        # when the band cannot hold) is not taken, nor any steeper one.
-        e = np.asarray(Xk @ (q * r)).ravel() - tk
-        if np.any(np.abs(e) > bk):
-            outer = 1e-1
-            while outer >= _BAND_OUTER * 0.999:
-                lam_new, r_new, it, ok = _newton(
-                    Xk, tk, q, kind, lo, hi, max_iter, tol, rho=rho, lam0=lam, band=bk, outer=outer
-                )
-                iters += it
-                if not (ok and np.all(np.isfinite(r_new))):
-                    break
-                lam, r = lam_new, r_new
-                outer /= 10.0
-    full = np.zeros(ts.size)
-    full[keep] = lam
-    return full, r, iters
+#: The earlier (private) name of :func:`polish_columns`.
+_polish_support = polish_columns

@@ -382,8 +382,9 @@ class ProcessGroupReducer(LocalReducer):
         signs = self.reduce_op(torch.as_tensor(local, device=self.device), "MAX").cpu().numpy() > 0
         infeasible = unreachable(np.asarray(problem.targets), signs[0], signs[1])
         weights[infeasible] = 0.0
-        problem.infeasible = infeasible
-        problem.loss_weights = weights
+        # the Problem is frozen: its (per-call, unshared) arrays are updated in place
+        problem.infeasible[:] = infeasible
+        problem.loss_weights[:] = weights
 
     def event_info(self) -> dict[str, Any]:
         """``rank``, ``world_size`` and ``column_offset`` for callback events."""

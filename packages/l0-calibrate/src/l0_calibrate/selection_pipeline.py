@@ -1,0 +1,281 @@
+"""The discrete stages of the select pipeline after gate training: refine, polish, cover seed, repair.
+
+:class:`SupportSearch` holds what these stages share (the problem, the
+ranking of the gates, design and target weights, the bounds) and runs them
+in the order of :func:`l0_calibrate.selection.select_and_polish`:
+
+1. the ``count`` best-ranked households, refined by exchanges
+   (:func:`~l0_calibrate.selection_refine._swap_refine`);
+2. their polish (:func:`~l0_calibrate.polish.polish_columns` on the kept
+   columns, :meth:`Problem.columns <l0_calibrate.problem.Problem.columns>`);
+3. when that is not exact, a cover seed
+   (:func:`~l0_calibrate.selection_repair._cover_seed`) and a second support;
+4. repair exchanges (:func:`~l0_calibrate.selection_repair._repair`) on a
+   candidate pool, whose polishes slice the pool's gathered columns.
+
+Every stage reads columns of the :class:`~l0_calibrate.problem.Problem`
+(a view of the kept or candidate households); none copies the whole matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from .columns import OperatorColumns, ScipyColumns
+from .polish import PolishResult, polish_columns
+from .problem import Problem
+from .regularizers import inflate_design_weights
+from .selection_refine import _FULL_POOL_WORK, _REFINE_POOL, _swap_refine, _whiten
+from .selection_repair import _POOL_FACTOR, _POOL_MIN, _cover_seed, _repair
+from .stages import StageClock
+
+__all__ = ["SupportSearch"]
+
+logger = logging.getLogger("l0_calibrate.selection")
+
+
+class SupportSearch:
+    """The stages that turn a ranking of households into a polished support of ``count``.
+
+    Parameters
+    ----------
+    problem : Problem
+        The problem (its columns are read, never copied whole).
+    t, d, v : numpy.ndarray
+        Targets (after any reconciliation), design weights, target weights.
+    scale : numpy.ndarray
+        Row scale of the relative errors (``|t|``, or the row's size).
+    order : numpy.ndarray
+        Households ranked by gate logit, best first.
+    count : int
+        Households to keep.
+    kind, lo, hi, band :
+        Calibration distance, weight-ratio bounds and band of the polish.
+    metric : {"whitened", "relative"}
+        Imbalance the refinement minimises.
+    refine_swaps, repair_moves : int
+        Most exchanges of the refinement and tries of the repair.
+    clock : StageClock
+        Stage timer (and progress bar).
+
+    Examples
+    --------
+    >>> from l0_calibrate.problem import build_problem
+    >>> M = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
+    >>> p = build_problem(M, [2.0, 5.0], dtype=torch.float64)
+    >>> search = SupportSearch(p, p.targets, np.ones(4), np.ones(2), np.abs(p.targets),
+    ...                        np.arange(4), 2, kind="chi2", lo=0.0, hi=np.inf, band=0.05,
+    ...                        metric="relative", refine_swaps=4, repair_moves=0,
+    ...                        clock=StageClock(False))
+    >>> support, result = search.run(cover=None, polish=True)
+    >>> support.size, bool(result.converged)
+    (2, True)
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        t: np.ndarray,
+        d: np.ndarray,
+        v: np.ndarray,
+        scale: np.ndarray,
+        order: np.ndarray,
+        count: int,
+        *,
+        kind: str,
+        lo: float,
+        hi: float,
+        band: float | None,
+        metric: str,
+        refine_swaps: int,
+        repair_moves: int,
+        clock: StageClock,
+    ) -> None:
+        self.problem, self.t, self.d, self.v, self.sc = problem, t, d, v, scale
+        self.order, self.count, self.n_cols = order, count, problem.n_households
+        self.kind, self.lo, self.hi, self.band = kind, lo, hi, band
+        self.metric, self.refine_swaps, self.repair_moves = metric, refine_swaps, repair_moves
+        self.clock = clock
+        dev = problem.op.device
+        self.where = f"on {dev}" if dev.type != "cpu" else "on cpu"
+        self.refine_cols: Any = None
+        row_w = np.sqrt(v / v.sum()) / scale
+        self.refine_t = row_w * t
+        if refine_swaps > 0:
+            if metric == "whitened":  # small problems only: a dense rotation of the rows
+                X_w, self.refine_t = _whiten(problem.columns, self.n_cols, row_w, self.refine_t, d)
+                self.refine_cols = ScipyColumns(X_w)
+            else:
+                self.refine_cols = OperatorColumns(problem.op, row_w)
+        # Columns gathered from a float32 operator carry float32 round-off: the
+        # targets (and dependent rows such as a total beside its parts) are then
+        # consistent to about 1e-7 only, so "exact" is judged at that precision.
+        self.polish_tol = 1e-9 if problem.columns_dtype == torch.float64 else 2e-7
+
+    # ----------------------------------------------------------- stages
+    def pool(self, sup: np.ndarray) -> np.ndarray:
+        """Candidates of the cover and the repair: ``sup``, then the best-ranked gates.
+
+        At most ``_POOL_FACTOR * count`` households (all of them when fewer),
+        so the linear programme and the repair's scoring work on a gathered
+        block of columns, never on a copy of the whole matrix.
+        """
+        n_cols, count = self.n_cols, self.count
+        size = min(n_cols, max(_POOL_FACTOR * count, count + _POOL_MIN))
+        if size >= n_cols:
+            return np.arange(n_cols)
+        is_sup = np.zeros(n_cols, dtype=bool)
+        is_sup[sup] = True
+        rest = self.order[~is_sup[self.order]][: size - sup.size]
+        return np.sort(np.concatenate([sup, rest]))
+
+    def build(self, seed_set: np.ndarray) -> np.ndarray:
+        """The seed households, the best-ranked gates up to ``count``, then the refinement."""
+        order, count = self.order, self.count
+        if seed_set.size:
+            is_seed = np.zeros(self.n_cols, dtype=bool)
+            is_seed[seed_set] = True
+            rest = order[~is_seed[order]][: count - seed_set.size]
+            sup = np.sort(np.concatenate([seed_set, rest]))
+        else:
+            sup = np.sort(order[:count])
+        cols = self.refine_cols
+        if cols is not None:
+            note = f"{self.metric} metric, products {self.where}"
+            with self.clock.stage("refine", note):
+                sup, n_swaps, n_passes = _swap_refine(
+                    cols,
+                    self.refine_t,
+                    self.d,
+                    sup,
+                    self.refine_swaps,
+                    locked=seed_set if seed_set.size else None,
+                    pool=self.n_cols
+                    if cols.nnz * self.refine_swaps <= _FULL_POOL_WORK
+                    else _REFINE_POOL,
+                )
+            logger.info(
+                "select: %d swaps in %d passes refined the support (%s metric)",
+                n_swaps,
+                n_passes,
+                self.metric,
+            )
+        return sup
+
+    def seed(self, sup: np.ndarray) -> np.ndarray:
+        """An exact basic solution if it fits in ``count`` households, else a band-feasible one."""
+        assert self.band is not None
+        d, sc = self.d, self.sc
+        with self.clock.stage("cover", "on cpu: scipy HiGHS linear programme on a candidate pool"):
+            cand = self.pool(sup)
+            X_rel = (self.problem.columns(cand).T.multiply(1.0 / sc)).T.tocsr()
+            q_c = d[cand] * d.sum() / (self.count * d.mean())
+            for b in (0.0, float(self.band)):
+                found = _cover_seed(X_rel, self.t / sc, d[cand], self.count, b, self.hi, q=q_c)
+                if found.size:
+                    logger.info(
+                        "select: a basic solution within %g seeds %d households", b, found.size
+                    )
+                    return cand[found]
+        return cand[found]
+
+    def polish_on(self, sup: np.ndarray, X: Any = None) -> PolishResult:
+        """Polish the support ``sup`` (its columns ``X`` when already gathered)."""
+        with self.clock.stage("polish", "on cpu: dual Newton on the kept columns"):
+            return polish_columns(
+                self.problem.columns(sup) if X is None else X,
+                self.t,
+                sup,
+                self.n_cols,
+                inflate_design_weights(self.d, sup),
+                self.v,
+                kind=self.kind,
+                lo=self.lo,
+                hi=self.hi,
+                band=self.band,
+                tol=self.polish_tol,
+            )
+
+    def repair(self, sup: np.ndarray, res: PolishResult) -> tuple[np.ndarray, PolishResult, int]:
+        """:func:`_repair` on the columns of a candidate pool (indices local to it).
+
+        The pool's columns are gathered once; every try's polish slices its
+        support out of them.
+        """
+        assert self.band is not None
+        cand = self.pool(sup)
+        full: dict[int, PolishResult] = {}
+
+        def local(r: PolishResult) -> PolishResult:
+            out = PolishResult(**{**r.__dict__, "weights": r.weights[cand]})
+            full[id(out)] = r
+            return out
+
+        X_pool = self.problem.columns(cand)
+        X_csc = X_pool.tocsc()
+        d = self.d
+        d_loc = d[cand] * (d.sum() / d[cand].sum())
+        sup_loc, res_loc, moves = _repair(
+            X_pool,
+            self.t,
+            np.searchsorted(cand, sup),
+            lambda s_loc: local(self.polish_on(cand[s_loc], X_csc[:, s_loc].tocsr())),
+            local(res),
+            float(self.band),
+            d_loc,
+            self.repair_moves,
+        )
+        return cand[sup_loc], full[id(res_loc)], moves
+
+    def outside(self, res: PolishResult) -> int:
+        """Targets outside the band after ``res`` (0 without a band)."""
+        band = self.band
+        return int(np.sum(~(np.abs(res.rel_error) <= band))) if band is not None else 0
+
+    def quality(self, res: PolishResult) -> tuple[int, float]:
+        """Targets outside the band, then the mean absolute relative error (smaller is better)."""
+        err = np.abs(np.nan_to_num(res.rel_error, posinf=1e6, neginf=1e6))
+        return self.outside(res), float(err.mean()) if err.size else 0.0
+
+    # ------------------------------------------------------------- flow
+    def run(self, *, cover: bool | None, polish: bool) -> tuple[np.ndarray, PolishResult | None]:
+        """Build, polish, seed if not exact, repair; return the support and its polish."""
+        band, clock = self.band, self.clock
+        empty = np.zeros(0, dtype=np.int64)
+        seeded = bool(cover) and band is not None
+        support = self.build(self.seed(empty) if seeded else empty)
+        clock.tick()
+        result: PolishResult | None = None
+        if not polish:
+            return support, result
+        result = self.polish_on(support)
+        clock.tick()
+        if cover is None and band is not None and not result.converged:
+            # Not exact: rebuild around a basic solution (exact if it fits in
+            # ``count`` households, else within the band) and keep whichever
+            # support leaves fewer targets outside the band (then: the
+            # smaller mean error).
+            logger.info(
+                "select: polish not exact (%d outside the band); seeding", self.outside(result)
+            )
+            seed_set = self.seed(support)
+            if seed_set.size:
+                candidate = self.build(seed_set)
+                cand_res = self.polish_on(candidate)
+                if self.quality(cand_res) < self.quality(result):
+                    support, result = candidate, cand_res
+        clock.tick()
+        if (
+            band is not None
+            and self.repair_moves > 0
+            and not result.converged
+            and self.outside(result) > 0
+        ):
+            with clock.stage("repair", "on cpu: exchanges, one polish each"):
+                support, result, n_moves = self.repair(support, result)
+            logger.info("select: %d exchanges brought targets into the band", n_moves)
+        return support, result
