@@ -7,18 +7,18 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 
+import l0_calibrate.problem as problem_module
+import l0_calibrate.views as views_module
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from l0_core import SparseOperator
-
-import l0_calibrate.problem as problem_module
 from l0_calibrate import calibrate
 from l0_calibrate.diagnostics import holdout_errors, problem_report, target_report
 from l0_calibrate.polish import polish_weights
 from l0_calibrate.problem import Problem, build_problem, prepare_problem
 from l0_calibrate.selection import select_and_polish
+from l0_core import SparseOperator
 
 
 @pytest.fixture
@@ -46,6 +46,7 @@ def conversions(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
     monkeypatch.setattr(SparseOperator, "from_any", classmethod(counting_from_any))
     monkeypatch.setattr(SparseOperator, "to", counting_to)
     monkeypatch.setattr(problem_module, "operator_to_csr", counting_to_csr)
+    monkeypatch.setattr(views_module, "operator_to_csr", counting_to_csr)
     yield counts
 
 
@@ -118,20 +119,28 @@ def test_polish_weights_reads_only_the_kept_columns(conversions):
 def test_problem_views_match_the_matrix():
     rng = np.random.default_rng(6)
     dense = rng.random((5, 30)) * (rng.random((5, 30)) < 0.4)
-    for M in (sp.csr_matrix(dense), sp.csc_matrix(dense), sp.coo_matrix(dense), dense, torch.tensor(dense)):
+    for M in (
+        sp.csr_matrix(dense),
+        sp.csc_matrix(dense),
+        sp.coo_matrix(dense),
+        dense,
+        torch.tensor(dense),
+    ):
         p = build_problem(M, dense.sum(axis=1))
         idx = np.array([29, 3, 7])
         np.testing.assert_allclose(p.columns(idx).toarray(), dense[:, idx], rtol=1e-6)
         w = rng.random(30)
         np.testing.assert_allclose(p.estimates(w), dense @ w, rtol=1e-6)
-    exact = build_problem(sp.csr_matrix(dense), dense.sum(axis=1))  # float32 operator, float64 views
+    exact = build_problem(
+        sp.csr_matrix(dense), dense.sum(axis=1)
+    )  # float32 operator, float64 views
     w = rng.random(30)
     assert exact.op.dtype == torch.float32 and exact.columns_dtype == torch.float64
     np.testing.assert_array_equal(exact.estimates(w), sp.csr_matrix(dense) @ w)
 
 
 def test_estimates_of_a_float32_operator_are_summed_in_float64_in_chunks(monkeypatch):
-    monkeypatch.setattr(problem_module, "_CHUNK_NNZ", 7)
+    monkeypatch.setattr(views_module, "_CHUNK_NNZ", 7)
     rng = np.random.default_rng(7)
     dense = (rng.random((4, 50)) * (rng.random((4, 50)) < 0.5)).astype(np.float32)
     p = build_problem(torch.tensor(dense), np.ones(4))

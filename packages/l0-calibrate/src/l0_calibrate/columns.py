@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .problem import gather_columns
+from .views import gather_columns
 
 __all__ = ["OperatorColumns", "ScipyColumns"]
 
-_CHUNK_ROWS_NNZ = 1 << 22
+_CHUNK_ROWS_NNZ = 1 << 20
 
 
 class OperatorColumns:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from .problem import Problem, column_view, relative_errors
+from .problem import Problem, column_view
+from .views import relative_errors
 
 __all__ = [
     "error_summary",

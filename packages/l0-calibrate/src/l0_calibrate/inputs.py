@@ -368,6 +368,10 @@ def check_matrix_shape(
         )
 
 
+#: Non-zeros per chunk of :func:`row_signs`.
+_SIGN_CHUNK = 1 << 20
+
+
 def row_signs(op: SparseOperator) -> tuple[np.ndarray, np.ndarray]:
     """Per target row: whether some entry is positive, and whether some entry is negative.
 
@@ -379,10 +383,14 @@ def row_signs(op: SparseOperator) -> tuple[np.ndarray, np.ndarray]:
     """
     t = op.csr_t  # households x targets
     values = t.values()
-    cols = t.col_indices().to(torch.int64)
+    cols = t.col_indices()
     n = op.shape[0]
-    pos = torch.bincount(cols[values > 0], minlength=n)[:n] > 0
-    neg = torch.bincount(cols[values < 0], minlength=n)[:n] > 0
+    pos = torch.zeros(n, dtype=torch.bool, device=values.device)
+    neg = torch.zeros(n, dtype=torch.bool, device=values.device)
+    for a in range(0, values.numel(), _SIGN_CHUNK):  # no nnz-long int64 temporaries
+        v, c = values[a : a + _SIGN_CHUNK], cols[a : a + _SIGN_CHUNK]
+        pos[c[v > 0].to(torch.int64)] = True
+        neg[c[v < 0].to(torch.int64)] = True
     return pos.cpu().numpy(), neg.cpu().numpy()
 
 

@@ -42,8 +42,9 @@ import numpy as np
 from torch import Tensor
 
 from .polish_dual import _independent_rows, _newton, _penalised
-from .problem import Problem, as_scipy_csr, column_view, relative_errors
+from .problem import Problem, column_view
 from .regularizers import RatioBound, _check_distance, inflate_design_weights, ratio_bounds
+from .views import as_scipy_csr, relative_errors
 
 __all__ = ["PolishResult", "as_scipy_csr", "polish_weights", "polish_columns", "relative_errors"]
 

@@ -16,9 +16,11 @@ again:
 * ``problem.csr64()`` -- the whole matrix as float64 scipy CSR, built at
   most once, for callers that really need all of it.
 
-:func:`as_scipy_csr` and :func:`operator_to_csr` are the package's only
-conversions to a whole scipy matrix; :func:`gather_columns` is the gather of
-a few columns from an operator.
+:func:`~l0_calibrate.views.as_scipy_csr` and
+:func:`~l0_calibrate.views.operator_to_csr` (re-exported here) are the
+package's only conversions to a whole scipy matrix;
+:func:`~l0_calibrate.views.gather_columns` is the gather of a few columns
+from an operator.
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ from .inputs import (
     row_signs,
     unreachable,
 )
+from .views import (
+    as_scipy_csr,
+    check_finite_array,
+    gather_columns,
+    gathered_matvec,
+    is_scipy,
+    operator_to_csr,
+    relative_errors,
+    scipy_columns,
+)
 
 __all__ = [
     "Problem",
@@ -54,138 +66,6 @@ __all__ = [
     "problem_from_operator",
     "relative_errors",
 ]
-
-#: Non-zeros gathered per chunk when a product runs over gathered columns.
-_CHUNK_NNZ = 1 << 22
-
-
-def relative_errors(estimates: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """``(estimate - target) / |target|``; 0 where both are 0, +-inf where only the target is.
-
-    Examples
-    --------
-    >>> relative_errors(np.array([1.1, 0.0, 2.0]), np.array([1.0, 0.0, 0.0])).round(6).tolist()
-    [0.1, 0.0, inf]
-    """
-    diff = estimates - targets
-    denom = np.abs(targets)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(denom > 0, diff / np.where(denom > 0, denom, 1.0), np.sign(diff) * np.inf)
-    return np.where((denom == 0) & (diff == 0), 0.0, out)
-
-
-def _is_scipy(M: Any) -> bool:
-    return type(M).__module__.startswith("scipy.sparse") and hasattr(M, "tocsc")
-
-
-def gather_columns(op: SparseOperator, idx: Any, row_scale: np.ndarray | None = None) -> Any:
-    """Columns ``idx`` of ``op``'s matrix (rows scaled by ``row_scale``) as float64 scipy CSR rows.
-
-    Returns a matrix of shape ``(len(idx), n_rows)`` (one row per gathered
-    household), gathered from the operator's household-major copy on its
-    device and moved to the CPU; the whole matrix is never copied.
-
-    Examples
-    --------
-    >>> op = SparseOperator.from_any(np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 1.0]]))
-    >>> gather_columns(op, np.array([2, 0])).toarray().tolist()
-    [[2.0, 1.0], [1.0, 0.0]]
-    """
-    import scipy.sparse as sp
-
-    csr_t = op.csr_t
-    dev = csr_t.device
-    crow = csr_t.crow_indices().long()
-    it = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=dev)
-    starts = crow[it]
-    lens = crow[it + 1] - starts
-    new_crow = torch.zeros(it.numel() + 1, dtype=torch.long, device=dev)
-    torch.cumsum(lens, 0, out=new_crow[1:])
-    total = int(new_crow[-1])
-    pos = torch.arange(total, device=dev) + torch.repeat_interleave(starts - new_crow[:-1], lens)
-    cols = csr_t.col_indices()[pos].long()
-    vals = csr_t.values()[pos].to(torch.float64)
-    if row_scale is not None:
-        vals = vals * torch.as_tensor(row_scale, dtype=torch.float64, device=dev)[cols]
-    return sp.csr_matrix(
-        (vals.cpu().numpy(), cols.cpu().numpy(), new_crow.cpu().numpy()),
-        shape=(it.numel(), op.shape[0]),
-    )
-
-
-def operator_to_csr(op: SparseOperator) -> Any:
-    """The whole matrix of ``op`` as float64 scipy CSR (targets x households): a full copy.
-
-    Examples
-    --------
-    >>> operator_to_csr(SparseOperator.from_any(np.eye(2))).toarray().tolist()
-    [[1.0, 0.0], [0.0, 1.0]]
-    """
-    import scipy.sparse as sp
-
-    t = op.csr_t.cpu()
-    csr_t = sp.csr_matrix(
-        (
-            t.values().numpy().astype(np.float64),
-            t.col_indices().numpy().astype(np.int64),
-            t.crow_indices().numpy().astype(np.int64),
-        ),
-        shape=(op.shape[1], op.shape[0]),
-    )
-    return csr_t.T.tocsr()
-
-
-def as_scipy_csr(matrix: Any, argument: str = "M") -> Any:
-    """Any supported matrix (scipy.sparse, numpy, torch dense/sparse, SparseOperator) as scipy CSR float64.
-
-    A full copy; the caller's object is not modified. The calibration
-    pipeline does not call it on the estimate matrix (it reads
-    :meth:`Problem.columns` views instead).
-
-    Examples
-    --------
-    >>> as_scipy_csr(np.eye(2)).toarray().tolist()
-    [[1.0, 0.0], [0.0, 1.0]]
-    """
-    import scipy.sparse as sp
-
-    if sp.issparse(matrix):
-        if matrix.ndim != 2:
-            raise ValueError(f"{argument} must be 2-D, got shape {matrix.shape}")
-        out = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
-        if out.nnz and not np.isfinite(out.data).all():
-            raise ValueError(
-                f"{argument} contains NaN or infinite values; replace them (e.g. with 0)"
-            )
-        return out
-    op = SparseOperator.from_any(
-        matrix, dtype=torch.float64, transpose_copy=False, argument=argument
-    )
-    return operator_to_csr(op)
-
-
-def _scipy_columns(M: Any, idx: np.ndarray) -> Any:
-    """Columns ``idx`` of a scipy matrix as float64 CSR, without converting the whole matrix."""
-    import scipy.sparse as sp
-
-    fmt = M.format
-    if fmt in ("csr", "csc"):
-        return sp.csr_matrix(M[:, idx], dtype=np.float64)
-    if fmt == "coo":
-        pos = np.full(M.shape[1], -1, dtype=np.int64)
-        pos[idx] = np.arange(idx.size)
-        col = pos[M.col]
-        keep = col >= 0
-        return sp.csr_matrix(
-            (np.asarray(M.data[keep], dtype=np.float64), (M.row[keep], col[keep])),
-            shape=(M.shape[0], idx.size),
-        )
-    return sp.csr_matrix(M.tocsc()[:, idx], dtype=np.float64)  # dia, lil, dok, bsr: rare
-
-
-def _check_finite_array(values: Any, argument: str) -> None:
-    if values.size and not np.isfinite(values).all():
-        raise ValueError(f"{argument} contains NaN or infinite values; replace them (e.g. with 0)")
 
 
 def column_view(
@@ -219,11 +99,11 @@ def column_view(
             dt, np.complexfloating
         ):
             raise TypeError(f"{argument} must be real and numeric, got dtype {dt}")
-        _check_finite_array(M.data, argument)
+        check_finite_array(M.data, argument)
         src = M
         return (
             (int(M.shape[0]), int(M.shape[1])),
-            lambda idx: _scipy_columns(src, idx),
+            lambda idx: scipy_columns(src, idx),
             torch.float64,
         )
     elif (
@@ -232,7 +112,7 @@ def column_view(
         and np.issubdtype(M.dtype, np.number)
         and not np.issubdtype(M.dtype, np.complexfloating)
     ):
-        _check_finite_array(M, argument)
+        check_finite_array(M, argument)
         arr = M
         return (
             (int(M.shape[0]), int(M.shape[1])),
@@ -324,7 +204,7 @@ class Problem:
     def _exact_source(self) -> Any:
         """The caller's matrix when its (float64) values can be sliced directly, else None."""
         src = self.source
-        if _is_scipy(src) or (isinstance(src, np.ndarray) and src.ndim == 2):
+        if is_scipy(src) or (isinstance(src, np.ndarray) and src.ndim == 2):
             return src
         return None
 
@@ -344,8 +224,8 @@ class Problem:
         idx = np.asarray(idx, dtype=np.int64)
         src = self._exact_source()
         if src is not None:
-            if _is_scipy(src):
-                return _scipy_columns(src, idx)
+            if is_scipy(src):
+                return scipy_columns(src, idx)
             import scipy.sparse as sp
 
             return sp.csr_matrix(np.asarray(src[:, idx], dtype=np.float64))
@@ -381,16 +261,7 @@ class Problem:
                 return (src @ wt.unsqueeze(1)).to_dense().reshape(-1).cpu().numpy()
         if self.op.dtype == torch.float64:
             return self.op.matvec(torch.as_tensor(w, device=self.op.device)).cpu().numpy()
-        out = np.zeros(self.n_targets)
-        nz = np.flatnonzero(w)
-        nnz_col = self.op.column_nnz().cpu().numpy()[nz]
-        bounds = np.searchsorted(
-            np.cumsum(nnz_col), np.arange(_CHUNK_NNZ, nnz_col.sum() + 1, _CHUNK_NNZ)
-        )
-        for part in np.split(nz, bounds):
-            if part.size:
-                out += np.asarray(gather_columns(self.op, part).T @ w[part]).reshape(-1)
-        return out
+        return gathered_matvec(self.op, w)
 
     def row_sums(self) -> np.ndarray:
         """Exact float64 ``M @ 1`` (cached)."""
@@ -402,7 +273,7 @@ class Problem:
         """The whole matrix as float64 scipy CSR, built at most once (cached): prefer :meth:`columns`."""
         if "csr64" not in self._cache:
             src = self._exact_source()
-            if src is not None and _is_scipy(src):
+            if src is not None and is_scipy(src):
                 import scipy.sparse as sp
 
                 self._cache["csr64"] = sp.csr_matrix(src, dtype=np.float64)

@@ -215,12 +215,11 @@ class SupportSearch:
             full[id(out)] = r
             return out
 
-        X_pool = self.problem.columns(cand)
-        X_csc = X_pool.tocsc()
+        X_csc = self.problem.columns(cand).tocsc()  # one gather; each try slices it
         d = self.d
         d_loc = d[cand] * (d.sum() / d[cand].sum())
         sup_loc, res_loc, moves = _repair(
-            X_pool,
+            X_csc,
             self.t,
             np.searchsorted(cand, sup),
             lambda s_loc: local(self.polish_on(cand[s_loc], X_csc[:, s_loc].tocsr())),
