@@ -137,6 +137,10 @@ def test_problem_views_match_the_matrix():
     w = rng.random(30)
     assert exact.op.dtype == torch.float32 and exact.columns_dtype == torch.float64
     np.testing.assert_array_equal(exact.estimates(w), sp.csr_matrix(dense) @ w)
+    # a dense float64 tensor is sliced (its float64 values); a float32 one is read from the operator
+    assert build_problem(torch.tensor(dense), dense.sum(axis=1)).columns_dtype == torch.float64
+    single = build_problem(torch.tensor(dense, dtype=torch.float32), dense.sum(axis=1))
+    assert single.columns_dtype == torch.float32
 
 
 def test_estimates_of_a_float32_operator_are_summed_in_float64_in_chunks(monkeypatch):

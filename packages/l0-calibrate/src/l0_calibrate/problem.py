@@ -208,10 +208,26 @@ class Problem:
             return src
         return None
 
+    def _dense_float64_tensor(self) -> torch.Tensor | None:
+        """The caller's matrix when it is a dense float64 tensor (sliced directly), else None."""
+        src = self.source
+        if (
+            isinstance(src, torch.Tensor)
+            and src.layout == torch.strided
+            and src.dtype == torch.float64
+            and src.dim() == 2
+        ):
+            return src.detach()
+        return None
+
     @property
     def columns_dtype(self) -> torch.dtype:
         """Precision of the values :meth:`columns` returns (float64 when read from the caller's matrix)."""
-        if self._exact_source() is not None or is_dataframe(self.source):
+        if (
+            self._exact_source() is not None
+            or is_dataframe(self.source)
+            or self._dense_float64_tensor() is not None
+        ):
             return torch.float64
         return self.op.dtype
 
@@ -234,6 +250,11 @@ class Problem:
 
             values = self.source.iloc[idx].to_numpy(dtype=np.float64)
             return sp.csr_matrix(values.T)
+        dense = self._dense_float64_tensor()
+        if dense is not None:
+            import scipy.sparse as sp
+
+            return sp.csr_matrix(dense[:, torch.as_tensor(idx, device=dense.device)].cpu().numpy())
         return gather_columns(self.op, idx).T.tocsr()
 
     def estimates(self, w: Any) -> np.ndarray:
@@ -258,7 +279,7 @@ class Problem:
         if isinstance(src, torch.Tensor) and src.dtype == torch.float64 and src.dim() == 2:
             wt = torch.as_tensor(w, device=src.device)
             if src.layout in (torch.strided, torch.sparse_coo, torch.sparse_csr):
-                return (src @ wt.unsqueeze(1)).to_dense().reshape(-1).cpu().numpy()
+                return (src.detach() @ wt.unsqueeze(1)).to_dense().reshape(-1).cpu().numpy()
         if self.op.dtype == torch.float64:
             return self.op.matvec(torch.as_tensor(w, device=self.op.device)).cpu().numpy()
         return gathered_matvec(self.op, w)

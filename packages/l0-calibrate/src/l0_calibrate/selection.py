@@ -65,18 +65,17 @@ from .hierarchy import Hierarchy, reconcile_targets
 from .polish import PolishResult, _as_vector, _check_band
 from .problem import Problem, problem_from_operator
 from .regularizers import RatioBound, _check_distance, inflate_design_weights, ratio_bounds
-from .selection_gates import _project_count, train_gates
+from .selection_gates import _project_count as _project_count  # re-exported (tests, old path)
+from .selection_gates import train_gates
 from .selection_pipeline import SupportSearch
-from .selection_refine import _WHITEN_MAX_ENTRIES, _swap_refine
-from .selection_repair import _cover_seed
+from .selection_refine import _WHITEN_MAX_ENTRIES
+from .selection_refine import _swap_refine as _swap_refine  # re-exported (tests, old path)
+from .selection_repair import _cover_seed as _cover_seed  # re-exported (tests, old path)
 from .stages import StageClock
 
 __all__ = ["SelectionResult", "select_and_polish"]
 
 logger = logging.getLogger(__name__)
-
-# the stages' private functions, importable from here as before
-_STAGES = (_cover_seed, _project_count, _swap_refine)
 
 
 @dataclass
@@ -214,12 +213,18 @@ def select_and_polish(
     distance_weight : float, default 0
         Weight of the calibration distance of the kept weights from their
         inflated design weights during selection.
-    epochs : int, default 600
+    epochs : int, default 1000
         Gate-training steps.
-    lr : float, default 0.05
+    lr : float, default 0.2
         Adam learning rate.
-    temperature : float, default 0.5
-        Hard Concrete temperature.
+    temperature : float, default 2/3
+        Hard Concrete temperature at the start.
+    final_temperature : float or None, default 0.05
+        Temperature reached at the last epoch (geometric annealing); None
+        keeps ``temperature``.
+    learn_adjustments : bool, default False
+        Also learn a log-adjustment per household during gate training
+        (else the kept households carry equal adjustments).
     init_keep_prob : float, optional
         Initial gate location with :class:`SparseCalibrationWeights`' (and
         l0-python 0.6.2's) meaning: ``log_alpha = logit(init_keep_prob)``.
