@@ -40,6 +40,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from l0_core import GAMMA, ZETA
 from torch import Tensor
 
 from .distributed_group import _dist, group_initialized
@@ -225,8 +226,8 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
         self,
         n_features: int,
         beta: float = 2 / 3,
-        gamma: float = -0.1,
-        zeta: float = 1.1,
+        gamma: float = GAMMA,
+        zeta: float = ZETA,
         init_keep_prob: float | np.ndarray = 0.5,
         init_weights: float | np.ndarray | None = None,
         log_weight_jitter_sd: float = 0.0,

@@ -9,26 +9,24 @@ penalty options into the terms the fit loop adds to its gradient.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from l0_core import TargetSparsityController, get_schedule
+from l0_core import TargetSparsityController, get_schedule, median_gate_limits
 from torch import Tensor
 
 from . import regularizers as reg
 from .callbacks import Callback
 from .distributed_reducer import LocalReducer
-from .engine import WeightPenalty
 from .inputs import (
     align_to_labels,
     as_vector,
     check_nonneg_float,
     check_positive_int,
 )
-from .losses import get_loss
+from .losses import WeightPenalty, get_loss
 from .problem import Problem, prepare_problem
 
 if TYPE_CHECKING:
@@ -89,7 +87,8 @@ def max_selection_beta(gamma: float, zeta: float, bound: float) -> float:
     >>> round(max_selection_beta(-0.1, 1.1, 20.0), 2)
     8.34
     """
-    return bound / max(math.log(zeta / -gamma), math.log((1 - gamma) / (zeta - 1)))
+    off, on = median_gate_limits(1.0, gamma, zeta)
+    return bound / max(-off, on)
 
 
 @dataclass

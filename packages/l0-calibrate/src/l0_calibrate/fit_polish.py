@@ -10,15 +10,14 @@ deterministic solve and keeps its own part.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from l0_core import fused_median_gates, median_gate_limits
 from torch import Tensor
 
 from .distributed_reducer import LocalReducer
-from .engine import deterministic_gates
 from .fit_options import FitOptions, design_weights_of
 from .polish import polish_weights
 from .problem import Problem
@@ -73,13 +72,13 @@ def _apply_polish(model: SparseCalibrationWeights, support: Any, new_w_support: 
     """Set the weights of the kept households (local indices ``support``) to the polished ones."""
     m = model
     new_w = new_w_support.to(device=m.device, dtype=m.log_weight.dtype)
-    gates = deterministic_gates(m.log_alpha, **m._gate_kw())
+    gates = fused_median_gates(m.log_alpha, **m._gate_kw())
     sup = torch.as_tensor(support, device=m.device, dtype=torch.int64)
     keep = new_w > 0
     pos = sup[keep]
     m.log_weight[pos] = torch.log(new_w[keep] / gates[pos])
     dropped = sup[~keep]
-    off = m.beta * math.log(-m.gamma / m.zeta) - 0.5
+    off = median_gate_limits(m.beta, m.gamma, m.zeta)[0] - 0.5
     m.log_alpha[dropped] = torch.clamp(m.log_alpha[dropped], max=off)
 
 

@@ -1,6 +1,6 @@
 """The training loop behind :meth:`SparseCalibrationWeights.fit`.
 
-One call runs ``epochs`` epochs of the fused step (:mod:`l0_calibrate.engine`),
+One call runs ``epochs`` epochs of the fused step (:mod:`l0_core.fused`),
 continuing any earlier call's optimiser, generator, temperature schedule
 and sparsity controller (the model's :class:`~l0_calibrate.fit_state.FitState`).
 With ``target_count`` it ends with an exact selection of that many
@@ -20,18 +20,18 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from l0_core import TargetSparsityController, get_schedule
+from l0_core import (
+    HardConcreteWorkspace,
+    TargetSparsityController,
+    fused_median_gates,
+    get_schedule,
+    hard_concrete_prob_active,
+    median_gate_limits,
+)
 from torch import Tensor
 
 from .callbacks import dispatch_event
 from .distributed_reducer import ProcessGroupReducer, is_lost_peer_error
-from .engine import (
-    HardConcreteWorkspace,
-    deterministic_gates,
-    penalty_gradient,
-    rel_errors,
-    target_gradient,
-)
 from .fit_guard import FiniteGuard
 from .fit_options import (
     DEFAULT_REFIT_EPOCHS,
@@ -47,6 +47,7 @@ from .fit_options import (
 )
 from .fit_polish import polish_in_fit
 from .fit_progress import progress_bar, remove_handler, verbose_handler
+from .losses import penalty_gradient, rel_errors, target_gradient
 from .problem import Problem
 
 if TYPE_CHECKING:
@@ -210,9 +211,9 @@ class _Fit:
             sched = st.count_schedule
             assert sched is not None  # built with the controller
             ctl.target_count = st.count_target(st.epoch, self.red.n_total)
-            c = -m.beta * math.log(-m.gamma / m.zeta)
             with torch.no_grad():
-                expected = self.red.all_reduce_sum(torch.sigmoid(ws.lac + c).sum())
+                prob = hard_concrete_prob_active(ws.lac, m.beta, m.gamma, m.zeta)
+                expected = self.red.all_reduce_sum(prob.sum())
                 if sched["scale"] is None:
                     sched["scale"] = self._data_gradient_scale(grad_w, kw)
             leaf = expected.detach().requires_grad_(True)
@@ -317,11 +318,11 @@ class _Fit:
         m = self.model
         kw = m._gate_kw()
         la = m.log_alpha
-        z_old = deterministic_gates(la, **kw)
+        z_old = fused_median_gates(la, **kw)
         keep = self.red.top_k_mask(la.detach(), count)
         # Gate fully open (z = 1) on the kept households, weights unchanged where z_old > 0.
-        on = m.beta * math.log((1 - m.gamma) / (m.zeta - 1)) + 0.5
-        off = m.beta * math.log(-m.gamma / m.zeta) - 0.5
+        off, on = median_gate_limits(m.beta, m.gamma, m.zeta)
+        off, on = off - 0.5, on + 0.5
         was_on = keep & (z_old > 0)
         m.log_weight[was_on] += torch.log(z_old[was_on])
         la[keep] = torch.clamp(la[keep], min=on)
@@ -332,7 +333,7 @@ class _Fit:
         if epochs <= 0:
             return
         m = self.model
-        gates = deterministic_gates(m.log_alpha, **m._gate_kw())
+        gates = fused_median_gates(m.log_alpha, **m._gate_kw())
         opt = _make_optimizer([m.log_weight], self.args["lr"])
         lam2 = self.args["lambda_l2"]
         for i in range(epochs):

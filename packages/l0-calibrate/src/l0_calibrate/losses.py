@@ -17,6 +17,11 @@ keeps its meaning). Built-ins are registered through the same plugin hook
     targets that cannot be reached do not dominate the gradient.
 ``"microcalibrate"``
     microcalibrate's ``((estimate - target + 1) / (|target| + 1))^2``.
+
+The fit differentiates the loss with autograd on the (small) target vector
+only (:func:`target_gradient`), and penalties on the weights themselves on a
+detached copy of ``w`` (:func:`penalty_gradient`); the Hard Concrete part of
+the gradient is :class:`l0_core.HardConcreteWorkspace`'s.
 """
 
 from __future__ import annotations
@@ -30,14 +35,20 @@ from torch import Tensor
 __all__ = [
     "BUILTIN_LOSSES",
     "LossFn",
+    "WeightPenalty",
     "capped_relative_loss",
     "get_loss",
     "mse_loss",
     "microcalibrate_loss",
+    "penalty_gradient",
+    "rel_errors",
     "relative_loss",
+    "target_gradient",
 ]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+#: A penalty on the weights ``w`` (a scalar tensor, differentiable in ``w``).
+WeightPenalty = Callable[[Tensor], Tensor]
 
 
 def mse_loss(estimate: Tensor, target: Tensor) -> Tensor:
@@ -116,3 +127,60 @@ def get_loss(loss_type: Union[str, LossFn], argument: str = "loss_type") -> Loss
             "one through the l0_register_losses plugin hook."
         )
     return lookup("losses", loss_type, argument=argument)
+
+
+def target_gradient(
+    estimate: Tensor, targets: Tensor, loss_weights: Tensor, loss_fn: LossFn
+) -> tuple[Tensor, Tensor]:
+    """Data loss ``sum_i g_i L(estimate, targets)_i`` and its gradient in the estimate.
+
+    Autograd runs on the (small) target vector only.
+
+    Examples
+    --------
+    >>> loss, r = target_gradient(torch.tensor([3.0]), torch.tensor([1.0]), torch.ones(1), mse_loss)
+    >>> loss.item(), r.tolist()
+    (4.0, [4.0])
+    """
+    est = estimate.detach().requires_grad_(True)
+    with torch.enable_grad():
+        per_target = loss_fn(est, targets)
+        if per_target.shape != targets.shape:
+            raise ValueError(
+                f"the loss function returned shape {tuple(per_target.shape)}; it must return one "
+                f"value per target, shape {tuple(targets.shape)}"
+            )
+        loss = (per_target * loss_weights).sum()
+        (grad,) = torch.autograd.grad(loss, est)
+    return loss.detach(), grad
+
+
+def penalty_gradient(w: Tensor, penalties: list[tuple[float, WeightPenalty]]) -> tuple[Tensor, Tensor]:
+    """Value and gradient in ``w`` of ``sum_k lambda_k P_k(w)`` (autograd on a detached copy).
+
+    Examples
+    --------
+    >>> val, g = penalty_gradient(torch.tensor([1.0, 2.0]), [(0.5, lambda w: (w * w).sum())])
+    >>> val.item(), g.tolist()
+    (2.5, [1.0, 2.0])
+    """
+    if not penalties:
+        raise ValueError("penalties is empty; pass at least one (lambda, penalty) pair")
+    leaf = w.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        total = penalties[0][0] * penalties[0][1](leaf)
+        for lam, fn in penalties[1:]:
+            total = total + lam * fn(leaf)
+        (grad,) = torch.autograd.grad(total, leaf)
+    return total.detach(), grad
+
+
+def rel_errors(estimate: Tensor, targets: Tensor) -> Tensor:
+    """``|estimate - target| / (|target| + 1)``, the published progress metric.
+
+    Examples
+    --------
+    >>> rel_errors(torch.tensor([11.0]), torch.tensor([9.0])).tolist()
+    [0.20000000298023224]
+    """
+    return (estimate - targets).abs_().div_(targets.abs() + 1.0)

@@ -56,9 +56,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from l0_core import SparseOperator, TargetSparsityController
+from l0_core import SparseOperator, TargetSparsityController, prob_active_for_init_mean
 from l0_core.checks import check_probability
-from l0_core.hard_concrete import prob_active_for_log_alpha
 
 from .diagnostics import weight_diagnostics
 from .hierarchy import Hierarchy, reconcile_targets
@@ -363,9 +362,7 @@ def select_and_polish(
         init_keep_prob = check_probability(
             init_keep_prob, "init_keep_prob", hint="pass e.g. init_keep_prob=0.5"
         )
-        init_prob_active = prob_active_for_log_alpha(
-            math.log(init_keep_prob / (1.0 - init_keep_prob)), temperature
-        )
+        init_prob_active = prob_active_for_init_mean(init_keep_prob, temperature)
     if hierarchy is not None:
         t_np = reconcile_targets(t_np, hierarchy)
 

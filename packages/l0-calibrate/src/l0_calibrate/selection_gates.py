@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 import torch
-from l0_core import HardConcrete, SparseOperator, sparse_matvec
+from l0_core import HardConcrete, SparseOperator, hard_concrete_prob_active, sparse_matvec
 
 from .regularizers import calibration_distance, dispersion_penalty
 from .stages import StageClock
@@ -35,7 +35,7 @@ _SMALL_NNZ = 1 << 20
 def _project_count(gate: HardConcrete, count: int) -> None:
     """Shift all gate logits by one constant so the expected number of open gates is ``count``.
 
-    Solves ``sum_k sigmoid(log_alpha_k + delta - shift) = count`` for
+    Solves ``sum_k P(z_k != 0 | log_alpha_k + delta) = count`` for
     ``delta`` by safeguarded Newton steps (the sum is increasing in
     ``delta``); the relative order of the gates, which is what the fit
     learns, is unchanged.
@@ -43,9 +43,9 @@ def _project_count(gate: HardConcrete, count: int) -> None:
     la = gate.log_alpha
     lo, hi = -60.0, 60.0
     delta = 0.0
-    shift = float(gate.temperature.item()) * math.log(-gate.gamma / gate.zeta)
+    beta = float(gate.temperature.item())
     for _ in range(60):
-        p = torch.sigmoid(la + (delta - shift))
+        p = hard_concrete_prob_active(la + delta, beta, gate.gamma, gate.zeta)
         total, slope = torch.stack([p.sum(), (p * (1 - p)).sum()]).tolist()
         gap = total - count
         if abs(gap) < 1e-3 * max(count, 1):

@@ -21,12 +21,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from l0_core import SparseOperator, sparse_matvec
+from l0_core import (
+    GAMMA,
+    ZETA,
+    SparseOperator,
+    fused_median_gates,
+    hard_concrete_from_uniform,
+    hard_concrete_median,
+    hard_concrete_prob_active,
+    sparse_matvec,
+)
 from l0_core.checks import check_device
 from torch import Tensor, nn
 
 from .distributed_reducer import LocalReducer, model_reducer
-from .engine import deterministic_gates
 from .fit_state import FitState, pack_fit_state, unpack_fit_state
 from .inputs import as_matrix, check_model_dtype, check_nonneg_float, check_positive_int
 from .weights_fit import TrainableWeights
@@ -148,8 +156,8 @@ class SparseCalibrationWeights(TrainableWeights):
         self,
         n_features: int,
         beta: float = 2 / 3,
-        gamma: float = -0.1,
-        zeta: float = 1.1,
+        gamma: float = GAMMA,
+        zeta: float = ZETA,
         init_keep_prob: float | np.ndarray = 0.5,
         init_weights: float | np.ndarray | None = None,
         log_weight_jitter_sd: float = 0.0,
@@ -272,7 +280,7 @@ class SparseCalibrationWeights(TrainableWeights):
 
     # ------------------------------------------------------------ gates
     def _gate_kw(self) -> dict[str, float]:
-        return {"beta": self.beta, "gamma": self.gamma, "zeta": self.zeta, "bound": self.LOG_ALPHA_BOUND}
+        return {"temperature": self.beta, "gamma": self.gamma, "zeta": self.zeta, "bound": self.LOG_ALPHA_BOUND}
 
     def _sample_gates(self) -> Tensor:
         """A differentiable Hard Concrete sample of every gate (uses the model's generator).
@@ -282,9 +290,8 @@ class SparseCalibrationWeights(TrainableWeights):
         log_alpha = self.log_alpha.clamp(-self.LOG_ALPHA_BOUND, self.LOG_ALPHA_BOUND)
         u = self._reducer.uniform_noise(
             self.n_features, generator=self._generator, device=log_alpha.device, dtype=log_alpha.dtype
-        ).clamp(1e-6, 1 - 1e-6)
-        s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + log_alpha) / self.beta)
-        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0, 1)
+        )
+        return hard_concrete_from_uniform(u, log_alpha, self.beta, self.gamma, self.zeta)
 
     def get_deterministic_gates(self) -> Tensor:
         """Test-time gate values (0 exactly where ``P(gate != 0) <= 1/2``); differentiable.
@@ -295,8 +302,7 @@ class SparseCalibrationWeights(TrainableWeights):
         [1.0, 1.0, 1.0]
         """
         log_alpha = self.log_alpha.clamp(-self.LOG_ALPHA_BOUND, self.LOG_ALPHA_BOUND)
-        s = torch.sigmoid(log_alpha / self.beta)
-        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0, 1)
+        return hard_concrete_median(log_alpha, self.beta, self.gamma, self.zeta)
 
     def get_weights(self, deterministic: bool = False) -> Tensor:
         """Weights ``exp(log_weight) * gate`` (sampled gates unless ``deterministic``).
@@ -363,9 +369,8 @@ class SparseCalibrationWeights(TrainableWeights):
         >>> round(SparseCalibrationWeights(10, log_alpha_jitter_sd=0.0).get_l0_penalty().item(), 2)
         8.32
         """
-        c = -self.beta * math.log(-self.gamma / self.zeta)
         log_alpha = self.log_alpha.clamp(-self.LOG_ALPHA_BOUND, self.LOG_ALPHA_BOUND)
-        return torch.sigmoid(log_alpha + c).sum()
+        return hard_concrete_prob_active(log_alpha, self.beta, self.gamma, self.zeta).sum()
 
     def get_l2_penalty(self) -> Tensor:
         """``sum exp(log_weight)^2`` (the published L2 on the ungated weights).
@@ -418,4 +423,4 @@ class SparseCalibrationWeights(TrainableWeights):
     def _deterministic_weights(self) -> Tensor:
         if not self.use_gates:
             return torch.exp(self.log_weight)
-        return torch.exp(self.log_weight) * deterministic_gates(self.log_alpha, **self._gate_kw())
+        return torch.exp(self.log_weight) * fused_median_gates(self.log_alpha, **self._gate_kw())

@@ -10,6 +10,7 @@ Examples
 
 from .controller import TargetSparsityController
 from .factory import get_gate_class, make_gate
+from .fused import HardConcreteWorkspace, fused_median_gates
 from .gate import (
     Gate,
     GatedLayer,
@@ -20,12 +21,21 @@ from .gate import (
     iter_gates,
     set_gate_temperature,
 )
-from .hard_concrete import (
-    HardConcrete,
+from .hard_concrete import HardConcrete
+from .hard_concrete_math import (
+    GAMMA,
+    STRETCH,
+    ZETA,
+    hard_concrete_from_uniform,
+    hard_concrete_median,
+    hard_concrete_prob_active,
     hard_concrete_sample,
     log_alpha_for_prob_active,
+    median_gate_limits,
+    prob_active_for_init_mean,
     prob_active_for_log_alpha,
     resolve_init_prob_active,
+    uniform_eps,
 )
 from .penalties import (
     PenaltyTracker,
@@ -54,15 +64,19 @@ from .temperature import TemperatureScheduler, get_schedule, update_temperatures
 __version__ = "0.1.0"
 
 __all__ = [
+    "GAMMA",
     "Gate",
     "GatedLayer",
     "HardConcrete",
+    "HardConcreteWorkspace",
     "L0PluginWarning",
     "PenaltyTracker",
     "PluginInfo",
+    "STRETCH",
     "SparseOperator",
     "TargetSparsityController",
     "TemperatureScheduler",
+    "ZETA",
     "__version__",
     "as_sparse_operator",
     "available",
@@ -70,12 +84,16 @@ __all__ = [
     "compute_l0l2_penalty",
     "compute_l2_penalty",
     "deterministic_gates",
+    "fused_median_gates",
     "gate_temperature",
     "get_active_parameter_count",
     "get_gate_class",
     "get_plugin_manager",
     "get_schedule",
     "get_sparsity_stats",
+    "hard_concrete_from_uniform",
+    "hard_concrete_median",
+    "hard_concrete_prob_active",
     "hard_concrete_sample",
     "hookimpl",
     "hookspec",
@@ -87,11 +105,14 @@ __all__ = [
     "log_alpha_for_prob_active",
     "lookup",
     "make_gate",
+    "median_gate_limits",
+    "prob_active_for_init_mean",
     "prob_active_for_log_alpha",
     "register_plugin",
     "resolve_init_prob_active",
     "set_gate_temperature",
     "sparse_matvec",
+    "uniform_eps",
     "unregister_plugin",
     "update_temperatures",
 ]

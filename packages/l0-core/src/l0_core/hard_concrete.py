@@ -1,17 +1,9 @@
-"""The Hard Concrete distribution of Louizos, Welling & Kingma (2017).
+"""The Hard Concrete gate module, :class:`HardConcrete` (Louizos, Welling & Kingma, 2017).
 
-A Hard Concrete gate ``z`` is a binary Concrete variable stretched to the
-interval ``(gamma, zeta)`` with ``gamma < 0 < 1 < zeta`` and clipped to
-``[0, 1]``, so that ``z`` is exactly 0 or exactly 1 with positive
-probability while remaining reparameterisable::
-
-    u ~ Uniform(0, 1)
-    s = sigmoid((log u - log(1 - u) + log_alpha) / beta)
-    z = clamp(s * (zeta - gamma) + gamma, 0, 1)
-
-``beta`` is the temperature. The probability that a gate is non-zero is
-``sigmoid(log_alpha - beta * log(-gamma / zeta))`` (paper, eq. 12), whose sum
-is the differentiable L0 penalty.
+The formulas it evaluates (sampling, the median gate, ``P(z != 0)``, the
+initialisation from a probability) are the functions of
+:mod:`l0_core.hard_concrete_math`, re-exported here so that
+``from l0_core.hard_concrete import hard_concrete_sample`` keeps working.
 """
 
 from __future__ import annotations
@@ -29,8 +21,20 @@ from .checks import (
     check_dtype,
     check_float,
     check_int,
-    check_probability,
     check_temperature,
+)
+from .hard_concrete_math import (
+    _check_both,
+    _check_init_mean,
+    _logit,
+    _warn_init_mean,
+    hard_concrete_median,
+    hard_concrete_prob_active,
+    hard_concrete_sample,
+    log_alpha_for_prob_active,
+    prob_active_for_init_mean,
+    prob_active_for_log_alpha,
+    resolve_init_prob_active,
 )
 from .precision import accumulate_sum
 
@@ -51,210 +55,6 @@ def _deprecated(old: str, new: str) -> None:
         DeprecationWarning,
         stacklevel=3,
     )
-
-
-def log_alpha_for_prob_active(
-    prob: float, temperature: float, gamma: float = -0.1, zeta: float = 1.1
-) -> float:
-    """Return the ``log_alpha`` at which a gate is non-zero with probability ``prob``.
-
-    Inverts ``P(z != 0) = sigmoid(log_alpha - beta * log(-gamma / zeta))``.
-
-    Parameters
-    ----------
-    prob : float
-        Target probability that the gate is non-zero, in ``(0, 1)``.
-    temperature : float
-        The temperature ``beta``.
-    gamma, zeta : float
-        Stretch interval end points.
-
-    Returns
-    -------
-    float
-
-    Examples
-    --------
-    >>> round(log_alpha_for_prob_active(0.5, 2 / 3), 4)
-    -1.5986
-    """
-    if not 0.0 < prob < 1.0:
-        raise ValueError(
-            f"init_prob_active must lie strictly between 0 and 1, got {prob!r}; "
-            "use e.g. 0.999 to start with almost every gate open"
-        )
-    return math.log(prob) - math.log1p(-prob) + temperature * math.log(-gamma / zeta)
-
-
-def prob_active_for_log_alpha(
-    log_alpha: float, temperature: float, gamma: float = -0.1, zeta: float = 1.1
-) -> float:
-    """Return ``P(z != 0)`` of a gate with location ``log_alpha``.
-
-    The inverse of :func:`log_alpha_for_prob_active`:
-    ``sigmoid(log_alpha - beta * log(-gamma / zeta))``.
-
-    Parameters
-    ----------
-    log_alpha : float
-        Location parameter of the gate.
-    temperature : float
-        The temperature ``beta``.
-    gamma, zeta : float
-        Stretch interval end points.
-
-    Returns
-    -------
-    float
-
-    Examples
-    --------
-    >>> round(prob_active_for_log_alpha(0.0, 2 / 3), 4)
-    0.8318
-    >>> round(prob_active_for_log_alpha(log_alpha_for_prob_active(0.3, 0.5), 0.5), 9)
-    0.3
-    """
-    x = log_alpha - temperature * math.log(-gamma / zeta)
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-def _logit(p: float) -> float:
-    return math.log(p) - math.log1p(-p)
-
-
-def resolve_init_prob_active(
-    init_prob_active: float | None,
-    init_mean: float | None,
-    temperature: float,
-    *,
-    owner: str,
-    default: float = 0.5,
-    stacklevel: int = 3,
-) -> float:
-    """The initial ``P(gate != 0)`` from ``init_prob_active`` or the deprecated ``init_mean``.
-
-    ``init_mean`` has l0-python 0.6.2's meaning, the initial logit mean
-    (``log_alpha = logit(init_mean)``); it is translated to the probability
-    that a Hard Concrete gate (stretch 0.1) with those logits is non-zero at
-    ``temperature``, with a ``DeprecationWarning`` that gives the value to pass
-    as ``init_prob_active``. Passing both is a ``TypeError``.
-
-    Parameters
-    ----------
-    init_prob_active : float or None
-        The probability that a gate starts non-zero, in ``(0, 1)``.
-    init_mean : float or None
-        Deprecated: 0.6.2's logit mean, in ``(0, 1)``.
-    temperature : float
-        The gate temperature ``beta`` used for the translation.
-    owner : str
-        The class named in messages, e.g. ``"L0Gate"``.
-    default : float, default 0.5
-        Used when neither is given.
-    stacklevel : int, default 3
-        ``stacklevel`` of the warning (3 points at the caller of ``owner``).
-
-    Returns
-    -------
-    float
-
-    Examples
-    --------
-    >>> resolve_init_prob_active(0.9, None, 0.5, owner="L0Gate")
-    0.9
-    >>> import warnings
-    >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("ignore", DeprecationWarning)
-    ...     round(resolve_init_prob_active(None, 0.5, 0.5, owner="L0Gate"), 4)
-    0.7683
-    """
-    if init_mean is None:
-        if init_prob_active is None:
-            return default
-        return check_probability(
-            init_prob_active, "init_prob_active", hint="e.g. 0.5 (half the gates start open)"
-        )
-    _check_both(init_prob_active, owner)
-    mean = _check_init_mean(init_mean)
-    prob = prob_active_for_log_alpha(_logit(mean), temperature)
-    _warn_init_mean(owner, prob, stacklevel + 1)
-    return prob
-
-
-def _check_both(init_prob_active: float | None, owner: str) -> None:
-    if init_prob_active is not None:
-        raise TypeError(
-            f"{owner}() got both init_prob_active and init_mean; pass only init_prob_active "
-            "(the probability that a gate starts non-zero). init_mean is deprecated: it is "
-            "l0-python 0.6.2's logit mean, log_alpha = logit(init_mean)"
-        )
-
-
-def _check_init_mean(init_mean: Any) -> float:
-    return check_probability(
-        init_mean,
-        "init_mean",
-        hint="it is l0-python 0.6.2's logit mean, log_alpha = logit(init_mean), e.g. 0.999",
-    )
-
-
-def _warn_init_mean(owner: str, prob: float, stacklevel: int) -> None:
-    warnings.warn(
-        f"{owner}(init_mean=...) is deprecated: it is l0-python 0.6.2's logit mean "
-        "(log_alpha = logit(init_mean)); pass init_prob_active, the probability that a gate "
-        "starts non-zero, instead: init_prob_active = sigmoid(logit(init_mean) - "
-        f"temperature * log(-gamma / zeta)), here {prob:.6g}",
-        DeprecationWarning,
-        stacklevel=stacklevel,
-    )
-
-
-def hard_concrete_sample(
-    log_alpha: Tensor,
-    temperature: Tensor | float,
-    gamma: float,
-    zeta: float,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Draw a reparameterised Hard Concrete sample with ``log_alpha``'s shape.
-
-    Uniform noise is drawn with :func:`torch.rand` on ``log_alpha``'s device
-    and dtype and clamped to ``[eps, 1 - eps]`` (``eps`` the dtype's machine
-    epsilon) so that no logarithm of 0 can occur, also in float16/bfloat16.
-
-    Parameters
-    ----------
-    log_alpha : Tensor
-        Location parameters.
-    temperature : Tensor or float
-        The temperature ``beta`` (> 0).
-    gamma, zeta : float
-        Stretch interval, ``gamma < 0 < 1 < zeta``.
-    generator : torch.Generator, optional
-        Source of randomness (must live on ``log_alpha``'s device).
-
-    Returns
-    -------
-    Tensor
-        Samples in ``[0, 1]``, differentiable with respect to ``log_alpha``.
-
-    Examples
-    --------
-    >>> g = torch.Generator().manual_seed(0)
-    >>> z = hard_concrete_sample(torch.zeros(5), 2 / 3, -0.1, 1.1, g)
-    >>> bool(((z >= 0) & (z <= 1)).all())
-    True
-    """
-    eps = torch.finfo(log_alpha.dtype).eps
-    u = torch.rand(
-        log_alpha.shape, generator=generator, device=log_alpha.device, dtype=log_alpha.dtype
-    ).clamp_(eps, 1.0 - eps)
-    noise = torch.log(u) - torch.log1p(-u)
-    s = torch.sigmoid((noise + log_alpha) / temperature)
-    return (s * (zeta - gamma) + gamma).clamp(0.0, 1.0)
 
 
 class HardConcrete(nn.Module):
@@ -366,8 +166,8 @@ class HardConcrete(nn.Module):
         else:
             _check_both(init_prob_active, "HardConcrete")
             self.init_mean = _check_init_mean(init_mean)
-            self.init_prob_active = prob_active_for_log_alpha(
-                _logit(self.init_mean), temperature, self.gamma, self.zeta
+            self.init_prob_active = prob_active_for_init_mean(
+                self.init_mean, temperature, self.gamma, self.zeta
             )
             _warn_init_mean("HardConcrete", self.init_prob_active, stacklevel=3)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -432,7 +232,7 @@ class HardConcrete(nn.Module):
         >>> torch.allclose(g.prob_active(), torch.full((4,), 0.8))
         True
         """
-        return torch.sigmoid(self.log_alpha - self._shift())
+        return hard_concrete_prob_active(self.log_alpha, self.temperature, self.gamma, self.zeta)
 
     def prob_zero(self) -> Tensor:
         """Probability that each gate is exactly 0.
@@ -491,11 +291,8 @@ class HardConcrete(nn.Module):
         >>> bool((g.deterministic() == 1).all())
         True
         """
-        if self.estimator == "median":
-            s = torch.sigmoid(self.log_alpha / self.temperature)
-        else:
-            s = torch.sigmoid(self.log_alpha)
-        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+        beta = self.temperature if self.estimator == "median" else 1.0
+        return hard_concrete_median(self.log_alpha, beta, self.gamma, self.zeta)
 
     def forward(self) -> Tensor:
         """Gate values: a sample in training mode, the deterministic gate in eval mode.

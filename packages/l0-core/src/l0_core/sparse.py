@@ -20,66 +20,28 @@ few hundred MB at any size (no ``nnz``-long int64 array is kept).
 No cache is keyed on shape: every operator is built from the matrix it is
 given, and :func:`sparse_matvec` takes the operator explicitly.
 
-scipy is imported only when a scipy matrix is passed.
+The conversion of the caller's matrix (scipy, torch, numpy) is
+:mod:`l0_core._sparse_build`; scipy is imported only when a scipy matrix is
+passed.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
-import numpy as np
+import numpy as np  # noqa: F401  (the examples below use np)
 import torch
 from torch import Tensor
 
-from ._sparse_checks import check_scipy_indices, check_torch_indices
+from ._sparse_build import csr_from_matrix, csr_tensor
 from .checks import check_device, check_dtype
 
 __all__ = ["SparseOperator", "as_sparse_operator", "sparse_matvec"]
 
-_INT32_MAX = 2**31 - 1
 #: Non-zeros per chunk when building the second copy or scattering (bounds temporaries).
 _CHUNK_NNZ = 1 << 22
 #: Households per block of the target-major copy on CPU (w's slice, 1 MiB in float32, stays in L2).
 FORWARD_BLOCK_COLS = 1 << 18
-
-
-def _is_scipy_sparse(obj: Any) -> bool:
-    mod = type(obj).__module__
-    if not mod.startswith("scipy.sparse"):
-        return False
-    import scipy.sparse as sp
-
-    return sp.issparse(obj)
-
-
-def _index_dtype(nnz: int, *dims: int) -> torch.dtype:
-    return torch.int32 if max(nnz, *dims) <= _INT32_MAX else torch.int64
-
-
-def _csr_tensor(indptr: Tensor, indices: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
-    idx_dtype = _index_dtype(values.numel(), *size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(
-            indptr.to(idx_dtype),
-            indices.to(idx_dtype),
-            values,
-            size=size,
-            check_invariants=False,
-        )
-
-
-def _check_finite(values: Tensor, argument: str) -> None:
-    flat = values.reshape(-1)
-    n_bad = 0
-    for start in range(0, flat.numel(), 1 << 24):  # chunks: no nnz-sized temporary
-        n_bad += int((~torch.isfinite(flat[start : start + (1 << 24)])).sum().item())
-    if n_bad:
-        raise ValueError(
-            f"{argument} contains {n_bad} NaN or infinite value(s); "
-            "replace them (e.g. with 0) before calling"
-        )
 
 
 class SparseOperator:
@@ -171,7 +133,7 @@ class SparseOperator:
             h1 = min(n_cols, h0 + width)
             a, b = int(crow[h0].item()), int(crow[h1].item())
             sub = SparseOperator(
-                _csr_tensor(
+                csr_tensor(
                     crow[h0 : h1 + 1] - crow[h0], col[a:b], vals[a:b], (h1 - h0, self.shape[0])
                 )
             )
@@ -223,32 +185,7 @@ class SparseOperator:
             ):
                 return op.to(device=device, dtype=dtype)
             return op
-        if dtype in (torch.float16, torch.bfloat16):
-            raise TypeError(
-                f"dtype={dtype} is not supported for a SparseOperator (torch has no half-precision "
-                "sparse matrix-vector product on CPU); pass dtype=torch.float32 (a float16 "
-                f"{argument} is converted) or torch.float64"
-            )
-        csr = None
-        if _is_scipy_sparse(matrix):
-            csr_t, csr = cls._from_scipy(matrix, dtype, argument, transpose_copy)
-        elif isinstance(matrix, Tensor):
-            csr_t = cls._from_torch(matrix, dtype, argument)
-        elif isinstance(matrix, np.ndarray) or hasattr(matrix, "__array__"):
-            arr = np.asarray(matrix)
-            if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
-                raise TypeError(f"{argument} must be numeric, got dtype {arr.dtype}")
-            csr_t = cls._from_torch(torch.from_numpy(np.ascontiguousarray(arr)), dtype, argument)
-        else:
-            hint = (
-                f"; convert it with numpy.asarray({argument}, dtype=float)"
-                if isinstance(matrix, (list, tuple))
-                else ""
-            )
-            raise TypeError(
-                f"{argument} must be a scipy.sparse matrix or array, a torch tensor (dense, COO, "
-                f"CSR or CSC) or a numpy array; got {type(matrix).__name__}{hint}"
-            )
+        csr_t, csr = csr_from_matrix(matrix, dtype, argument, transpose_copy, FORWARD_BLOCK_COLS)
         target = torch.device(device) if device is not None else csr_t.device
         if csr_t.device != target:
             csr_t = csr_t.to(target)
@@ -258,105 +195,6 @@ class SparseOperator:
         if transpose_copy and not op.has_forward_copy:
             op.build_forward_copy()
         return op
-
-    @staticmethod
-    def _from_scipy(
-        matrix: Any, dtype: torch.dtype, argument: str, transpose_copy: bool
-    ) -> tuple[Tensor, list[tuple[int, Tensor]] | None]:
-        """CSR(M.T) and, with ``transpose_copy``, the blocks of CSR(M), from scipy's O(nnz) conversions.
-
-        Arrays scipy creates here are owned by the operator and wrapped without a
-        copy; arrays of the caller's matrix are always copied.
-        """
-        if matrix.ndim != 2:
-            raise ValueError(f"{argument} must be 2-D, got shape {matrix.shape}")
-        data_dtype = np.dtype(matrix.dtype)
-        if not (np.issubdtype(data_dtype, np.number) or np.issubdtype(data_dtype, np.bool_)):
-            raise TypeError(f"{argument} must be numeric, got dtype {data_dtype}")
-        if np.issubdtype(data_dtype, np.complexfloating):
-            raise TypeError(f"{argument} must be real, got dtype {data_dtype}")
-        check_scipy_indices(matrix, argument)
-
-        def callers(arr: np.ndarray) -> bool:
-            return any(
-                isinstance(a, np.ndarray) and a.size and np.shares_memory(arr, a)
-                for a in (
-                    getattr(matrix, name, None)
-                    for name in ("data", "indices", "indptr", "row", "col")
-                )
-            )
-
-        # CSR of M.T is CSC of M. tocsc() returns the caller's object when it is
-        # already CSC; it is copied before any in-place canonicalisation.
-        csc = matrix.tocsc()
-        if not csc.has_canonical_format:
-            if csc is matrix or callers(csc.data):
-                csc = csc.copy()
-            csc.sum_duplicates()  # also sorts the indices
-        n_rows, n_cols = csc.shape
-        idx_dtype = _index_dtype(csc.nnz, n_rows, n_cols)
-
-        def tensor(arr: np.ndarray, dt: torch.dtype) -> Tensor:
-            t = torch.from_numpy(np.ascontiguousarray(arr))
-            if t.dtype == dt and not callers(arr):
-                return t  # a fresh scipy array: owned, no copy needed
-            return t.to(dtype=dt, copy=True)
-
-        def build(m: Any, shape: tuple[int, int]) -> Tensor:
-            values = tensor(m.data, dtype)
-            _check_finite(values, argument)
-            return _csr_tensor(
-                tensor(m.indptr, idx_dtype), tensor(m.indices, idx_dtype), values, shape
-            )
-
-        csr_t = build(csc, (n_cols, n_rows))
-        blocks = None
-        if transpose_copy:
-            # O(nnz) transpositions in scipy (indices come out sorted), by column blocks
-            blocks = []
-            for h0 in range(0, n_cols, FORWARD_BLOCK_COLS):
-                h1 = min(n_cols, h0 + FORWARD_BLOCK_COLS)
-                part = (csc[:, h0:h1] if (h0, h1) != (0, n_cols) else csc).tocsr()
-                blocks.append((h0, build(part, (n_rows, h1 - h0))))
-                del part
-        return csr_t, blocks
-
-    @staticmethod
-    def _from_torch(matrix: Tensor, dtype: torch.dtype, argument: str) -> Tensor:
-        if matrix.dim() != 2:
-            raise ValueError(f"{argument} must be 2-D, got shape {tuple(matrix.shape)}")
-        n_rows, n_cols = matrix.shape
-        if matrix.layout == torch.strided:
-            if not (matrix.is_floating_point() or not matrix.is_complex()):
-                raise TypeError(f"{argument} must be real, got dtype {matrix.dtype}")
-            _check_finite(matrix.to(dtype), argument)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-                csr_t = matrix.detach().t().to(dtype).to_sparse_csr()
-        elif matrix.layout in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc):
-            mt = matrix.detach()
-            check_torch_indices(mt, argument)
-            if mt.layout == torch.sparse_coo:
-                mt = mt.coalesce()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                csc = mt.to_sparse_csc() if mt.layout != torch.sparse_csc else mt
-            values = csc.values().to(dtype)
-            _check_finite(values, argument)
-            return _csr_tensor(
-                csc.ccol_indices().to(torch.int64),
-                csc.row_indices().to(torch.int64),
-                values.clone() if values.data_ptr() == csc.values().data_ptr() else values,
-                (n_cols, n_rows),
-            )
-        else:
-            raise TypeError(f"{argument} has unsupported layout {matrix.layout}")
-        return _csr_tensor(
-            csr_t.crow_indices().to(torch.int64),
-            csr_t.col_indices().to(torch.int64),
-            csr_t.values(),
-            (n_cols, n_rows),
-        )
 
     def _household_chunks(self) -> Any:
         """Yield ``(h0, h1, a, b)``: household range ``[h0, h1)`` and its non-zeros ``[a, b)``.
@@ -413,7 +251,7 @@ class SparseOperator:
             out_idx[pos] = self._chunk_households(h0, h1, a, b)[order].to(col.dtype)
             out_val[pos] = vals[a:b][order]
             cursor[uniq] += group
-        return _csr_tensor(indptr, out_idx, out_val, self.shape)
+        return csr_tensor(indptr, out_idx, out_val, self.shape)
 
     # ------------------------------------------------------------ properties
     @property
@@ -460,7 +298,7 @@ class SparseOperator:
         def move(t: Tensor | None) -> Tensor | None:
             if t is None:
                 return None
-            return _csr_tensor(
+            return csr_tensor(
                 t.crow_indices().to(device),
                 t.col_indices().to(device),
                 t.values().to(device=device, dtype=dtype or t.dtype),
@@ -536,7 +374,7 @@ class SparseOperator:
             indptr[:-1], counts
         )
         src = torch.repeat_interleave(starts, counts) + offsets
-        csr_t = _csr_tensor(
+        csr_t = csr_tensor(
             indptr,
             self.csr_t.col_indices().to(torch.int64)[src],
             self.csr_t.values()[src],

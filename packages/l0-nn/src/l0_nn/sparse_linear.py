@@ -15,6 +15,7 @@ from l0_core import (
     deterministic_gates,
     get_gate_class,
     make_gate,
+    prob_active_for_init_mean,
     sparse_matvec,
 )
 from l0_core.checks import (
@@ -116,10 +117,7 @@ class SparseL0Linear(nn.Module):
         if init_keep_prob is not None:
             keep = check_probability(init_keep_prob, "init_keep_prob", hint="e.g. 0.5")
             # 0.6's meaning: logits = logit(keep), so P(open) = sigmoid(logit - beta*log(-g/z)).
-            logit = math.log(keep) - math.log1p(-keep)
-            self.init_prob_active = 1.0 / (
-                1.0 + math.exp(temperature * math.log(0.1 / 1.1) - logit)
-            )
+            self.init_prob_active = prob_active_for_init_mean(keep, temperature)
             warnings.warn(
                 "SparseL0Linear(init_keep_prob=...) is deprecated: it is l0-python 0.6's logit "
                 f"mean; pass init_prob_active={self.init_prob_active:.6g} (the probability that "
