@@ -564,7 +564,7 @@ def test_logged_history_matches_the_single_process_fit(
         "penalty_loss",
         "mean_rel_error",
     )
-    sharded = [[h[k] for k in keys] for h in ranks[world][0]["job"].history]
+    sharded = [[h[k] for k in keys] for h in ranks[world][0]["job"].history.to_dict("records")]
     expected = [[h[k] for k in keys] for h in single.history]
     assert [row[:3] for row in sharded] == [row[:3] for row in expected]
     np.testing.assert_allclose([row[3:] for row in sharded], [row[3:] for row in expected], **TOL)

@@ -13,13 +13,12 @@ from l0_core.plugins import add_builtin_plugin as _add_builtin_plugin
 
 from .callbacks import Checkpoint, EarlyStopping
 from .distributed import ShardedCalibrationWeights, gather_weights, init_distributed
-from .distributed_calibrate import ShardedCalibrationResult
 from .distributed_io import load_columns
 from .distributed_launch import run_distributed
 from .distributed_reducer import ColumnShard, RankLostError, all_reduce_sum
 from .distributed_state import ShardCheckpoint, consolidate_state_dicts, shard_state_dict
 from .fitting import FitDivergedError, InfeasibleTargetWarning
-from .frontend import CalibrationResult, TargetMissWarning, UnmetTargetWarning, calibrate
+from .frontend import calibrate
 from .losses import (
     BUILTIN_LOSSES,
     capped_relative_loss,
@@ -27,6 +26,13 @@ from .losses import (
     microcalibrate_loss,
     mse_loss,
     relative_loss,
+)
+from .methods import METHODS
+from .result import (
+    CalibrationResult,
+    ShardedCalibrationResult,  # the same class: one result type (kept for old imports)
+    TargetMissWarning,
+    UnmetTargetWarning,
 )
 from .weights import SparseCalibrationWeights
 
@@ -42,6 +48,7 @@ __all__ = [
     "EarlyStopping",
     "FitDivergedError",
     "InfeasibleTargetWarning",
+    "METHODS",
     "RankLostError",
     "ShardCheckpoint",
     "ShardedCalibrationResult",

@@ -25,10 +25,23 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from l0_core.checks import check_float, check_int
+
+from . import frontend
+from .demo import run_demo
+from .distributed_io import check_table, load_columns, matrix_shape
+from .distributed_launch import check_matrix_file, run_distributed
+from .distributed_reducer import ColumnShard
+from .losses import get_loss
+from .methods import GatesOptions
+from .methods.base import DEVICE, SEED
+from .result import CalibrationResult, TargetMissWarning
 
 __all__ = [
     "build_parser",
@@ -41,7 +54,7 @@ __all__ = [
 
 
 def load_matrix(path: str) -> Any:
-    """Read an estimate matrix file (see the module docstring).
+    """Read a whole estimate matrix file (see the module docstring), through :func:`l0_calibrate.load_columns`.
 
     Examples
     --------
@@ -50,101 +63,8 @@ def load_matrix(path: str) -> Any:
     ...
     FileNotFoundError: --matrix file 'missing.npz' does not exist
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--matrix file {path!r} does not exist")
-    lower = path.lower()
-    if lower.endswith(".npz"):
-        import scipy.sparse as sp
-
-        try:
-            return sp.load_npz(path)
-        except (ValueError, KeyError, OSError):
-            with np.load(path) as data:
-                if len(data.files) != 1:
-                    raise ValueError(
-                        f"--matrix {path!r} is neither a scipy.sparse .npz nor an .npz holding one array "
-                        f"(it holds {data.files})"
-                    ) from None
-                return np.array(data[data.files[0]])
-    if lower.endswith(".npy"):
-        return np.load(path)
-    import pandas as pd
-
-    if lower.endswith(".parquet"):
-        return check_table(pd.read_parquet(path), path)
-    if lower.endswith(".csv"):
-        _check_csv_header(path)
-        return check_table(pd.read_csv(path, index_col=0), path)
-    raise ValueError(f"--matrix {path!r}: unknown format; use .npz, .npy, .parquet or .csv")
-
-
-def _check_csv_header(path: str) -> None:
-    """Duplicate names in a CSV header (pandas would rename them silently to 'a.1')."""
-    import csv
-
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
-    names = header[1:]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(
-            f"--matrix {path!r} has duplicate column name(s) {dup[:5]}; each column is one target, "
-            "so rename or drop the duplicates"
-        )
-
-
-def check_table(frame: Any, path: str) -> Any:
-    """Refuse a households x targets table that holds no target column or text columns, naming the file.
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> check_table(pd.DataFrame({"a;b": ["1;2"]}), "m.csv")
-    Traceback (most recent call last):
-    ...
-    ValueError: --matrix 'm.csv': column 'a;b' holds text ('1;2'); its separator looks like ';' but the table was read with ',': write it with commas (or read it with pandas.read_csv(sep=';') and pass the DataFrame to calibrate())
-    """
-    if frame.shape[1] == 0:
-        raise ValueError(
-            f"--matrix {path!r} parses to 0 target columns (first line: {_first_line(path)!r}); the "
-            "table must have one column per target after the household label column, separated "
-            "by commas"
-        )
-    text = [c for c, dt in frame.dtypes.items() if not _numeric(dt)]
-    if text:
-        col = text[0]
-        sample = frame[col].dropna().astype(str)
-        example = sample.iloc[0] if len(sample) else ""
-        if any(";" in str(c) for c in frame.columns) or ";" in example:
-            raise ValueError(
-                f"--matrix {path!r}: column {str(col)!r} holds text ({example!r}); its separator "
-                "looks like ';' but the table was read with ',': write it with commas (or read it "
-                "with pandas.read_csv(sep=';') and pass the DataFrame to calibrate())"
-            )
-        shown = ", ".join(repr(str(c)) for c in text[:5]) + (
-            f" and {len(text) - 5} more" if len(text) > 5 else ""
-        )
-        raise ValueError(
-            f"--matrix {path!r}: column {shown} holds text (e.g. {example!r}); every column after "
-            "the household label must be a numeric target: drop or encode the text columns"
-        )
-    return frame
-
-
-def _numeric(dt: Any) -> bool:
-    return (
-        isinstance(dt, np.dtype)
-        and (np.issubdtype(dt, np.number) or dt == np.bool_)
-        or (not isinstance(dt, np.dtype) and getattr(dt, "kind", "") in ("i", "u", "f", "b"))
-    )
-
-
-def _first_line(path: str) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return f.readline().rstrip("\n")[:80]
-    except OSError:  # pragma: no cover - parquet or unreadable
-        return ""
+    n = matrix_shape(path, argument="--matrix")[1]
+    return load_columns(path, ColumnShard(n, 0, n), argument="--matrix")
 
 
 def load_targets(path: str) -> Any:
@@ -246,18 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--design-weights", default=None, help="initial weights (.npy or one-column .csv)"
     )
-    run.add_argument("--epochs", type=int, default=1000)
-    run.add_argument("--lr", type=float, default=0.05)
     run.add_argument(
-        "--loss", default="relative", help="loss name (relative, mse, capped_relative, ...)"
+        "--epochs", type=int, default=None, help=f"gate-training epochs (default {GatesOptions.epochs})"
+    )
+    run.add_argument(
+        "--lr", type=float, default=None, help=f"Adam learning rate (default {GatesOptions.lr})"
+    )
+    run.add_argument(
+        "--loss",
+        default=None,
+        help=f"loss name (relative, mse, capped_relative, ...; default {GatesOptions.loss})",
     )
     run.add_argument(
         "--no-polish",
         action="store_true",
         help="skip the exact re-calibration of the kept households",
     )
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="cpu")
+    run.add_argument("--seed", type=int, default=SEED)
+    run.add_argument("--device", default=DEVICE, help="cpu, cuda or cuda:N (with --nproc: each process its GPU)")
     run.add_argument("--float64", action="store_true", help="compute in float64")
     run.add_argument(
         "--nproc", type=int, default=1, help="processes for a column-sharded fit (torchrun)"
@@ -286,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="calibrate real CPS microdata (needs: pip install 'l0-calibrate[demo]')"
     )
     demo.add_argument("--count", type=int, default=2000, help="respondents to keep (of 28,155)")
-    demo.add_argument("--epochs", type=int, default=1000)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=int, default=GatesOptions.epochs)
+    demo.add_argument("--seed", type=int, default=SEED)
     return parser
 
 
@@ -343,131 +269,50 @@ def _write_table(frame: Any, path: str, *, index: bool = True) -> None:
             os.remove(tmp)
 
 
-def _table_sample(path: str) -> Any:
-    """The first rows of a households x targets table file (None for .npz/.npy), checked."""
-    lower = path.lower()
-    if lower.endswith(".csv"):
-        import pandas as pd
+def _keywords(args: argparse.Namespace, design: Any) -> dict[str, Any]:
+    """The calibrate() keywords of a ``run`` command (None: the method's default), for every --nproc."""
+    return {
+        "target_count": args.count,
+        "design_weights": design,
+        "loss": args.loss,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "polish": False if args.no_polish else None,
+        "seed": args.seed,
+        "device": args.device,
+        "dtype": torch.float64 if args.float64 else torch.float32,
+        "verbose": args.verbose,
+        "tolerance": args.tolerance,
+    }
 
-        _check_csv_header(path)
-        return check_table(pd.read_csv(path, index_col=0, nrows=50), path)
-    if lower.endswith((".parquet", ".pq")):
-        from .distributed_io import load_parquet_rows, matrix_shape
 
-        n = matrix_shape(path)[1]
-        return check_table(load_parquet_rows(path, 0, min(n, 50)), path)
-    return None
-
-
-def _distributed_report(args: argparse.Namespace, targets: Any, design: Any) -> tuple[Any, Any]:
-    """Run ``--nproc N`` processes; returns (weights Series, report DataFrame)."""
-    import pandas as pd
-    import torch
-
-    from .distributed_io import matrix_shape
-    from .distributed_launch import run_distributed
-    from .frontend import _report
-    from .inputs import as_vector
-    from .problem import prepare_problem
-
-    # the checks calibrate() makes, before any process starts: names, text columns, lengths
-    sample = _table_sample(args.matrix)
-    n_targets = matrix_shape(args.matrix)[0]
-    if sample is not None:
-        problem = prepare_problem(
-            sample,
-            targets,
-            n_features=None,
-            dtype=torch.float64,
-            device="cpu",
-            matrix_argument=f"--matrix {args.matrix!r}",
-            targets_argument="--targets",
+def _calibrate(args: argparse.Namespace, targets: Any, design: Any) -> CalibrationResult:
+    """``calibrate()`` in this process (``--nproc 1``) or in ``--nproc`` workers, with the same keywords."""
+    keywords = _keywords(args, design)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TargetMissWarning)  # the CLI prints its own summary
+        if args.nproc == 1:
+            return frontend.calibrate(args.matrix, targets, **keywords)
+        return run_distributed(
+            args.matrix, targets, nproc=args.nproc, collective_timeout=args.timeout, **keywords
         )
-        names, values = problem.names, problem.targets
-    else:
-        values = as_vector(
-            targets, "targets", n_targets, what="one per row of --matrix, its targets"
-        )
-        names = (
-            [str(i) for i in targets.index]
-            if isinstance(targets, pd.Series)
-            else [f"target_{i}" for i in range(n_targets)]
-        )
-    res = run_distributed(
-        args.matrix,
-        targets,
-        nproc=args.nproc,
-        model_options={
-            "seed": args.seed,
-            "dtype": torch.float64 if args.float64 else torch.float32,
-            "init_weights": None if design is None else np.asarray(design, dtype=np.float64),
-        },
-        fit_options={
-            "epochs": args.epochs,
-            "lr": args.lr,
-            "loss_type": args.loss,
-            "target_count": args.count,
-            "lambda_l0": 0.0 if args.count is not None else 0.01,
-            # as calibrate(): exact re-calibration of the kept households, raking distance
-            "polish": args.count is not None and not args.no_polish,
-            "distance": "raking",
-        },
-        collective_timeout=args.timeout,
-    )
-    weights = pd.Series(res.weights, index=res.household_index, name="weight")
-    report = _report(np.asarray(res.estimates, dtype=np.float64), values, names, None)
-    report["infeasible"] = report["name"].isin(set(res.infeasible_targets)).to_numpy()
-    return weights, report
 
 
 def _run(args: argparse.Namespace) -> int:
-    import warnings
-
-    import torch
-    from l0_core.checks import check_float, check_int
-
-    from .frontend import TargetMissWarning, calibrate, mark_misses
-    from .losses import get_loss
-
     # everything that can be refused is refused before the fit
     check_output_path(args.out)
     if args.report:
         check_output_path(args.report, "--report")
-    get_loss(args.loss, "--loss")
+    if args.loss is not None:
+        get_loss(args.loss, "--loss")
     check_float(args.tolerance, "--tolerance", min_val=0.0)
     check_float(args.timeout, "--timeout", min_val=0.0, include_boundaries="neither")
     check_int(args.nproc, "--nproc", min_val=1)
     targets = load_targets(args.targets)
-    design = None
-    if args.design_weights:
-        design = load_targets(args.design_weights)
-    if args.nproc > 1:
-        weights, report = _distributed_report(args, targets, design)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", TargetMissWarning)  # the CLI prints its own summary
-            mark_misses(report, args.tolerance)
-        n_active = int((weights.to_numpy() > 0).sum())
-    else:
-        matrix = load_matrix(args.matrix)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", TargetMissWarning)
-            result = calibrate(
-                matrix,
-                targets,
-                target_count=args.count,
-                design_weights=design,
-                loss=args.loss,
-                epochs=args.epochs,
-                lr=args.lr,
-                polish=False if args.no_polish else None,
-                seed=args.seed,
-                device=args.device,
-                dtype=torch.float64 if args.float64 else torch.float32,
-                verbose=args.verbose,
-                tolerance=args.tolerance,
-            )
-        weights, report = result.weights.copy(), result.report
-        n_active = result.n_active
+    design = load_targets(args.design_weights) if args.design_weights else None
+    check_matrix_file(args.matrix, targets, argument=f"--matrix {args.matrix!r}")
+    result = _calibrate(args, targets, design)
+    weights, report, n_active = result.weights.copy(), result.report, result.n_active
     weights.index.name = weights.index.name or "household"
     _write_table(weights.to_frame(), args.out)
     if args.report:
@@ -525,8 +370,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "demo":
-            from .demo import run_demo
-
             _, text = run_demo(count=args.count, epochs=args.epochs, seed=args.seed)
             print(text)
             return 0

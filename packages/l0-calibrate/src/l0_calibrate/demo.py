@@ -18,9 +18,12 @@ by experience band) show how well the kept sample describes the rest.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
+
+from .frontend import calibrate
 
 __all__ = ["DEMO_SOURCE", "build_demo_problem", "load_cps1988", "run_demo"]
 
@@ -134,11 +137,7 @@ def run_demo(
     --------
     >>> result, text = run_demo(count=500, epochs=200)  # doctest: +SKIP
     """
-    import time
-
     import pandas as pd
-
-    from .frontend import calibrate
 
     df = load_cps1988()
     matrix, targets, holdout, holdout_totals = build_demo_problem(df)

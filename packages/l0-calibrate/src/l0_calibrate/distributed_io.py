@@ -28,8 +28,17 @@ from typing import Any
 import numpy as np
 
 from .distributed_reducer import ColumnShard
+from .io_tables import (
+    check_csv_header,
+    check_range,
+    check_table,
+    household_labels,
+    load_parquet_rows,
+    parquet_module,
+)
 
 __all__ = [
+    "check_table",
     "household_labels",
     "load_columns",
     "load_npz_columns",
@@ -45,12 +54,14 @@ _SUFFIXES = (".npz", ".npy", ".parquet", ".pq", ".csv")
 def _suffix(path: str | os.PathLike, argument: str = "path") -> str:
     p = os.fspath(path)
     if not os.path.exists(p):
-        raise FileNotFoundError(f"{argument}: no such file {p!r}")
+        raise FileNotFoundError(f"{argument} file {p!r} does not exist")
     low = p.lower()
     for s in _SUFFIXES:
         if low.endswith(s):
             return s
-    raise ValueError(f"{argument} {p!r} must end in one of {list(_SUFFIXES)} to say its format")
+    raise ValueError(
+        f"{argument} {p!r}: unknown format; use one of {', '.join(_SUFFIXES)} (the suffix says the format)"
+    )
 
 
 class _Member:
@@ -140,7 +151,7 @@ def _dense_member(members: dict[str, _Member], path: str) -> _Member:
     )
 
 
-def matrix_shape(path: str | os.PathLike) -> tuple[int, int]:
+def matrix_shape(path: str | os.PathLike, *, argument: str = "path") -> tuple[int, int]:
     """``(n_targets, n_households)`` of the matrix in ``path``, read from its header only.
 
     Examples
@@ -151,7 +162,7 @@ def matrix_shape(path: str | os.PathLike) -> tuple[int, int]:
     >>> matrix_shape(f)
     (3, 8)
     """
-    p, kind = os.fspath(path), _suffix(path)
+    p, kind = os.fspath(path), _suffix(path, argument)
     if kind == ".npz":
         with zipfile.ZipFile(p) as zf:
             members = _npz_members(p, zf)
@@ -168,7 +179,7 @@ def matrix_shape(path: str | os.PathLike) -> tuple[int, int]:
             )
         return int(arr.shape[0]), int(arr.shape[1])
     if kind in (".parquet", ".pq"):
-        pq = _pyarrow_parquet()
+        pq = parquet_module()
         meta = pq.ParquetFile(p).metadata
         return int(meta.num_columns), int(meta.num_rows)
     import pandas as pd
@@ -213,7 +224,7 @@ def load_npz_columns(path: str | os.PathLike, start: int, stop: int) -> Any:
         if fmt is None:
             return _dense_columns(_dense_member(members, p), start, stop, p)
         n_t, n_h = (int(v) for v in members["shape"].whole())
-        _check_range(start, stop, n_h, p)
+        check_range(start, stop, n_h, p)
         import scipy.sparse as sp
 
         if fmt == "csc":
@@ -275,21 +286,11 @@ def _coo_to_csc(rows: list, cols: list, vals: list, shape: tuple[int, int]) -> A
     ).tocsc()
 
 
-def _check_range(start: int, stop: int, n: int, path: str) -> None:
-    for name, v in (("start", start), ("stop", stop)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
-    if not 0 <= start < stop <= n:
-        raise ValueError(
-            f"columns [{start}, {stop}) are out of range for {path}, which has {n} households"
-        )
-
-
 def _dense_columns(m: _Member, start: int, stop: int, path: str) -> np.ndarray:
     if len(m.shape) != 2:
         raise ValueError(f"{path} must hold a 2-D targets x households array, got shape {m.shape}")
     n_t, n_h = m.shape
-    _check_range(start, stop, n_h, path)
+    check_range(start, stop, n_h, path)
     if m.fortran:  # columns are contiguous
         return m.read(start * n_t, stop * n_t).reshape((n_t, stop - start), order="F")
     out = np.empty((n_t, stop - start), dtype=m.dtype)
@@ -307,88 +308,39 @@ def _dense_columns(m: _Member, start: int, stop: int, path: str) -> np.ndarray:
     return out
 
 
-def _pyarrow_parquet() -> Any:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "reading .parquet files needs pyarrow: pip install pyarrow (or l0-calibrate[parquet])"
-        ) from exc
-    return pq
-
-
-def load_parquet_rows(
-    path: str | os.PathLike, start: int, stop: int, *, columns: Sequence[str] | None = None
+def load_columns(
+    path: str | os.PathLike,
+    shard: ColumnShard | None = None,
+    *,
+    argument: str = "path",
+    **options: Any,
 ) -> Any:
-    """Household rows ``[start, stop)`` of a households x targets parquet file, as a DataFrame.
-
-    Only the row groups that overlap the range are read. A default
-    (positional) index is renumbered ``start..stop-1``; a stored index is kept.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Parquet file, one row per household, one numeric column per target.
-    start, stop : int
-        Rows to read.
-    columns : list of str, optional
-        Target columns to read (default: all).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Households x targets, the layout ``fit`` accepts.
-
-    Examples
-    --------
-    >>> import tempfile, pandas as pd
-    >>> f = os.path.join(tempfile.mkdtemp(), "m.parquet")
-    >>> pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [0.0, 1.0, 0.0]}).to_parquet(f, row_group_size=2)
-    >>> load_parquet_rows(f, 1, 3)["a"].tolist()
-    [2.0, 3.0]
-    """
-    import pandas as pd
-
-    p = os.fspath(path)
-    pq = _pyarrow_parquet()
-    pf = pq.ParquetFile(p)
-    meta = pf.metadata
-    _check_range(start, stop, meta.num_rows, p)
-    groups, first, pos = [], None, 0
-    for i in range(meta.num_row_groups):
-        n = meta.row_group(i).num_rows
-        if pos < stop and pos + n > start:
-            groups.append(i)
-            first = pos if first is None else first
-        pos += n
-    table = pf.read_row_groups(
-        groups, columns=list(columns) if columns is not None else None, use_pandas_metadata=True
-    )
-    table = table.slice(start - first, stop - start)
-    frame = table.to_pandas()
-    if isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1:
-        frame.index = pd.RangeIndex(start, stop)
-    return frame
-
-
-def load_columns(path: str | os.PathLike, shard: ColumnShard | None = None, **options: Any) -> Any:
     """This rank's household columns of the matrix in ``path`` (format from the suffix).
+
+    The one matrix-file reader: ``calibrate(path, ...)``, the ``l0-calibrate``
+    command and the workers of :func:`~l0_calibrate.run_distributed` all read
+    through it. Tables are checked as they are read: duplicate column names
+    in a CSV header, a table without target columns and text columns raise,
+    naming ``argument`` and the file.
 
     Parameters
     ----------
     path : str or os.PathLike
         ``.npz`` (scipy.sparse or dense) or ``.npy``: targets x households;
-        ``.parquet`` or ``.csv``: households x targets.
+        ``.parquet`` or ``.csv``: households x targets (a CSV's first column
+        holds the household labels).
     shard : ColumnShard, optional
         Columns to read (default: :meth:`ColumnShard.even` over the file's
-        households, from the process group).
+        households, from the process group; ``ColumnShard(n, 0, n)`` reads all).
+    argument : str, default "path"
+        What to call the file in error messages (e.g. ``"--matrix"``).
     **options
         ``columns=`` (target columns to read) for parquet and csv.
 
     Returns
     -------
     scipy.sparse.csc_matrix, numpy.ndarray or pandas.DataFrame
-        Anything :meth:`SparseCalibrationWeights.fit` accepts.
+        Anything :func:`~l0_calibrate.calibrate` accepts.
 
     Examples
     --------
@@ -398,12 +350,12 @@ def load_columns(path: str | os.PathLike, shard: ColumnShard | None = None, **op
     >>> load_columns(f, ColumnShard.even(4, rank=1, world_size=2)).tolist()
     [[2.0, 3.0], [6.0, 7.0], [10.0, 11.0]]
     """
-    p, kind = os.fspath(path), _suffix(path)
+    p, kind = os.fspath(path), _suffix(path, argument)
+    n_h = matrix_shape(p, argument=argument)[1]
     if shard is None:
-        shard = ColumnShard.even(matrix_shape(p)[1])
+        shard = ColumnShard.even(n_h)
     elif not isinstance(shard, ColumnShard):
         raise TypeError(f"shard must be a ColumnShard, got {type(shard).__name__}")
-    n_h = matrix_shape(p)[1]
     if n_h != shard.n_total:
         raise ValueError(f"{p} has {n_h} households but the shard is laid out for {shard.n_total}")
     allowed = {".parquet": {"columns"}, ".pq": {"columns"}, ".csv": {"columns"}}.get(kind, set())
@@ -415,34 +367,13 @@ def load_columns(path: str | os.PathLike, shard: ColumnShard | None = None, **op
     if kind == ".npy":
         arr = np.load(p, mmap_mode="r")
         return np.array(arr[:, shard.columns], copy=True)
-    if kind in (".parquet", ".pq"):
-        return load_parquet_rows(p, shard.start, shard.stop, columns=options.get("columns"))
-    import pandas as pd
-
-    frame = pd.read_csv(p, skiprows=range(1, shard.start + 1), nrows=shard.n_local, index_col=0)
     columns = options.get("columns")
-    return frame if columns is None else frame[list(columns)]
+    if kind in (".parquet", ".pq"):
+        frame = load_parquet_rows(p, shard.start, shard.stop, columns=columns)
+    else:
+        import pandas as pd
 
-
-def household_labels(path: str | os.PathLike) -> Any:
-    """The household labels a table file stores (parquet index, CSV first column), else None.
-
-    Examples
-    --------
-    >>> import tempfile, pandas as pd
-    >>> f = os.path.join(tempfile.mkdtemp(), "m.csv")
-    >>> pd.DataFrame({"t": [1.0, 2.0]}, index=pd.Index(["a", "b"], name="hh")).to_csv(f)
-    >>> household_labels(f).tolist()
-    ['a', 'b']
-    """
-    p, kind = os.fspath(path), _suffix(path)
-    if kind in (".npz", ".npy"):
-        return None
-    import pandas as pd
-
-    if kind == ".csv":
-        first = pd.read_csv(p, usecols=[0])
-        return pd.Index(first.iloc[:, 0].to_numpy(), name=first.columns[0])
-    _pyarrow_parquet()
-    index = pd.read_parquet(p, columns=[]).index
-    return None if isinstance(index, pd.RangeIndex) else index
+        check_csv_header(p, argument)
+        frame = pd.read_csv(p, skiprows=range(1, shard.start + 1), nrows=shard.n_local, index_col=0)
+        frame = frame if columns is None else frame[list(columns)]
+    return check_table(frame, p, argument)

@@ -1,75 +1,77 @@
-"""Run a column-sharded calibration on several local processes with ``torchrun``.
+"""Run :func:`~l0_calibrate.calibrate` on several local processes with ``torchrun``.
 
 :func:`run_distributed` is what ``l0-calibrate run --nproc N`` calls: it
-writes the job to a temporary folder, starts ``python -m
-torch.distributed.run --standalone --nproc-per-node N -m
-l0_calibrate.distributed_worker JOB`` and returns the gathered weights.
-Each worker joins the process group, reads only its own household columns
-of the matrix file, fits a :class:`~l0_calibrate.ShardedCalibrationWeights`
-and sends its weights to rank 0, which writes the result.
+checks the input on the first households, writes the job to a temporary
+folder, starts ``python -m torch.distributed.run --standalone
+--nproc-per-node N -m l0_calibrate.distributed_worker JOB`` and returns the
+:class:`~l0_calibrate.CalibrationResult` of all households. Each worker
+joins the process group and calls :func:`~l0_calibrate.calibrate` on the
+matrix file with the caller's keywords (each rank reads only its own
+household columns); rank 0 gathers the weights and writes the result.
+
+The model-level job (``model_options=`` / ``fit_options=``) fits a
+:class:`~l0_calibrate.ShardedCalibrationWeights` with exactly those
+arguments instead, and returns the same result type.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import pickle
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from l0_core.checks import check_float
+import torch
+from l0_core.checks import check_float, check_int
 
-from .inputs import check_positive_int
+from .distributed import ShardedCalibrationWeights, gather_weights, init_distributed
+from .distributed_io import load_columns, matrix_shape
+from .distributed_reducer import ColumnShard, LocalReducer, group_initialized
+from .frontend import build_problem, build_result, calibrate
+from .methods import Solution
+from .result import CalibrationResult, TargetMissWarning, mark_misses
 
-__all__ = ["DistributedResult", "run_distributed", "run_job", "torchrun", "write_job"]
+__all__ = ["check_matrix_file", "run_distributed", "run_job", "torchrun", "write_job"]
 
 logger = logging.getLogger("l0_calibrate")
 
 _RESULT = "result.pkl"
+#: calibrate()'s keywords that a launch may pass on (the matrix, targets and sharding are its own).
+_CALIBRATE_KEYWORDS = frozenset(inspect.signature(calibrate).parameters) - {
+    "estimate_matrix",
+    "targets",
+    "distributed",
+}
 
 
-@dataclass
-class DistributedResult:
-    """What :func:`run_distributed` returns.
+def check_matrix_file(matrix: str | os.PathLike, targets: Any, *, argument: str = "matrix") -> int:
+    """Check a matrix file and its targets on the first households, before any process starts.
 
-    Attributes
-    ----------
-    weights : numpy.ndarray
-        Final (deterministic) weights of all households, in file order.
-    n_active : int
-        Number of non-zero weights.
-    history : list of dict
-        The fit's logging steps (as ``model.history_``; weights left out).
-    world_size : int
-        Number of processes that ran the fit.
-    bytes_reduced : int
-        Bytes each rank passed to all-reduce during the fit.
-    epochs : int
-        Training epochs run (``model.epochs_trained``).
-    estimates : numpy.ndarray or None
-        ``M @ weights``, one per target.
-    infeasible_targets : list of str
-        Targets no household contributes to.
-    household_index : pandas.Index or None
-        The household labels of a parquet/csv matrix file (None for
-        ``.npz``/``.npy``: households are numbered in file order).
+    The file exists, has a known format and a readable header; target names
+    match a table's columns, there are no text columns and the number of
+    targets fits. Returns the file's household count.
+
+    Examples
+    --------
+    >>> check_matrix_file("missing.npz", [1.0])
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: matrix file 'missing.npz' does not exist
     """
-
-    weights: np.ndarray
-    n_active: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    world_size: int = 1
-    bytes_reduced: int = 0
-    epochs: int = 0
-    estimates: np.ndarray | None = None
-    infeasible_targets: list[str] = field(default_factory=list)
-    household_index: Any = None
+    n_households = matrix_shape(matrix, argument=argument)[1]
+    n_head = min(n_households, 20)
+    head = load_columns(matrix, ColumnShard(n_households, 0, n_head), argument=argument)
+    build_problem(
+        head, targets, LocalReducer(n_head), dtype=torch.float64, device="cpu", argument=argument
+    )
+    return n_households
 
 
 def torchrun(
@@ -108,7 +110,7 @@ def torchrun(
 
         code = torchrun(["my_calibration.py", "--epochs", "1000"], nproc=2)
     """
-    nproc = check_positive_int(nproc, "nproc")
+    nproc = check_int(nproc, "nproc", min_val=1)
     argv = [os.fspath(a) for a in argv]
     if not argv:
         raise ValueError("argv must name what to run: a script path or ['-m', 'module']")
@@ -135,26 +137,27 @@ def run_distributed(
     backend: str | None = None,
     timeout: float | None = None,
     collective_timeout: float | None = None,
-) -> DistributedResult:
+    **options: Any,
+) -> CalibrationResult:
     """Calibrate on ``nproc`` local processes, each reading only its columns of ``matrix``.
 
     Parameters
     ----------
     matrix : str or os.PathLike
-        Matrix file (see :func:`l0_calibrate.distributed_io.load_columns`).
+        Matrix file (see :func:`l0_calibrate.load_columns`).
     targets : array-like or pandas.Series
         One target per row of ``M`` (a Series is aligned by name to a
         parquet/csv file's columns).
     nproc : int
         Number of processes (``1`` still runs through ``torchrun``).
-    model_options : mapping, optional
-        Keyword arguments of :class:`ShardedCalibrationWeights` (``seed``,
-        ``init_keep_prob``, ``dtype``, ...), except ``n_features`` and ``device``.
-    fit_options : mapping, optional
-        Keyword arguments of ``fit`` (``epochs``, ``target_count``,
-        ``loss_type``, ...). Callables must be importable by name.
+    model_options, fit_options : mapping, optional
+        The model-level job: keyword arguments of
+        :class:`ShardedCalibrationWeights` (except ``n_features`` and
+        ``device``) and of its ``fit``, instead of ``calibrate`` keywords.
+        Callables must be importable by name.
     backend : {"gloo", "nccl"}, optional
-        Default: NCCL when GPUs are visible, else gloo.
+        Default: gloo for ``device="cpu"`` (calibrate's default); otherwise
+        NCCL when every process has a GPU.
     timeout : float, optional
         Seconds before the run is abandoned.
     collective_timeout : float, optional
@@ -162,43 +165,42 @@ def run_distributed(
         group's timeout, default 1800): a frozen or lost worker then ends
         its peers with an error naming its rank (``l0-calibrate run
         --timeout``).
+    **options
+        Keywords of :func:`~l0_calibrate.calibrate` (``target_count``,
+        ``epochs``, ``device``, ``verbose``, ``tolerance``, ...), passed
+        unchanged to every worker's ``calibrate``.
 
     Returns
     -------
-    DistributedResult
+    CalibrationResult
+        The weights of all households (``model`` is None); missed targets
+        give the same :class:`~l0_calibrate.TargetMissWarning` as ``calibrate``.
 
     Examples
     --------
     Two processes, each reading half of the households of ``matrix.npz``
     (a launch takes seconds; :func:`run_job` shows the worker's side)::
 
-        result = run_distributed(
-            "matrix.npz", targets, nproc=2,
-            model_options={"seed": 0}, fit_options={"epochs": 1000, "target_count": 50_000},
-        )
+        result = run_distributed("matrix.npz", targets, nproc=2, target_count=50_000, epochs=1000)
         result.weights, result.n_active
     """
-    import torch
-
-    nproc = check_positive_int(nproc, "nproc")
+    nproc = check_int(nproc, "nproc", min_val=1)
     if collective_timeout is not None:
         check_float(
             collective_timeout, "collective_timeout", min_val=0.0, include_boundaries="neither"
         )
+    unknown = sorted(set(options) - _CALIBRATE_KEYWORDS)
+    if unknown:
+        raise TypeError(
+            f"run_distributed got unknown keyword(s) {unknown}; it takes calibrate()'s keywords "
+            "(except estimate_matrix, targets and distributed)"
+        )
+    if options and (model_options is not None or fit_options is not None):
+        raise TypeError(
+            "pass calibrate() keywords or model_options/fit_options (the model-level job), not both"
+        )
     matrix = os.path.abspath(os.fspath(matrix))
-    from .distributed_io import load_columns, matrix_shape
-    from .distributed_reducer import ColumnShard
-    from .problem import prepare_problem
-
-    # the file exists, has a known format and a readable header
-    n_households = matrix_shape(matrix)[1]
-    # the workers' input checks on the first households, before any process starts: target
-    # names against a table's columns, text columns, the number of targets
-    head = load_columns(matrix, ColumnShard(n_households, 0, min(n_households, 20)))
-    prepare_problem(
-        head, targets, n_features=None, dtype=torch.float64, device="cpu",
-        matrix_argument=f"matrix {os.path.basename(matrix)!r}", targets_argument="targets",
-    )  # fmt: skip
+    check_matrix_file(matrix, targets, argument=f"matrix {os.path.basename(matrix)!r}")
     with tempfile.TemporaryDirectory(prefix="l0-calibrate-") as work:
         job = write_job(
             os.path.join(work, "job.pkl"),
@@ -208,6 +210,7 @@ def run_distributed(
             fit_options=fit_options,
             backend=backend,
             collective_timeout=collective_timeout,
+            options=options,
         )
         code = torchrun(["-m", "l0_calibrate.distributed_worker", job], nproc, timeout=timeout)
         out = os.path.join(work, _RESULT)
@@ -216,7 +219,10 @@ def run_distributed(
                 f"the distributed fit failed (exit status {code}); the workers' errors are printed above"
             )
         with open(out, "rb") as f:
-            return DistributedResult(**pickle.load(f))
+            result: CalibrationResult = pickle.load(f)
+    if model_options is None and fit_options is None:  # as calibrate() would have warned
+        mark_misses(result.report, options.get("tolerance", 0.05), stacklevel=2)
+    return result
 
 
 def write_job(
@@ -228,30 +234,36 @@ def write_job(
     fit_options: Mapping[str, Any] | None = None,
     backend: str | None = None,
     collective_timeout: float | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> str:
     """Write the job file that :func:`run_job` runs; the result goes beside it.
 
-    Parameters are those of :func:`run_distributed`. Returns ``path``.
+    Parameters are those of :func:`run_distributed` (``options``: its
+    ``calibrate`` keywords). Returns ``path``.
 
     Examples
     --------
-    >>> import tempfile, scipy.sparse as sp
+    >>> import tempfile, numpy as np, scipy.sparse as sp
     >>> d = tempfile.mkdtemp()
     >>> sp.save_npz(os.path.join(d, "m.npz"), sp.csc_matrix(np.ones((2, 6))))
     >>> job = write_job(os.path.join(d, "job.pkl"), os.path.join(d, "m.npz"), [3.0, 6.0])
     >>> os.path.basename(job)
     'job.pkl'
     """
-    model_options = dict(model_options or {})
+    model = None if model_options is None and fit_options is None else dict(model_options or {})
     for key in ("n_features", "device", "shard", "group"):
-        if key in model_options:
+        if model is not None and key in model:
             raise ValueError(f"model_options must not set {key!r}; each worker sets it")
+    options = dict(options or {})
+    if backend is None and model is None and torch.device(options.get("device", "cpu")).type == "cpu":
+        backend = "gloo"  # CPU tensors: NCCL would refuse them
     path = os.path.abspath(os.fspath(path))
     job = {
         "matrix": os.path.abspath(os.fspath(matrix)),
         "targets": targets,
-        "model": model_options,
+        "model": model,
         "fit": dict(fit_options or {}),
+        "calibrate": options,
         "backend": backend,
         "collective_timeout": collective_timeout,
         "out": os.path.dirname(path),
@@ -261,29 +273,56 @@ def write_job(
     return path
 
 
-def run_job(job_path: str | os.PathLike) -> DistributedResult | None:
-    """Worker side of :func:`run_distributed`: fit this rank's columns; rank 0 writes the result.
+def _calibrate_job(job: dict[str, Any], rank: int, device: torch.device) -> CalibrationResult:
+    """This rank's ``calibrate`` on the job's file (misses are warned by :func:`run_distributed`)."""
+    options = dict(job["calibrate"])
+    if options.get("verbose"):
+        logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(message)s")
+    if torch.device(options.get("device", "cpu")).type == "cuda" and device.type == "cuda":
+        options["device"] = device  # this rank's GPU
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TargetMissWarning)
+        return calibrate(job["matrix"], job["targets"], **options)
+
+
+def _model_job(job: dict[str, Any], device: torch.device) -> CalibrationResult:
+    """The model-level job: this rank's columns fitted with the job's model and fit options."""
+    n_households = matrix_shape(job["matrix"])[1]
+    model = ShardedCalibrationWeights(n_households, device=device, **job["model"])
+    local = load_columns(job["matrix"], model.shard)
+    fit = job["fit"]
+    model.fit(local, job["targets"], **fit)
+    problem = build_problem(
+        local, job["targets"], model.reducer, dtype=torch.float64, device="cpu",
+        target_names=fit.get("target_names"), target_groups=fit.get("target_groups"),
+        normalize_groups=fit.get("normalize_groups", True),
+        group_multipliers=fit.get("group_multipliers"),
+    )  # fmt: skip
+    weights = model.get_weights(deterministic=True).detach().to("cpu", torch.float64).numpy()
+    solution = Solution(weights, list(model.history_), model=model, epochs=model.epochs_trained)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TargetMissWarning)
+        return build_result(local, problem, solution, model.reducer)
+
+
+def run_job(job_path: str | os.PathLike) -> CalibrationResult | None:
+    """Worker side of :func:`run_distributed`: calibrate this rank's columns; rank 0 writes the result.
 
     Joins the process group from the ``torchrun`` environment (or uses an
-    existing group; outside any it runs alone). Returns the result on
-    rank 0 and None on the others; rank 0 also writes it beside the job file.
+    existing group; outside any it runs alone). Returns the result of all
+    households on rank 0 and None on the others; rank 0 also writes it
+    beside the job file.
 
     Examples
     --------
-    >>> import tempfile, scipy.sparse as sp
+    >>> import tempfile, numpy as np, scipy.sparse as sp
     >>> d = tempfile.mkdtemp()
     >>> sp.save_npz(os.path.join(d, "m.npz"), sp.csc_matrix(np.ones((2, 6))))
     >>> job = write_job(os.path.join(d, "job.pkl"), os.path.join(d, "m.npz"), [3.0, 3.0],
-    ...                 model_options={"seed": 0}, fit_options={"epochs": 30, "target_count": 3})
+    ...                 options={"target_count": 3, "epochs": 30})
     >>> run_job(job).n_active  # outside torchrun: one process
     3
     """
-    import torch
-
-    from .distributed import ShardedCalibrationWeights, gather_weights, init_distributed
-    from .distributed_io import household_labels, load_columns, matrix_shape
-    from .distributed_reducer import group_initialized
-
     with open(job_path, "rb") as f:
         job = pickle.load(f)
     owned = not group_initialized()
@@ -292,35 +331,23 @@ def run_job(job_path: str | os.PathLike) -> DistributedResult | None:
         job.get("backend"), timeout_s=1800.0 if pg_timeout is None else pg_timeout
     )
     try:
-        n_households = matrix_shape(job["matrix"])[1]
-        model = ShardedCalibrationWeights(n_households, device=ctx.device, **job["model"])
-        local = load_columns(job["matrix"], model.shard)
-        model.fit(local, job["targets"], **job["fit"])
-        estimates = model.predict(local)
-        weights = gather_weights(model)
+        if job.get("model") is None:
+            result = _calibrate_job(job, ctx.rank, ctx.device)
+        else:
+            result = _model_job(job, ctx.device)
+        weights = gather_weights(result)
         if weights is None:
             return None
-        history = [
-            {k: v for k, v in h.items() if k not in ("weights", "model")} for h in model.history_
-        ]
-        result = DistributedResult(
-            weights=weights.to(torch.float64).cpu().numpy(),
-            n_active=int((weights > 0).sum().item()),
-            history=history,
-            world_size=ctx.world_size,
-            bytes_reduced=model.reducer.bytes_reduced,
-            epochs=model.epochs_trained,
-            estimates=estimates.to(torch.float64).cpu().numpy(),
-            infeasible_targets=list(model.infeasible_targets_),
-            household_index=household_labels(job["matrix"]),
+        reducer = getattr(result.model, "reducer", None)
+        result = dataclasses.replace(
+            result, weights=weights, model=None, shard=None, world_size=ctx.world_size
         )
+        result.diagnostics["bytes_reduced"] = int(getattr(reducer, "bytes_reduced", 0))
         tmp = os.path.join(job["out"], _RESULT + ".tmp")
-        with open(tmp, "wb") as f:  # a plain dict: readable whatever module runs the worker
-            pickle.dump(dataclasses.asdict(result), f)
+        with open(tmp, "wb") as f:
+            pickle.dump(result, f)
         os.replace(tmp, os.path.join(job["out"], _RESULT))
         return result
     finally:
         if owned and group_initialized():
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            torch.distributed.destroy_process_group()

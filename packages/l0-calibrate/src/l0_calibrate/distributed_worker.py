@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from .distributed_launch import run_job
+
 __all__ = ["main"]
 
 
@@ -22,8 +24,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> main([])
     2
     """
-    from .distributed_launch import run_job
-
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
         sys.stderr.write("usage: python -m l0_calibrate.distributed_worker JOB.pkl\n")

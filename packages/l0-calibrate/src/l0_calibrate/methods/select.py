@@ -1,0 +1,188 @@
+"""``method="select"`` (the default with a ``target_count``): :func:`~l0_calibrate.selection.select_and_polish`.
+
+Gate training picks the households, a discrete refinement exchanges them,
+and the exact polish re-solves their weights. Needs every household in one
+process.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..distributed_reducer import LocalReducer
+from ..fitting import InfeasibleTargetWarning
+from ..selection import select_and_polish
+from .base import DEVICE, DTYPE, SEED, Solution
+
+__all__ = ["BAND", "SelectOptions", "run"]
+
+#: Relative error every target should stay within when no exact solution exists.
+BAND: float | None = 0.05
+
+
+@dataclass
+class SelectOptions:
+    """Options of ``method="select"``, with the defaults :func:`~l0_calibrate.calibrate` uses.
+
+    ``None`` for ``lambda_dispersion``, ``max_weight_ratio`` and
+    ``init_keep_prob`` means :func:`~l0_calibrate.selection.select_and_polish`'s
+    own default (0.1, 10 and the automatic start).
+
+    Attributes
+    ----------
+    target_count : int or float
+        Households to keep (a count, or a fraction < 1).
+    design_weights : numpy.ndarray or None
+        Positive design weights; None: one common weight derived from the data.
+    epochs : int, default 1000
+        Gate-training epochs.
+    lr : float, default 0.05
+        Adam learning rate.
+    init_keep_prob : float or None
+        Initial gate location (``log_alpha = logit(p)``).
+    polish : bool or None
+        Exact re-calibration of the kept households; None: True.
+    distance : str, default "raking"
+        Calibration distance of the polish.
+    lambda_distance : float, default 0
+        Weight of the distance from the design weights during selection.
+    lambda_dispersion : float or None
+        Weight of the kept weights' CV^2.
+    max_weight_ratio : float, (lo, hi) or None
+        Bounds on the kept weights relative to their inflated design weights.
+    band : float or None, default 0.05
+        See :data:`BAND`; None turns the band logic off.
+    callbacks : None
+        The select pipeline has no callback hook: anything else raises.
+    log_freq : int, default 100
+        Epochs between history rows.
+    verbose : bool, default False
+        With ``progress=None``: show the bar only on a terminal.
+    progress : bool or None
+        tqdm bar; None: off unless ``verbose``.
+    seed : int or None, default 0
+        Seed of the gate noise.
+    device, dtype
+        Where and in which precision to train (default CPU, float32).
+
+    Examples
+    --------
+    >>> SelectOptions(target_count=5).polish
+    True
+    """
+
+    target_count: int | float | None = None
+    design_weights: np.ndarray | None = None
+    epochs: int = 1000
+    lr: float = 0.05
+    init_keep_prob: float | None = None
+    polish: bool | None = None
+    distance: str = "raking"
+    lambda_distance: float = 0.0
+    lambda_dispersion: float | None = None
+    max_weight_ratio: Any = None
+    band: float | None = BAND
+    callbacks: Sequence[Callable[[dict], Any]] | None = None
+    log_freq: int = 100
+    verbose: bool = False
+    progress: bool | None = None
+    seed: int | None = SEED
+    device: str | torch.device = DEVICE
+    dtype: torch.dtype = DTYPE
+
+    def __post_init__(self) -> None:
+        if self.callbacks:
+            raise ValueError("callbacks need method='gates' (the select pipeline has no callback hook)")
+        if self.polish is None:
+            self.polish = self.target_count is not None
+
+
+def run(problem: Any, options: SelectOptions, reducer: LocalReducer) -> Solution:
+    """Select ``options.target_count`` households of ``problem`` and polish their weights.
+
+    Parameters
+    ----------
+    problem : Problem
+        The validated problem (every household).
+    options : SelectOptions
+        The method's options.
+    reducer : LocalReducer
+        Must hold every household (``select`` does not shard).
+
+    Returns
+    -------
+    Solution
+
+    Examples
+    --------
+    >>> from l0_calibrate.inputs import prepare_problem
+    >>> X = (np.random.default_rng(0).random((3, 60)) < 0.5).astype(float)
+    >>> p = prepare_problem(X, X.sum(axis=1), n_features=60, dtype=torch.float32, device="cpu")
+    >>> sol = run(p, SelectOptions(target_count=12, epochs=100), LocalReducer(60))
+    >>> int((sol.weights > 0).sum())
+    12
+    """
+    if reducer.sharded:
+        raise ValueError("method='select' needs all households in one process")
+    if problem.infeasible.any():
+        warnings.warn(
+            f"{int(problem.infeasible.sum())} target(s) cannot be reached by non-negative weights (no household "
+            f"contributes to them, or none with the target's sign): {', '.join(problem.infeasible_names[:10])}. "
+            "They are left out and reported as infeasible.",
+            InfeasibleTargetWarning,
+            stacklevel=4,
+        )
+    optional = {
+        "dispersion_weight": options.lambda_dispersion,
+        "max_weight_ratio": options.max_weight_ratio,
+        "init_keep_prob": options.init_keep_prob,
+    }
+    res = select_and_polish(
+        problem.op,
+        problem.targets,
+        options.target_count,  # type: ignore[arg-type]  # None raises there, naming it
+        design_weights=options.design_weights,
+        target_weights=problem.loss_weights,
+        distance=options.distance,
+        distance_weight=options.lambda_distance,
+        epochs=options.epochs,
+        lr=options.lr,
+        polish=bool(options.polish),
+        seed=options.seed,
+        dtype=options.dtype,
+        device=options.device,
+        log_every=options.log_freq,
+        band=options.band,
+        progress=options.progress if options.progress is not None else (None if options.verbose else False),
+        **{k: v for k, v in optional.items() if v is not None},
+    )
+    stages = dict(res.diagnostics.get("stage_times", {}))
+    history = list(res.history) + [
+        {"epoch": float(options.epochs), "phase": name, "stage_seconds": secs} for name, secs in stages.items()
+    ]
+    bound = "10 (the default)" if options.max_weight_ratio is None else repr(options.max_weight_ratio)
+    cause = (
+        f"; {res.weights_at_bound} kept weight(s) sit at the weight-ratio bound max_weight_ratio={bound}: "
+        "widen it (e.g. max_weight_ratio=None), keep more households, or pass design_weights"
+        if res.weights_at_bound
+        else "; keep more households or relax band"
+    )
+    return Solution(
+        weights=np.asarray(res.weights, dtype=np.float64),
+        history=history,
+        diagnostics={
+            "start_weight": res.diagnostics.get("start_weight", float("nan")),
+            "weights_at_bound": int(res.weights_at_bound),
+        },
+        stage_times=stages,
+        epochs=options.epochs,
+        unmet=np.asarray(res.unmet, dtype=np.int64),
+        polish_error=None if res.polish is None else float(res.polish.max_abs_rel_error),
+        unmet_cause=cause,
+    )
