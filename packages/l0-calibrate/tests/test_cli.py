@@ -67,3 +67,38 @@ def test_demo_calibrates_the_real_cps_extract(capsys):
     out = capsys.readouterr().out
     assert "kept respondents        500 of 28,155" in out
     assert "CPS1988" in out and "public domain" in out
+
+
+# ------------------------------------------------- every --nproc: the same calibrate()
+def _files(tmp_path, seed=5):
+    M, y = make_problem(seed=seed)
+    sp.save_npz(tmp_path / "M.npz", M)
+    pd.DataFrame({"name": [f"t{i}" for i in range(12)], "value": y}).to_csv(tmp_path / "t.csv", index=False)
+    return M, y, ["--matrix", str(tmp_path / "M.npz"), "--targets", str(tmp_path / "t.csv")]
+
+
+def test_nproc_2_writes_the_report_logs_with_v_and_equals_nproc_1(tmp_path, capfd):
+    M, _, io = _files(tmp_path)
+    common = ["--epochs", "40", "--float64", "--device", "cpu", "--allow-miss"]
+    outputs = {}
+    for nproc in (1, 2):
+        out, rep = tmp_path / f"w{nproc}.csv", tmp_path / f"r{nproc}.csv"
+        argv = ["-v", "run", *io, *common, "--nproc", str(nproc), "--out", str(out), "--report", str(rep)]
+        assert main(argv) == 0
+        outputs[nproc] = (pd.read_csv(out, index_col=0)["weight"], pd.read_csv(rep))
+    err = capfd.readouterr().err
+    assert "[rank 0]" in err and "[rank 1]" in err  # -v reaches the workers' logging
+    (w1, r1), (w2, r2) = outputs[1], outputs[2]
+    np.testing.assert_allclose(w2.to_numpy(), w1.to_numpy(), rtol=1e-6, atol=1e-9)
+    pd.testing.assert_index_equal(w2.index, w1.index)
+    assert list(r2.columns) == list(r1.columns)
+    np.testing.assert_allclose(r2["estimate"], M @ w2.to_numpy(), rtol=1e-9)
+
+
+def test_nproc_2_exits_3_when_a_target_is_missed(tmp_path, capsys):
+    _, _, io = _files(tmp_path, seed=6)
+    argv = ["run", *io, "--epochs", "2", "--no-polish", "--tolerance", "0.0001", "--nproc", "2",
+            "--out", str(tmp_path / "w.csv")]
+    assert main(argv) == 3
+    assert "missed by more than 0.01 %" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "w.csv")) == 60  # the weights of every household are written

@@ -142,3 +142,80 @@ def test_calibrate_passes_the_band_to_the_select_pipeline():
     plain_err = np.abs(X @ np.asarray(plain.weights, dtype=float) - t) / t
     assert banded_err.max() <= 0.05 + 1e-4
     assert plain_err.max() > 0.05
+
+
+# ------------------------------------------------------- methods as a table, one result type
+def test_an_unknown_method_names_every_method_of_the_table():
+    from l0_calibrate.methods import METHODS
+
+    frame, targets = frame_problem()
+    with pytest.raises(ValueError) as info:
+        calibrate(frame, targets, method="magic")
+    for name in METHODS:
+        assert repr(name) in str(info.value)
+    assert "'magic'" in str(info.value)
+
+
+def test_a_default_left_out_is_the_options_class_default():
+    from l0_calibrate.methods import GatesOptions
+
+    frame, targets = frame_problem()
+    res = calibrate(frame, targets, target_count=30, method="gates", polish=False, log_freq=500)
+    assert res.epochs == GatesOptions().epochs == res.model.epochs_trained
+    short = calibrate(frame, targets, target_count=30, method="gates", epochs=20, polish=False)
+    assert short.epochs == 20
+
+
+def test_the_select_method_refuses_callbacks():
+    frame, targets = frame_problem()
+    with pytest.raises(ValueError, match="callbacks need method='gates'"):
+        calibrate(frame, targets, target_count=30, callbacks=[print])
+
+
+def test_one_result_type_for_one_process_and_for_the_launcher(tmp_path):
+    import scipy.sparse as sp
+    from l0_calibrate import ShardedCalibrationResult
+    from l0_calibrate.distributed_launch import run_job, write_job
+
+    M, y = make_problem(seed=7)
+    sp.save_npz(tmp_path / "M.npz", M)
+    job = write_job(tmp_path / "job.pkl", tmp_path / "M.npz", y, options={"epochs": 30, "method": "gates"})
+    launched = run_job(job)  # the worker's side, alone outside torchrun
+    direct = calibrate(tmp_path / "M.npz", y, epochs=30, method="gates")
+    assert ShardedCalibrationResult is CalibrationResult
+    assert type(launched) is type(direct) is CalibrationResult
+    assert (launched.world_size, launched.shard, launched.model) == (1, None, None)
+    pd.testing.assert_series_equal(launched.weights, direct.weights)
+    pd.testing.assert_frame_equal(launched.report, direct.report)
+
+
+def test_a_path_and_the_matrix_it_holds_give_the_same_result(tmp_path):
+    frame, targets = frame_problem()
+    frame.to_csv(tmp_path / "M.csv")
+    kw = dict(target_count=40, epochs=60, seed=1)
+    from_file = calibrate(tmp_path / "M.csv", targets, **kw)
+    pd.testing.assert_series_equal(from_file.weights, calibrate(frame, targets, **kw).weights)
+
+
+def _stated_default(text):
+    try:  # numbers, 2/3, True, None
+        return eval(text, {"__builtins__": {}, "True": True, "False": False, "None": None})
+    except Exception:  # noqa: BLE001 - a name such as "raking" (quoted or not)
+        return text.strip("\"'")
+
+
+def test_select_and_polish_documents_the_defaults_of_its_signature():
+    import inspect
+    import re
+
+    from l0_calibrate.selection import select_and_polish
+
+    doc = inspect.getdoc(select_and_polish)
+    checked = []
+    for name, param in inspect.signature(select_and_polish).parameters.items():
+        stated = re.search(rf"^{name} : .*default (\S+?),?$", doc, re.MULTILINE)
+        if stated is None or param.default is inspect.Parameter.empty:
+            continue
+        assert _stated_default(stated.group(1)) == param.default, f"{name}: docstring {stated.group(1)}"
+        checked.append(name)
+    assert {"epochs", "lr", "temperature", "band"} <= set(checked)

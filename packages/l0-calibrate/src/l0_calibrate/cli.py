@@ -22,6 +22,7 @@ weights were written but some targets are missed or infeasible (unless
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -167,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--design-weights", default=None, help="initial weights (.npy or one-column .csv)"
     )
     run.add_argument(
-        "--epochs", type=int, default=None, help=f"gate-training epochs (default {GatesOptions.epochs})"
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"gate-training epochs (default {GatesOptions.epochs})",
     )
     run.add_argument(
         "--lr", type=float, default=None, help=f"Adam learning rate (default {GatesOptions.lr})"
@@ -183,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the exact re-calibration of the kept households",
     )
     run.add_argument("--seed", type=int, default=SEED)
-    run.add_argument("--device", default=DEVICE, help="cpu, cuda or cuda:N (with --nproc: each process its GPU)")
+    run.add_argument(
+        "--device", default=DEVICE, help="cpu, cuda or cuda:N (with --nproc: each process its GPU)"
+    )
     run.add_argument("--float64", action="store_true", help="compute in float64")
     run.add_argument(
         "--nproc", type=int, default=1, help="processes for a column-sharded fit (torchrun)"
@@ -242,8 +248,6 @@ def check_output_path(path: str, argument: str = "--out") -> str:
             f"{argument} {path!r}: the folder {folder!r} does not exist; create it first"
         )
     if suffix == ".parquet":
-        import importlib.util
-
         if importlib.util.find_spec("pyarrow") is None:
             raise ImportError(
                 f"{argument} {path!r} is a parquet file, which needs pyarrow: pip install pyarrow "

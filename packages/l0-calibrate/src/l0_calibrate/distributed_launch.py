@@ -31,10 +31,11 @@ from typing import Any
 import torch
 from l0_core.checks import check_float, check_int
 
+from .build import build_problem, build_result
 from .distributed import ShardedCalibrationWeights, gather_weights, init_distributed
 from .distributed_io import load_columns, matrix_shape
 from .distributed_reducer import ColumnShard, LocalReducer, group_initialized
-from .frontend import build_problem, build_result, calibrate
+from .frontend import calibrate
 from .methods import Solution
 from .result import CalibrationResult, TargetMissWarning, mark_misses
 
@@ -255,7 +256,11 @@ def write_job(
         if model is not None and key in model:
             raise ValueError(f"model_options must not set {key!r}; each worker sets it")
     options = dict(options or {})
-    if backend is None and model is None and torch.device(options.get("device", "cpu")).type == "cpu":
+    if (
+        backend is None
+        and model is None
+        and torch.device(options.get("device", "cpu")).type == "cpu"
+    ):
         backend = "gloo"  # CPU tensors: NCCL would refuse them
     path = os.path.abspath(os.fspath(path))
     job = {

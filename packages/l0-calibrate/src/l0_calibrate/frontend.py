@@ -7,35 +7,31 @@ The same code runs in one process and on every rank of a process group:
    :func:`~l0_calibrate.distributed_reducer.use_sharding`); a path is read
    through :func:`~l0_calibrate.distributed_io.load_columns` (all households,
    or this rank's share);
-2. the problem is built once (:func:`build_problem`);
+2. the problem is built once (:func:`l0_calibrate.build.build_problem`);
 3. the method runs: ``METHODS[method].run(problem, options, reducer)``
    (:mod:`l0_calibrate.methods`), its options built once from the keywords;
-4. :func:`build_result` turns the solution into a
+4. :func:`l0_calibrate.build.build_result` turns the solution into a
    :class:`~l0_calibrate.CalibrationResult`, summing estimates and
    diagnostics over the ranks through the same reducer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import warnings
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from l0_core import SparseOperator
 from l0_core.checks import check_device, check_float
 
-from .diagnostics import weight_diagnostics
+from .build import build_problem, build_result, n_local, together
 from .distributed_io import load_columns, matrix_shape
 from .distributed_reducer import (
     ColumnShard,
     LocalReducer,
     ProcessGroupReducer,
-    stop_together,
     use_sharding,
 )
 from .inputs import (
@@ -45,26 +41,17 @@ from .inputs import (
     check_matrix_shape,
     check_model_dtype,
     is_dataframe,
-    prepare_problem,
 )
 from .losses import get_loss
-from .methods import METHODS, Method, Solution
+from .methods import METHODS, Method
 from .methods.base import DEVICE, DTYPE, SEED
 from .methods.select import BAND
-from .result import (
-    CalibrationResult,
-    TargetMissWarning,
-    UnmetTargetWarning,
-    mark_misses,
-    target_table,
-)
+from .result import CalibrationResult, TargetMissWarning, UnmetTargetWarning, mark_misses
 
 __all__ = [
     "CalibrationResult",
     "TargetMissWarning",
     "UnmetTargetWarning",
-    "build_problem",
-    "build_result",
     "calibrate",
     "mark_misses",
 ]
@@ -251,24 +238,24 @@ def calibrate(
     """
     keywords = dict(locals())
     dtype = check_model_dtype(dtype)
-    device = check_device(device)
+    where = check_device(device)
     if loss is not None:
         get_loss(loss, "loss")  # an unknown name raises here, whichever method runs
     tolerance = check_float(tolerance, "tolerance", min_val=0.0, hint="pass e.g. tolerance=0.05")
     sharded = use_sharding(distributed)
     matrix, reducer = _read(estimate_matrix, sharded)
-    n_local = _n_local(reducer)
-    with _together(sharded, "checking its calibrate arguments"):
+    n_here = n_local(reducer)
+    with together(sharded, "checking its calibrate arguments"):
         entry = _method(method, target_count, sharded)
         if (holdout_matrix is None) != (holdout_totals is None):
             raise ValueError("pass both holdout_matrix and holdout_totals, or neither")
-    with _together(sharded, "checking its design_weights"):
-        labels = _labels(matrix, household_index, reducer, n_local)
-        design = _design_weights(design_weights, labels, reducer, n_local)
-    keywords.update(design_weights=design, dtype=dtype, device=device)
+    with together(sharded, "checking its design_weights"):
+        labels = _labels(matrix, household_index, reducer, n_here)
+        design = _design_weights(design_weights, labels, reducer, n_here)
+    keywords.update(design_weights=design, dtype=dtype, device=where)
     options = _options(entry, keywords)
     problem = build_problem(
-        matrix, targets, reducer, dtype=dtype, device=device, target_names=target_names,
+        matrix, targets, reducer, dtype=dtype, device=where or "cpu", target_names=target_names,
         target_groups=target_groups, normalize_groups=normalize_groups,
         group_multipliers=group_multipliers,
     )  # fmt: skip
@@ -280,29 +267,19 @@ def calibrate(
 
 
 # ------------------------------------------------------------------ the steps
-def _together(sharded: bool, what: str) -> contextlib.AbstractContextManager[Any]:
-    """Sharded: if one rank fails inside the block, every rank raises (no rank left waiting)."""
-    return stop_together(what) if sharded else contextlib.nullcontext()
-
-
-def _n_local(reducer: LocalReducer) -> int:
-    """Households held by this process."""
-    return reducer.shard.n_local if isinstance(reducer, ProcessGroupReducer) else reducer.n_total
-
-
 def _read(estimate_matrix: Any, sharded: bool) -> tuple[Any, LocalReducer]:
     """The matrix of this process's households (read from a path) and the reducer over them."""
     if isinstance(estimate_matrix, (str, os.PathLike)):
-        with _together(sharded, "reading its columns of estimate_matrix"):
+        with together(sharded, "reading its columns of estimate_matrix"):
             n_file = matrix_shape(estimate_matrix, argument="estimate_matrix")[1]
             shard = ColumnShard.even(n_file) if sharded else ColumnShard(n_file, 0, n_file)
             matrix = load_columns(estimate_matrix, shard, argument="estimate_matrix")
         return matrix, ProcessGroupReducer(shard) if sharded else LocalReducer(n_file)
-    with _together(sharded, "checking its calibrate arguments"):
-        n_local = _n_households(estimate_matrix)
+    with together(sharded, "checking its calibrate arguments"):
+        n_households = _n_households(estimate_matrix)
     if not sharded:
-        return estimate_matrix, LocalReducer(n_local)
-    return estimate_matrix, ProcessGroupReducer(ColumnShard.from_local_count(n_local))
+        return estimate_matrix, LocalReducer(n_households)
+    return estimate_matrix, ProcessGroupReducer(ColumnShard.from_local_count(n_households))
 
 
 def _n_households(M: Any) -> int:
@@ -376,185 +353,3 @@ def _design_weights(
     if (init <= 0).any():
         raise ValueError("design_weights must be positive; drop zero-weight households first")
     return init
-
-
-def _problem(
-    matrix: Any, targets: Any, n_local: int, *, argument: str = "estimate_matrix",
-    targets_argument: str = "targets", **options: Any,
-) -> Any:  # fmt: skip
-    """The one place that validates and converts a caller's matrix into a problem."""
-    return prepare_problem(
-        matrix, targets, n_features=n_local, matrix_argument=argument,
-        targets_argument=targets_argument, **options,
-    )  # fmt: skip
-
-
-def build_problem(
-    matrix: Any,
-    targets: Any,
-    reducer: LocalReducer,
-    *,
-    dtype: torch.dtype,
-    device: torch.device | str,
-    target_names: Sequence[str] | None = None,
-    target_groups: Sequence[Hashable] | None = None,
-    normalize_groups: bool = True,
-    group_multipliers: Mapping[Hashable, float] | None = None,
-    argument: str = "estimate_matrix",
-) -> Any:
-    """The problem of this process's households, with infeasibility decided over all ranks.
-
-    Examples
-    --------
-    >>> p = build_problem(np.eye(2), [1.0, 0.0], LocalReducer(2), dtype=torch.float64, device="cpu")
-    >>> p.names, p.infeasible.tolist()
-    (['target_0', 'target_1'], [False, False])
-    """
-    with _together(reducer.sharded, "checking its estimate_matrix and targets"):
-        problem = _problem(
-            matrix, targets, _n_local(reducer), dtype=dtype, device=device,
-            target_groups=target_groups, normalize_groups=normalize_groups,
-            group_multipliers=group_multipliers, target_names=target_names, argument=argument,
-        )  # fmt: skip
-    reducer.reduce_problem(
-        problem,
-        target_groups=target_groups,
-        normalize_groups=normalize_groups,
-        group_multipliers=group_multipliers,
-    )
-    return problem
-
-
-# ------------------------------------------------------------------ the result
-def _sum(reducer: LocalReducer, values: np.ndarray) -> np.ndarray:
-    """A float64 vector summed over the ranks (itself in one process)."""
-    if not isinstance(reducer, ProcessGroupReducer):
-        return values
-    t = torch.as_tensor(np.ascontiguousarray(values, dtype=np.float64), device=reducer.device)
-    return reducer.all_reduce_sum(t.clone()).cpu().numpy()
-
-
-def _exact_estimates(matrix: Any, problem: Any, w: np.ndarray) -> np.ndarray:
-    """``M @ w`` in float64 from the caller's matrix (not its float32 copy), for the report."""
-    if problem.op.dtype == torch.float64:
-        op = problem.op
-    elif is_dataframe(matrix):
-        return matrix.to_numpy(dtype=np.float64).T @ w
-    else:
-        op = SparseOperator.from_any(matrix, dtype=torch.float64, transpose_copy=False)
-    return op.matvec(torch.as_tensor(w, device=op.device)).cpu().numpy()
-
-
-def _weight_diagnostics(reducer: LocalReducer, w: np.ndarray, design: np.ndarray | None) -> dict[str, Any]:
-    """:func:`~l0_calibrate.diagnostics.weight_diagnostics` over every rank's weights.
-
-    Only the non-zero weights (and their design weights) are gathered; the
-    household count and the design total are summed.
-    """
-    nz = w > 0
-    pieces = reducer.all_gather_object((w[nz], None if design is None else design[nz]))
-    kept = np.concatenate([p[0] for p in pieces])
-    n_total = reducer.n_total
-    if design is None:
-        out: dict[str, Any] = weight_diagnostics(kept)
-    else:
-        d_kept = np.concatenate([p[1] for p in pieces])
-        out = weight_diagnostics(kept, design_weights=d_kept)
-        d_total = float(_sum(reducer, np.array([design.sum()]))[0])
-        if kept.size:
-            adj = kept / d_kept * (d_kept.sum() / d_total)
-            out.update(min_adjustment=float(adj.min()), max_adjustment=float(adj.max()))
-    out.update(n=int(n_total), sparsity=float(1.0 - kept.size / n_total))
-    return out
-
-
-def _mark_unmet(report: Any, solution: Solution, diagnostics: dict[str, Any], warn: bool) -> bool:
-    """``report["met"]`` and ``diagnostics["unmet_targets"]``; warn naming the unmet targets.
-
-    Returns whether an :class:`UnmetTargetWarning` was issued.
-    """
-    infeasible = report["infeasible"].to_numpy(dtype=bool)
-    met = np.ones(len(report), dtype=bool)
-    if solution.unmet is not None:
-        met[solution.unmet] = False
-    met &= ~infeasible
-    report["met"] = met
-    unmet = report.loc[~met & ~infeasible, "name"].tolist()
-    diagnostics["unmet_targets"] = unmet
-    if not (unmet and solution.polish_error is not None and warn):
-        return False
-    n_bad = int(infeasible.sum())
-    warnings.warn(
-        f"{len(unmet)} target(s) not met after polishing (largest relative error "
-        f"{solution.polish_error:.3g}): {', '.join(map(str, unmet[:10]))}"
-        + (" ..." if len(unmet) > 10 else "") + solution.unmet_cause + ". See report['met']"
-        + (f"; {n_bad} target(s) are infeasible (report['infeasible'])." if n_bad else "."),
-        UnmetTargetWarning,
-        stacklevel=4,
-    )  # fmt: skip
-    return True
-
-
-def build_result(
-    matrix: Any,
-    problem: Any,
-    solution: Solution,
-    reducer: LocalReducer,
-    *,
-    design_weights: np.ndarray | None = None,
-    labels: Any = None,
-    holdout: tuple[Any, Any, Any] = (None, None, None),
-    tolerance: float = 0.05,
-    stacklevel: int = 3,
-) -> CalibrationResult:
-    """The :class:`~l0_calibrate.CalibrationResult` of a solution (collective when sharded).
-
-    The report, the diagnostics and the holdout cover every rank's
-    households; ``weights`` holds this process's. Warns (on rank 0) about
-    missed, unmet and infeasible targets.
-
-    Examples
-    --------
-    >>> from l0_calibrate.methods import Solution
-    >>> p = build_problem(np.eye(2), [1.0, 2.0], LocalReducer(2), dtype=torch.float64, device="cpu")
-    >>> build_result(np.eye(2), p, Solution(np.array([1.0, 2.0])), LocalReducer(2)).n_active
-    2
-    """
-    import pandas as pd
-
-    w = solution.weights
-    n_local = _n_local(reducer)
-    estimates = _sum(reducer, _exact_estimates(matrix, problem, w))
-    report = target_table(estimates, problem.targets, problem.names, problem.groups, problem.infeasible)
-    mark_misses(report, tolerance, warn=False)
-    diagnostics = _weight_diagnostics(reducer, w, design_weights)
-    diagnostics["stage_times"] = dict(solution.stage_times)
-    diagnostics.update(solution.diagnostics)
-    warned = solution.unmet is not None and _mark_unmet(report, solution, diagnostics, reducer.is_main)
-    if reducer.is_main and not warned:
-        mark_misses(report, tolerance, stacklevel=stacklevel)
-    shard = reducer.shard if isinstance(reducer, ProcessGroupReducer) else None
-    if labels is None:
-        start = 0 if shard is None else shard.start
-        labels = problem.household_index if problem.household_index is not None else pd.RangeIndex(start, start + n_local)
-    hold_m, hold_t, hold_names = holdout
-    hold_report = None
-    if hold_m is not None:
-        hold = _problem(
-            hold_m, hold_t, n_local, dtype=torch.float64, device="cpu", target_names=hold_names,
-            argument="holdout_matrix", targets_argument="holdout_totals",
-        )  # fmt: skip
-        est = _sum(reducer, hold.op.matvec(torch.as_tensor(w)).numpy())
-        hold_report = target_table(est, hold.targets, hold.names)
-    history = [{k: v for k, v in h.items() if k not in ("weights", "model")} for h in solution.history]
-    return CalibrationResult(
-        weights=pd.Series(w, index=labels, name="weight"),
-        report=report,
-        history=pd.DataFrame(history),
-        diagnostics=diagnostics,
-        holdout=hold_report,
-        model=solution.model,
-        shard=shard,
-        world_size=1 if shard is None else shard.world_size,
-        epochs=solution.epochs,
-    )

@@ -5,6 +5,7 @@ Used by :func:`l0_calibrate.distributed_io.load_columns`, the one matrix-file re
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -43,7 +44,7 @@ def check_range(start: int, stop: int, n: int, path: str) -> None:
 def parquet_module() -> Any:
     """``pyarrow.parquet``, or an ImportError that says how to install it."""
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "reading .parquet files needs pyarrow: pip install pyarrow (or l0-calibrate[parquet])"
@@ -98,7 +99,7 @@ def load_parquet_rows(
     table = pf.read_row_groups(
         groups, columns=list(columns) if columns is not None else None, use_pandas_metadata=True
     )
-    table = table.slice(start - first, stop - start)
+    table = table.slice(start - (first or 0), stop - start)
     frame = table.to_pandas()
     if isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1:
         frame.index = pd.RangeIndex(start, stop)
@@ -118,8 +119,6 @@ def check_csv_header(path: str, argument: str) -> None:
     ...
     ValueError: --matrix '...m.csv' has duplicate column name(s) ['a']; each column is one target, so rename or drop the duplicates
     """
-    import csv
-
     with open(path, newline="") as f:
         header = next(csv.reader(f), [])
     names = header[1:]

@@ -284,12 +284,16 @@ class CalibrationResult:
         if curves and len(h):
             ax1.legend(loc="upper left")
         ax1.set_xlabel("epoch")
-        ax1.set_ylabel("relative error (|est - t| / (|t| + 1))" if "mean_rel_error" in curves else "loss")
+        ax1.set_ylabel(
+            "relative error (|est - t| / (|t| + 1))" if "mean_rel_error" in curves else "loss"
+        )
         ax1.set_title("convergence")
         ax2 = ax1.twinx()
         count = "n_active" if "n_active" in h.columns else "expected_active"
         if len(h) and count in h.columns:
-            ax2.plot(h["epoch"], h[count], color="grey", linestyle="--", label=count.replace("_", " "))
+            ax2.plot(
+                h["epoch"], h[count], color="grey", linestyle="--", label=count.replace("_", " ")
+            )
         ax2.set_ylabel("active households")
         ok = ~self.report["infeasible"].to_numpy()
         err = self.report["abs_rel_error"].to_numpy()[ok]

@@ -120,7 +120,7 @@ def start_weight(problem: Any, reducer: LocalReducer) -> float:
     --------
     >>> from l0_calibrate.inputs import prepare_problem
     >>> p = prepare_problem(np.array([[1.0, 1.0]]), [10.0], n_features=2, dtype=torch.float64, device="cpu")
-    >>> start_weight(p, LocalReducer(2))
+    >>> round(start_weight(p, LocalReducer(2)), 9)
     5.0
     """
     op64 = problem.op.to(dtype=torch.float64)
@@ -174,9 +174,9 @@ def run(problem: Any, options: GatesOptions, reducer: LocalReducer) -> Solution:
     --------
     >>> from l0_calibrate.inputs import prepare_problem
     >>> p = prepare_problem(np.eye(2), [1.0, 2.0], n_features=2, dtype=torch.float32, device="cpu")
-    >>> sol = run(p, GatesOptions(epochs=300), LocalReducer(2))
-    >>> np.round(sol.weights, 2).tolist()
-    [1.0, 2.0]
+    >>> sol = run(p, GatesOptions(epochs=300, polish=True), LocalReducer(2))
+    >>> np.round(sol.weights, 4).tolist(), sol.stage_times.keys() >= {"prepare", "fit"}
+    ([1.0, 2.0], True)
     """
     clock = StageClock()
     clock.start("prepare")
@@ -185,13 +185,13 @@ def run(problem: Any, options: GatesOptions, reducer: LocalReducer) -> Solution:
         scale = start_weight(problem, reducer)
         with torch.no_grad():
             model.log_weight.fill_(float(np.log(scale + 1e-8)))
-            model.initial_weights.fill_(scale)
+            model.get_buffer("initial_weights").fill_(scale)
     clock.stop("prepare")
     clock.start("fit", "gate engine and its polish")
     model.fit(
         problem.op,
         problem.targets,
-        lambda_l0=options.lambda_l0,
+        lambda_l0=0.0 if options.lambda_l0 is None else options.lambda_l0,
         lambda_l2=options.lambda_l2,
         lr=options.lr,
         epochs=options.epochs,

@@ -98,7 +98,9 @@ class SelectOptions:
 
     def __post_init__(self) -> None:
         if self.callbacks:
-            raise ValueError("callbacks need method='gates' (the select pipeline has no callback hook)")
+            raise ValueError(
+                "callbacks need method='gates' (the select pipeline has no callback hook)"
+            )
         if self.polish is None:
             self.polish = self.target_count is not None
 
@@ -159,14 +161,19 @@ def run(problem: Any, options: SelectOptions, reducer: LocalReducer) -> Solution
         device=options.device,
         log_every=options.log_freq,
         band=options.band,
-        progress=options.progress if options.progress is not None else (None if options.verbose else False),
+        progress=options.progress
+        if options.progress is not None
+        else (None if options.verbose else False),
         **{k: v for k, v in optional.items() if v is not None},
     )
     stages = dict(res.diagnostics.get("stage_times", {}))
     history = list(res.history) + [
-        {"epoch": float(options.epochs), "phase": name, "stage_seconds": secs} for name, secs in stages.items()
+        {"epoch": float(options.epochs), "phase": name, "stage_seconds": secs}
+        for name, secs in stages.items()
     ]
-    bound = "10 (the default)" if options.max_weight_ratio is None else repr(options.max_weight_ratio)
+    bound = (
+        "10 (the default)" if options.max_weight_ratio is None else repr(options.max_weight_ratio)
+    )
     cause = (
         f"; {res.weights_at_bound} kept weight(s) sit at the weight-ratio bound max_weight_ratio={bound}: "
         "widen it (e.g. max_weight_ratio=None), keep more households, or pass design_weights"
