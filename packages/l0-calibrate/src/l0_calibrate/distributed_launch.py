@@ -341,18 +341,20 @@ def run_job(job_path: str | os.PathLike) -> CalibrationResult | None:
         else:
             result = _model_job(job, ctx.device)
         weights = gather_weights(result)
-        if weights is None:
-            return None
-        reducer = getattr(result.model, "reducer", None)
-        result = dataclasses.replace(
-            result, weights=weights, model=None, shard=None, world_size=ctx.world_size
-        )
-        result.diagnostics["bytes_reduced"] = int(getattr(reducer, "bytes_reduced", 0))
-        tmp = os.path.join(job["out"], _RESULT + ".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(result, f)
-        os.replace(tmp, os.path.join(job["out"], _RESULT))
-        return result
+        gathered: CalibrationResult | None = None
+        if weights is not None:
+            reducer = getattr(result.model, "reducer", None)
+            gathered = dataclasses.replace(
+                result, weights=weights, model=None, shard=None, world_size=ctx.world_size
+            )
+            gathered.diagnostics["bytes_reduced"] = int(getattr(reducer, "bytes_reduced", 0))
+            tmp = os.path.join(job["out"], _RESULT + ".tmp")
+            with open(tmp, "wb") as f:
+                pickle.dump(gathered, f)
+            os.replace(tmp, os.path.join(job["out"], _RESULT))
+        if owned and ctx.world_size > 1:
+            torch.distributed.barrier()  # no rank tears the group down while another still gathers
+        return gathered
     finally:
         if owned and group_initialized():
             torch.distributed.destroy_process_group()

@@ -21,11 +21,11 @@ Examples
 from __future__ import annotations
 
 from . import gates, select
-from .base import Method, Solution
+from .base import Method, MethodOptions, Solution
 from .gates import GatesOptions
 from .select import SelectOptions
 
-__all__ = ["METHODS", "GatesOptions", "Method", "SelectOptions", "Solution"]
+__all__ = ["METHODS", "GatesOptions", "Method", "MethodOptions", "SelectOptions", "Solution"]
 
 #: Method name -> entry (``select`` first: it is the default with a ``target_count``).
 METHODS: dict[str, Method] = {

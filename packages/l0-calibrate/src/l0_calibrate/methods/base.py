@@ -7,14 +7,14 @@ maps its name to a :class:`Method` entry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["DEVICE", "DTYPE", "SEED", "Method", "Solution"]
+__all__ = ["DEVICE", "DTYPE", "SEED", "Method", "MethodOptions", "Solution"]
 
 #: Seed of the gates' noise when the caller gives none (``None``: torch's global generator).
 SEED: int | None = 0
@@ -22,6 +22,69 @@ SEED: int | None = 0
 DEVICE: str = "cpu"
 #: Precision of the gate training by default.
 DTYPE: torch.dtype = torch.float32
+
+
+@dataclass
+class MethodOptions:
+    """The options every method takes, with their defaults (each method's class adds its own).
+
+    Attributes
+    ----------
+    target_count : int, float or None
+        Households to keep (a count, or a fraction < 1).
+    design_weights : numpy.ndarray or None
+        Positive design (starting) weights of this process's households;
+        None: one common weight derived from the data.
+    epochs : int, default 1000
+        Gate-training epochs.
+    lr : float, default 0.05
+        Adam learning rate.
+    polish : bool or None
+        Exact re-calibration of the kept households; None: with a ``target_count``.
+    distance : str, default "raking"
+        Calibration distance of the polish (and of ``lambda_distance``).
+    lambda_distance : float, default 0
+        Weight of the distance of the weights from the design weights.
+    max_weight_ratio : float, (lo, hi) or None
+        Bounds on the weights relative to the design weights (None: the method's rule).
+    callbacks : sequence of callables, optional
+        Called with an event dict at every logging step (methods that have the hook).
+    log_freq : int, default 100
+        Epochs between logging steps and history rows.
+    verbose : bool, default False
+        Log the steps.
+    progress : bool or None
+        tqdm bar (None: the method's rule, following ``verbose``).
+    seed : int or None, default 0
+        Seed of the gate noise (None: torch's global generator).
+    device, dtype
+        Where and in which precision to train (default CPU, float32).
+
+    Examples
+    --------
+    >>> MethodOptions(target_count=5).polish, MethodOptions().polish
+    (True, False)
+    """
+
+    target_count: int | float | None = None
+    design_weights: np.ndarray | None = None
+    epochs: int = 1000
+    lr: float = 0.05
+    polish: bool | None = None
+    distance: str = "raking"
+    lambda_distance: float = 0.0
+    max_weight_ratio: Any = None
+    callbacks: Sequence[Callable[[dict], Any]] | None = None
+    log_freq: int = 100
+    verbose: bool = False
+    progress: bool | None = None
+    seed: int | None = SEED
+    device: str | torch.device = DEVICE
+    dtype: torch.dtype = DTYPE
+
+    def __post_init__(self) -> None:
+        if self.polish is None:
+            self.polish = self.target_count is not None
 
 
 @dataclass
@@ -79,7 +142,7 @@ class Method:
     name : str
         What ``calibrate(method=...)`` calls it.
     options : type
-        Its options dataclass (every default written there, once).
+        Its options dataclass, a :class:`MethodOptions` (every default written there, once).
     run : callable
         ``run(problem, options, reducer) -> Solution``.
     shards : bool
@@ -93,6 +156,6 @@ class Method:
     """
 
     name: str
-    options: type
+    options: type[MethodOptions]
     run: Callable[..., Solution]
     shards: bool

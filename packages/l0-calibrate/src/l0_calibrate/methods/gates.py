@@ -17,28 +17,19 @@ from ..distributed import ShardedCalibrationWeights
 from ..distributed_reducer import LocalReducer, ProcessGroupReducer
 from ..stages import StageClock
 from ..weights import SparseCalibrationWeights
-from .base import DEVICE, DTYPE, SEED, Solution
+from .base import MethodOptions, Solution
 
 __all__ = ["GatesOptions", "run", "start_weight"]
 
 
 @dataclass
-class GatesOptions:
-    """Options of ``method="gates"``, with their defaults (the ones :func:`~l0_calibrate.calibrate` uses).
+class GatesOptions(MethodOptions):
+    """Options of ``method="gates"``: :class:`MethodOptions` and these, with their defaults.
 
     Attributes
     ----------
-    target_count : int, float or None
-        Households to keep (a count, or a fraction < 1); None: as many as the L0 penalty leaves.
-    design_weights : numpy.ndarray or None
-        Positive starting weights of this process's households; None: one
-        common weight derived from the data (:func:`start_weight`).
     loss : str or callable, default "relative"
         Calibration loss (see :func:`l0_calibrate.get_loss`).
-    epochs : int, default 1000
-        Gate-training epochs.
-    lr : float, default 0.05
-        Adam learning rate.
     lambda_l0 : float or None
         L0 penalty; None: 0 with a ``target_count`` (the count is enforced
         exactly), else 0.01.
@@ -46,30 +37,15 @@ class GatesOptions:
         L2 penalty on the weights.
     init_keep_prob : float, default 0.5
         Initial probability that a gate is open.
-    polish : bool or None
-        Exact re-calibration of the kept households; None: with a ``target_count``.
-    distance : str, default "raking"
-        Calibration distance of the polish and of ``lambda_distance``.
-    lambda_distance, lambda_dispersion : float, default 0
-        Weights of the distance from the design weights and of the weights' CV^2.
-    max_weight_ratio : float, (lo, hi) or None
-        Bounds on ``w / d``; None: unbounded.
+    lambda_dispersion : float, default 0
+        Weight of the weights' CV^2.
     beta_schedule, final_beta : optional
         Temperature schedule of the gates.
-    callbacks : sequence of callables, optional
-        Called with an event dict at every logging step.
-    log_freq : int, default 100
-        Epochs between logging steps.
-    verbose : bool, default False
-        Log the steps.
-    progress : bool or None
-        tqdm bar (None: with ``verbose``).
-    seed : int or None, default 0
-        Seed of the gate noise.
-    device, dtype
-        Where and in which precision to train (default CPU, float32).
     target_groups, normalize_groups, group_multipliers
         The target grouping of the loss (as given to ``calibrate``).
+
+    ``design_weights=None`` starts every household at :func:`start_weight`;
+    ``max_weight_ratio=None`` leaves the weights unbounded.
 
     Examples
     --------
@@ -77,37 +53,21 @@ class GatesOptions:
     (0.0, 0.01)
     """
 
-    target_count: int | float | None = None
-    design_weights: np.ndarray | None = None
     loss: str | Callable[..., Any] = "relative"
-    epochs: int = 1000
-    lr: float = 0.05
     lambda_l0: float | None = None
     lambda_l2: float = 0.0
     init_keep_prob: float = 0.5
-    polish: bool | None = None
-    distance: str = "raking"
-    lambda_distance: float = 0.0
     lambda_dispersion: float = 0.0
-    max_weight_ratio: Any = None
     beta_schedule: str | Callable[..., float] | None = None
     final_beta: float | None = None
-    callbacks: Sequence[Callable[[dict], Any]] | None = None
-    log_freq: int = 100
-    verbose: bool = False
-    progress: bool | None = None
-    seed: int | None = SEED
-    device: str | torch.device = DEVICE
-    dtype: torch.dtype = DTYPE
     target_groups: Sequence[Hashable] | None = None
     normalize_groups: bool = True
     group_multipliers: Mapping[Hashable, float] | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.lambda_l0 is None:
             self.lambda_l0 = 0.0 if self.target_count is not None else 0.01
-        if self.polish is None:
-            self.polish = self.target_count is not None
 
 
 def start_weight(problem: Any, reducer: LocalReducer) -> float:

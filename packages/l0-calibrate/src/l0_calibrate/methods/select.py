@@ -8,17 +8,15 @@ process.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..distributed_reducer import LocalReducer
 from ..fitting import InfeasibleTargetWarning
 from ..selection import select_and_polish
-from .base import DEVICE, DTYPE, SEED, Solution
+from .base import MethodOptions, Solution
 
 __all__ = ["BAND", "SelectOptions", "run"]
 
@@ -27,8 +25,8 @@ BAND: float | None = 0.05
 
 
 @dataclass
-class SelectOptions:
-    """Options of ``method="select"``, with the defaults :func:`~l0_calibrate.calibrate` uses.
+class SelectOptions(MethodOptions):
+    """Options of ``method="select"``: :class:`MethodOptions` and these, with their defaults.
 
     ``None`` for ``lambda_dispersion``, ``max_weight_ratio`` and
     ``init_keep_prob`` means :func:`~l0_calibrate.selection.select_and_polish`'s
@@ -36,73 +34,32 @@ class SelectOptions:
 
     Attributes
     ----------
-    target_count : int or float
-        Households to keep (a count, or a fraction < 1).
-    design_weights : numpy.ndarray or None
-        Positive design weights; None: one common weight derived from the data.
-    epochs : int, default 1000
-        Gate-training epochs.
-    lr : float, default 0.05
-        Adam learning rate.
     init_keep_prob : float or None
         Initial gate location (``log_alpha = logit(p)``).
-    polish : bool or None
-        Exact re-calibration of the kept households; None: True.
-    distance : str, default "raking"
-        Calibration distance of the polish.
-    lambda_distance : float, default 0
-        Weight of the distance from the design weights during selection.
     lambda_dispersion : float or None
         Weight of the kept weights' CV^2.
-    max_weight_ratio : float, (lo, hi) or None
-        Bounds on the kept weights relative to their inflated design weights.
     band : float or None, default 0.05
         See :data:`BAND`; None turns the band logic off.
-    callbacks : None
-        The select pipeline has no callback hook: anything else raises.
-    log_freq : int, default 100
-        Epochs between history rows.
-    verbose : bool, default False
-        With ``progress=None``: show the bar only on a terminal.
-    progress : bool or None
-        tqdm bar; None: off unless ``verbose``.
-    seed : int or None, default 0
-        Seed of the gate noise.
-    device, dtype
-        Where and in which precision to train (default CPU, float32).
+
+    ``callbacks`` must stay None (the select pipeline has no callback hook);
+    ``progress=None`` shows the bar only with ``verbose`` on a terminal.
 
     Examples
     --------
-    >>> SelectOptions(target_count=5).polish
-    True
+    >>> SelectOptions(target_count=5).polish, SelectOptions(target_count=5).band
+    (True, 0.05)
     """
 
-    target_count: int | float | None = None
-    design_weights: np.ndarray | None = None
-    epochs: int = 1000
-    lr: float = 0.05
     init_keep_prob: float | None = None
-    polish: bool | None = None
-    distance: str = "raking"
-    lambda_distance: float = 0.0
     lambda_dispersion: float | None = None
-    max_weight_ratio: Any = None
     band: float | None = BAND
-    callbacks: Sequence[Callable[[dict], Any]] | None = None
-    log_freq: int = 100
-    verbose: bool = False
-    progress: bool | None = None
-    seed: int | None = SEED
-    device: str | torch.device = DEVICE
-    dtype: torch.dtype = DTYPE
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.callbacks:
             raise ValueError(
                 "callbacks need method='gates' (the select pipeline has no callback hook)"
             )
-        if self.polish is None:
-            self.polish = self.target_count is not None
 
 
 def run(problem: Any, options: SelectOptions, reducer: LocalReducer) -> Solution:
@@ -123,6 +80,7 @@ def run(problem: Any, options: SelectOptions, reducer: LocalReducer) -> Solution
 
     Examples
     --------
+    >>> import torch
     >>> from l0_calibrate.inputs import prepare_problem
     >>> X = (np.random.default_rng(0).random((3, 60)) < 0.5).astype(float)
     >>> p = prepare_problem(X, X.sum(axis=1), n_features=60, dtype=torch.float32, device="cpu")
