@@ -24,7 +24,12 @@ def test_calibrate_returns_weights_indexed_like_the_households_and_a_report_per_
     assert list(res.report["name"]) == list(frame.columns)
     est = frame.to_numpy().T @ res.weights.to_numpy()
     np.testing.assert_allclose(res.report["estimate"], est, rtol=1e-10)
-    np.testing.assert_allclose(res.report["rel_error"], (est - targets.to_numpy()) / targets.to_numpy(), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(
+        res.report["rel_error"],
+        (est - targets.to_numpy()) / targets.to_numpy(),
+        rtol=1e-6,
+        atol=1e-12,
+    )
 
 
 def test_calibrate_with_a_count_is_exact_on_feasible_targets_by_default():
@@ -37,7 +42,9 @@ def test_calibrate_with_a_count_is_exact_on_feasible_targets_by_default():
 
 def test_history_has_one_row_per_logging_step():
     frame, targets = frame_problem()
-    res = calibrate(frame, targets, target_count=30, epochs=200, log_freq=50, polish=False, method="gates")
+    res = calibrate(
+        frame, targets, target_count=30, epochs=200, log_freq=50, polish=False, method="gates"
+    )
     train = res.history[res.history["phase"] == "train"]
     assert train["epoch"].tolist() == [50, 100, 150, 200]
     assert {"mean_rel_error", "max_rel_error", "n_active", "loss"} <= set(res.history.columns)
@@ -57,8 +64,15 @@ def test_infeasible_targets_are_flagged_in_the_report_by_name():
 def test_holdout_errors_are_reported_for_variables_that_were_not_targets():
     frame, targets = frame_problem()
     holdout = frame[["var0"]].rename(columns={"var0": "copy"}) * 2
-    res = calibrate(frame, targets, target_count=40, epochs=150, method="gates", holdout_matrix=holdout,
-                    holdout_totals=pd.Series({"copy": 2 * targets["var0"]}))
+    res = calibrate(
+        frame,
+        targets,
+        target_count=40,
+        epochs=150,
+        method="gates",
+        holdout_matrix=holdout,
+        holdout_totals=pd.Series({"copy": 2 * targets["var0"]}),
+    )
     assert res.holdout["name"].tolist() == ["copy"]
     assert abs(res.holdout["rel_error"].iloc[0]) < 1e-5
 
@@ -92,8 +106,15 @@ def test_calibrate_is_repeatable_with_a_seed():
 
 def test_calibrate_accepts_a_scipy_matrix_with_names_and_float64():
     M, y = make_problem(seed=4)
-    res = calibrate(M, y, target_count=0.5, target_names=[f"t{i}" for i in range(12)], epochs=100,
-                    dtype=torch.float64, method="gates")
+    res = calibrate(
+        M,
+        y,
+        target_count=0.5,
+        target_names=[f"t{i}" for i in range(12)],
+        epochs=100,
+        dtype=torch.float64,
+        method="gates",
+    )
     assert res.report["name"].iloc[0] == "t0" and res.n_active == 30
     assert res.weights.index.equals(pd.RangeIndex(60))
 
@@ -179,7 +200,9 @@ def test_one_result_type_for_one_process_and_for_the_launcher(tmp_path):
 
     M, y = make_problem(seed=7)
     sp.save_npz(tmp_path / "M.npz", M)
-    job = write_job(tmp_path / "job.pkl", tmp_path / "M.npz", y, options={"epochs": 30, "method": "gates"})
+    job = write_job(
+        tmp_path / "job.pkl", tmp_path / "M.npz", y, options={"epochs": 30, "method": "gates"}
+    )
     launched = run_job(job)  # the worker's side, alone outside torchrun
     direct = calibrate(tmp_path / "M.npz", y, epochs=30, method="gates")
     assert ShardedCalibrationResult is CalibrationResult
@@ -216,6 +239,8 @@ def test_select_and_polish_documents_the_defaults_of_its_signature():
         stated = re.search(rf"^{name} : .*default (\S+?),?$", doc, re.MULTILINE)
         if stated is None or param.default is inspect.Parameter.empty:
             continue
-        assert _stated_default(stated.group(1)) == param.default, f"{name}: docstring {stated.group(1)}"
+        assert _stated_default(stated.group(1)) == param.default, (
+            f"{name}: docstring {stated.group(1)}"
+        )
         checked.append(name)
     assert {"epochs", "lr", "temperature", "band"} <= set(checked)
