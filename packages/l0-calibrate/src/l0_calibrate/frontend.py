@@ -327,12 +327,11 @@ def _labels(M: Any, household_index: Any, reducer: LocalReducer, n_local: int) -
     if household_index is not None:
         import pandas as pd
 
-        labels = pd.Index(reducer.local_part(np.asarray(household_index), "household_index"))
-        if len(labels) != n_local:
+        if len(household_index) not in (n_local, reducer.n_total):
             raise ValueError(
-                f"household_index has {len(labels)} labels but there are {n_local} households"
+                f"household_index has {len(household_index)} labels but there are {n_local} households"
             )
-        return pd.Index(household_index) if not isinstance(reducer, ProcessGroupReducer) else labels
+        return pd.Index(reducer.local_part(household_index, "household_index"))
     if is_dataframe(M):
         return M.index
     return None
