@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from l0_core import SparseOperator
 
 from .diagnostics import weight_diagnostics
 from .distributed_reducer import LocalReducer, ProcessGroupReducer, stop_together
-from .inputs import is_dataframe, prepare_problem
 from .methods import Solution
+from .problem import Problem
+from .problem import build_problem as validated_problem
 from .result import CalibrationResult, UnmetTargetWarning, mark_misses, target_table
 
 __all__ = ["build_problem", "build_result", "n_local", "together"]
@@ -54,9 +54,9 @@ def n_local(reducer: LocalReducer) -> int:
 def _problem(
     matrix: Any, targets: Any, n_households: int, *, argument: str = "estimate_matrix",
     targets_argument: str = "targets", **options: Any,
-) -> Any:  # fmt: skip
+) -> Problem:  # fmt: skip
     """The one place that validates and converts a caller's matrix into a problem."""
-    return prepare_problem(
+    return validated_problem(
         matrix, targets, n_features=n_households, matrix_argument=argument,
         targets_argument=targets_argument, **options,
     )  # fmt: skip
@@ -73,9 +73,12 @@ def build_problem(
     target_groups: Sequence[Hashable] | None = None,
     normalize_groups: bool = True,
     group_multipliers: Mapping[Hashable, float] | None = None,
+    design_weights: np.ndarray | None = None,
     argument: str = "estimate_matrix",
-) -> Any:
+) -> Problem:
     """The problem of this process's households, with infeasibility decided over all ranks.
+
+    ``design_weights`` are this process's, already checked (see :func:`~l0_calibrate.calibrate`).
 
     Examples
     --------
@@ -87,7 +90,8 @@ def build_problem(
         problem = _problem(
             matrix, targets, n_local(reducer), dtype=dtype, device=device,
             target_groups=target_groups, normalize_groups=normalize_groups,
-            group_multipliers=group_multipliers, target_names=target_names, argument=argument,
+            group_multipliers=group_multipliers, target_names=target_names,
+            design_weights=design_weights, argument=argument,
         )  # fmt: skip
     reducer.reduce_problem(
         problem,
@@ -105,17 +109,6 @@ def _sum(reducer: LocalReducer, values: np.ndarray) -> np.ndarray:
         return values
     t = torch.as_tensor(np.ascontiguousarray(values, dtype=np.float64), device=reducer.device)
     return reducer.all_reduce_sum(t.clone()).cpu().numpy()
-
-
-def _exact_estimates(matrix: Any, problem: Any, w: np.ndarray) -> np.ndarray:
-    """``M @ w`` in float64 from the caller's matrix (not its float32 copy), for the report."""
-    if problem.op.dtype == torch.float64:
-        op = problem.op
-    elif is_dataframe(matrix):
-        return matrix.to_numpy(dtype=np.float64).T @ w
-    else:
-        op = SparseOperator.from_any(matrix, dtype=torch.float64, transpose_copy=False)
-    return op.matvec(torch.as_tensor(w, device=op.device)).cpu().numpy()
 
 
 def _weight_diagnostics(
@@ -171,12 +164,10 @@ def _mark_unmet(report: Any, solution: Solution, diagnostics: dict[str, Any], wa
 
 
 def build_result(
-    matrix: Any,
-    problem: Any,
+    problem: Problem,
     solution: Solution,
     reducer: LocalReducer,
     *,
-    design_weights: np.ndarray | None = None,
     labels: Any = None,
     holdout: tuple[Any, Any, Any] = (None, None, None),
     tolerance: float = 0.05,
@@ -192,19 +183,19 @@ def build_result(
     --------
     >>> from l0_calibrate.methods import Solution
     >>> p = build_problem(np.eye(2), [1.0, 2.0], LocalReducer(2), dtype=torch.float64, device="cpu")
-    >>> build_result(np.eye(2), p, Solution(np.array([1.0, 2.0])), LocalReducer(2)).n_active
+    >>> build_result(p, Solution(np.array([1.0, 2.0])), LocalReducer(2)).n_active
     2
     """
     import pandas as pd
 
     w = solution.weights
     n_here = n_local(reducer)
-    estimates = _sum(reducer, _exact_estimates(matrix, problem, w))
+    estimates = _sum(reducer, problem.estimates(w))
     report = target_table(
         estimates, problem.targets, problem.names, problem.groups, problem.infeasible
     )
     mark_misses(report, tolerance, warn=False)
-    diagnostics = _weight_diagnostics(reducer, w, design_weights)
+    diagnostics = _weight_diagnostics(reducer, w, problem.design_weights)
     diagnostics["stage_times"] = dict(solution.stage_times)
     diagnostics.update(solution.diagnostics)
     warned = solution.unmet is not None and _mark_unmet(
@@ -227,7 +218,7 @@ def build_result(
             hold_m, hold_t, n_here, dtype=torch.float64, device="cpu", target_names=hold_names,
             argument="holdout_matrix", targets_argument="holdout_totals",
         )  # fmt: skip
-        est = _sum(reducer, hold.op.matvec(torch.as_tensor(w)).numpy())
+        est = _sum(reducer, hold.estimates(w))
         hold_report = target_table(est, hold.targets, hold.names)
     history = [
         {k: v for k, v in h.items() if k not in ("weights", "model")} for h in solution.history

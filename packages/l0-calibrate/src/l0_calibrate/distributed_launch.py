@@ -307,7 +307,7 @@ def _model_job(job: dict[str, Any], device: torch.device) -> CalibrationResult:
     solution = Solution(weights, list(model.history_), model=model, epochs=model.epochs_trained)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TargetMissWarning)
-        return build_result(local, problem, solution, model.reducer)
+        return build_result(problem, solution, model.reducer)
 
 
 def run_job(job_path: str | os.PathLike) -> CalibrationResult | None:

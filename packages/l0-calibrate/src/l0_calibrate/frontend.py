@@ -252,16 +252,16 @@ def calibrate(
     with together(sharded, "checking its design_weights"):
         labels = _labels(matrix, household_index, reducer, n_here)
         design = _design_weights(design_weights, labels, reducer, n_here)
-    keywords.update(design_weights=design, dtype=dtype, device=where)
+    keywords.update(dtype=dtype, device=where)
     options = _options(entry, keywords)
     problem = build_problem(
         matrix, targets, reducer, dtype=dtype, device=where or "cpu", target_names=target_names,
         target_groups=target_groups, normalize_groups=normalize_groups,
-        group_multipliers=group_multipliers,
+        group_multipliers=group_multipliers, design_weights=design,
     )  # fmt: skip
     solution = entry.run(problem, options, reducer)
     return build_result(
-        matrix, problem, solution, reducer, design_weights=design, labels=labels,
+        problem, solution, reducer, labels=labels,
         holdout=(holdout_matrix, holdout_totals, holdout_names), tolerance=tolerance, stacklevel=4,
     )  # fmt: skip
 

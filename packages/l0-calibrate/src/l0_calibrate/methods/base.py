@@ -32,9 +32,6 @@ class MethodOptions:
     ----------
     target_count : int, float or None
         Households to keep (a count, or a fraction < 1).
-    design_weights : numpy.ndarray or None
-        Positive design (starting) weights of this process's households;
-        None: one common weight derived from the data.
     epochs : int, default 1000
         Gate-training epochs.
     lr : float, default 0.05
@@ -46,7 +43,8 @@ class MethodOptions:
     lambda_distance : float, default 0
         Weight of the distance of the weights from the design weights.
     max_weight_ratio : float, (lo, hi) or None
-        Bounds on the weights relative to the design weights (None: the method's rule).
+        Bounds on the weights relative to the design weights (``problem.design_weights``,
+        or one common weight derived from the data; None: the method's rule).
     callbacks : sequence of callables, optional
         Called with an event dict at every logging step (methods that have the hook).
     log_freq : int, default 100
@@ -67,7 +65,6 @@ class MethodOptions:
     """
 
     target_count: int | float | None = None
-    design_weights: np.ndarray | None = None
     epochs: int = 1000
     lr: float = 0.05
     polish: bool | None = None

@@ -15,6 +15,7 @@ import torch
 
 from ..distributed import ShardedCalibrationWeights
 from ..distributed_reducer import LocalReducer, ProcessGroupReducer
+from ..problem import Problem
 from ..stages import StageClock
 from ..weights import SparseCalibrationWeights
 from .base import MethodOptions, Solution
@@ -44,8 +45,8 @@ class GatesOptions(MethodOptions):
     target_groups, normalize_groups, group_multipliers
         The target grouping of the loss (as given to ``calibrate``).
 
-    ``design_weights=None`` starts every household at :func:`start_weight`;
-    ``max_weight_ratio=None`` leaves the weights unbounded.
+    Without ``problem.design_weights`` every household starts at
+    :func:`start_weight`; ``max_weight_ratio=None`` leaves the weights unbounded.
 
     Examples
     --------
@@ -70,7 +71,7 @@ class GatesOptions(MethodOptions):
             self.lambda_l0 = 0.0 if self.target_count is not None else 0.01
 
 
-def start_weight(problem: Any, reducer: LocalReducer) -> float:
+def start_weight(problem: Problem, reducer: LocalReducer) -> float:
     """One weight for every household: the median of ``target_i / (M 1)_i`` over positive rows.
 
     The row sums are added up over the ranks, so every rank gets the
@@ -78,18 +79,16 @@ def start_weight(problem: Any, reducer: LocalReducer) -> float:
 
     Examples
     --------
-    >>> from l0_calibrate.inputs import prepare_problem
-    >>> p = prepare_problem(np.array([[1.0, 1.0]]), [10.0], n_features=2, dtype=torch.float64, device="cpu")
+    >>> from l0_calibrate.problem import build_problem
+    >>> p = build_problem(np.array([[1.0, 1.0]]), [10.0], n_features=2, dtype=torch.float64, device="cpu")
     >>> round(start_weight(p, LocalReducer(2)), 9)
     5.0
     """
-    op64 = problem.op.to(dtype=torch.float64)
-    ones = torch.ones(op64.shape[1], dtype=torch.float64, device=op64.device)
-    with torch.no_grad():
-        row_sums = op64.matvec(ones)
-        if isinstance(reducer, ProcessGroupReducer):
-            row_sums = reducer.all_reduce_sum(row_sums.to(reducer.device))
-        row_sums = row_sums.cpu().numpy()
+    row_sums = problem.row_sums()
+    if isinstance(reducer, ProcessGroupReducer):
+        local = torch.as_tensor(row_sums, dtype=torch.float64, device=reducer.device)
+        with torch.no_grad():
+            row_sums = reducer.all_reduce_sum(local.clone()).cpu().numpy()
     targets = np.asarray(problem.targets, dtype=np.float64)
     ok = (row_sums > 0) & (targets > 0)
     if not ok.any():
@@ -97,9 +96,11 @@ def start_weight(problem: Any, reducer: LocalReducer) -> float:
     return float(np.exp(np.median(np.log(targets[ok] / row_sums[ok]))))
 
 
-def _model(n_local: int, options: GatesOptions, reducer: LocalReducer) -> SparseCalibrationWeights:
+def _model(
+    n_local: int, design: np.ndarray | None, options: GatesOptions, reducer: LocalReducer
+) -> SparseCalibrationWeights:
     """The model for this process's households: sharded over the reducer's group, or plain."""
-    init = options.design_weights if options.design_weights is not None else 1.0
+    init = design if design is not None else 1.0
     common: dict[str, Any] = dict(
         init_keep_prob=options.init_keep_prob,
         init_weights=init,
@@ -114,13 +115,13 @@ def _model(n_local: int, options: GatesOptions, reducer: LocalReducer) -> Sparse
     return SparseCalibrationWeights(n_local, distributed=False, **common)
 
 
-def run(problem: Any, options: GatesOptions, reducer: LocalReducer) -> Solution:
+def run(problem: Problem, options: GatesOptions, reducer: LocalReducer) -> Solution:
     """Train the gates on ``problem`` (this process's households) and return the weights.
 
     Parameters
     ----------
     problem : Problem
-        The validated problem (operator, targets, names, loss weights).
+        The validated problem (operator, targets, names, loss weights, design weights).
     options : GatesOptions
         The method's options.
     reducer : LocalReducer or ProcessGroupReducer
@@ -132,16 +133,17 @@ def run(problem: Any, options: GatesOptions, reducer: LocalReducer) -> Solution:
 
     Examples
     --------
-    >>> from l0_calibrate.inputs import prepare_problem
-    >>> p = prepare_problem(np.eye(2), [1.0, 2.0], n_features=2, dtype=torch.float32, device="cpu")
+    >>> from l0_calibrate.problem import build_problem
+    >>> p = build_problem(np.eye(2), [1.0, 2.0], n_features=2, dtype=torch.float32, device="cpu")
     >>> sol = run(p, GatesOptions(epochs=300, polish=True), LocalReducer(2))
     >>> np.round(sol.weights, 4).tolist(), sol.stage_times.keys() >= {"prepare", "fit"}
     ([1.0, 2.0], True)
     """
     clock = StageClock()
     clock.start("prepare")
-    model = _model(problem.op.shape[1], options, reducer)
-    if options.design_weights is None:
+    design = problem.design_weights
+    model = _model(problem.n_households, design, options, reducer)
+    if design is None:
         scale = start_weight(problem, reducer)
         with torch.no_grad():
             model.log_weight.fill_(float(np.log(scale + 1e-8)))
@@ -167,7 +169,7 @@ def run(problem: Any, options: GatesOptions, reducer: LocalReducer) -> Solution:
         callbacks=options.callbacks,
         progress=options.progress,
         target_names=problem.names,
-        design_weights=options.design_weights,
+        design_weights=design,
         lambda_distance=options.lambda_distance,
         distance=options.distance,
         lambda_dispersion=options.lambda_dispersion,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..distributed_reducer import LocalReducer
 from ..fitting import InfeasibleTargetWarning
+from ..problem import Problem
 from ..selection import select_and_polish
 from .base import MethodOptions, Solution
 
@@ -62,7 +62,7 @@ class SelectOptions(MethodOptions):
             )
 
 
-def run(problem: Any, options: SelectOptions, reducer: LocalReducer) -> Solution:
+def run(problem: Problem, options: SelectOptions, reducer: LocalReducer) -> Solution:
     """Select ``options.target_count`` households of ``problem`` and polish their weights.
 
     Parameters
@@ -81,9 +81,9 @@ def run(problem: Any, options: SelectOptions, reducer: LocalReducer) -> Solution
     Examples
     --------
     >>> import torch
-    >>> from l0_calibrate.inputs import prepare_problem
+    >>> from l0_calibrate.problem import build_problem
     >>> X = (np.random.default_rng(0).random((3, 60)) < 0.5).astype(float)
-    >>> p = prepare_problem(X, X.sum(axis=1), n_features=60, dtype=torch.float32, device="cpu")
+    >>> p = build_problem(X, X.sum(axis=1), n_features=60, dtype=torch.float32, device="cpu")
     >>> sol = run(p, SelectOptions(target_count=12, epochs=100), LocalReducer(60))
     >>> int((sol.weights > 0).sum())
     12
@@ -104,11 +104,8 @@ def run(problem: Any, options: SelectOptions, reducer: LocalReducer) -> Solution
         "init_keep_prob": options.init_keep_prob,
     }
     res = select_and_polish(
-        problem.op,
-        problem.targets,
-        options.target_count,  # type: ignore[arg-type]  # None raises there, naming it
-        design_weights=options.design_weights,
-        target_weights=problem.loss_weights,
+        problem,  # its targets, loss weights and design weights
+        target_count=options.target_count,
         distance=options.distance,
         distance_weight=options.lambda_distance,
         epochs=options.epochs,
