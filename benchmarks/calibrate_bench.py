@@ -271,7 +271,8 @@ def calibrate_child(args: argparse.Namespace) -> None:
         res = l0_calibrate.calibrate(M, y, target_count=count, method=args.calibrate, seed=0)
         out["wall_s"] = time.perf_counter() - t
         err = res.report["abs_rel_error"].to_numpy()
-        out.update(mean_rel_error=float(err.mean()), kept=int(res.n_active))
+        out.update(mean_rel_error=float(err.mean()), kept=int(res.n_active),
+                   stages={k: round(float(v), 2) for k, v in res.diagnostics.get("stage_times", {}).items()})
     else:  # the engine's seconds per epoch on the caller's scipy matrix
         model = l0_calibrate.SparseCalibrationWeights(M.shape[1], seed=0)
         model.fit(M, y, epochs=1, num_threads=torch.get_num_threads(), **SETTINGS)

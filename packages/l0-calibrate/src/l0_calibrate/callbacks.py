@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from l0_core import get_plugin_manager
 from l0_core.checks import check_int
 
 from .checkpoint_files import (
@@ -61,8 +62,6 @@ def dispatch_event(event: dict, callbacks: Iterable[Callback] = ()) -> bool:
     >>> dispatch_event({"epoch": 1}, [lambda e: e["epoch"] >= 1])
     True
     """
-    from l0_core import get_plugin_manager
-
     get_plugin_manager().hook.l0_calibration_log(event=event)
     stop = False
     for cb in callbacks:

@@ -41,11 +41,11 @@ from typing import Any, cast
 import numpy as np
 import torch
 from l0_core import GAMMA, ZETA
+from l0_core.checks import check_float, check_int
 from torch import Tensor
 
 from .distributed_group import _dist, group_initialized
 from .distributed_reducer import ColumnShard, ProcessGroupReducer, model_reducer
-from .inputs import check_nonneg_float, check_positive_int
 from .weights import SparseCalibrationWeights
 
 __all__ = [
@@ -120,7 +120,7 @@ def init_distributed(
     """
     if backend is not None and backend not in ("nccl", "gloo", "mpi", "ucc"):
         raise ValueError(f"backend must be 'nccl' or 'gloo' (or None to choose), got {backend!r}")
-    check_nonneg_float(timeout_s, "timeout_s", positive=True)
+    check_float(timeout_s, "timeout_s", min_val=0.0, include_boundaries="right")
     dist = _dist()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not group_initialized():
@@ -242,7 +242,7 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
         noise: str = "global",
         distributed: bool | None = None,
     ) -> None:
-        n_features = check_positive_int(n_features, "n_features")
+        n_features = check_int(n_features, "n_features", min_val=1)
         reducer = model_reducer(
             n_features,
             distributed=distributed,
@@ -271,7 +271,6 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
     def reducer(self) -> ProcessGroupReducer:
         """The reducer this model's fits use (its ``bytes_reduced`` counts the traffic)."""
         return cast(ProcessGroupReducer, self._reducer)
-
 
 
 @torch.no_grad()
@@ -313,7 +312,7 @@ def gather_weights(
     red = model.reducer
     if not isinstance(red, ProcessGroupReducer) or red.world_size == 1:
         return w.clone()
-    check_positive_int(dst, "dst", minimum=0)
+    check_int(dst, "dst", min_val=0)
     if dst >= red.world_size:
         raise ValueError(f"dst must be a rank below world_size={red.world_size}, got {dst}")
     shard, dist = model.shard, _dist()
@@ -345,7 +344,7 @@ def _gather_result_weights(result: Any, dst: int) -> Any:
     if shard is None or shard.world_size == 1:
         return result.weights.copy()
     red = result.model.reducer
-    check_positive_int(dst, "dst", minimum=0)
+    check_int(dst, "dst", min_val=0)
     if dst >= red.world_size:
         raise ValueError(f"dst must be a rank below world_size={red.world_size}, got {dst}")
     dist = _dist()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from l0_core import TargetSparsityController, get_schedule, median_gate_limits
+from l0_core.checks import check_float, check_int
 from torch import Tensor
 
 from . import regularizers as reg
@@ -23,8 +24,6 @@ from .distributed_reducer import LocalReducer
 from .inputs import (
     align_to_labels,
     as_vector,
-    check_nonneg_float,
-    check_positive_int,
 )
 from .losses import WeightPenalty, get_loss
 from .problem import Problem, prepare_problem
@@ -225,29 +224,31 @@ def validate_fit(
     >>> problem.targets.tolist(), count, refit
     ([1.0, 2.0], 1, 200)
     """
-    args["lambda_l0"] = check_nonneg_float(args["lambda_l0"], "lambda_l0")
-    args["lambda_l2"] = check_nonneg_float(args["lambda_l2"], "lambda_l2")
-    args["lr"] = check_nonneg_float(args["lr"], "lr", positive=True)
-    args["epochs"] = check_positive_int(args["epochs"], "epochs", minimum=0)
-    args["verbose_freq"] = check_positive_int(args["verbose_freq"], "verbose_freq")
+    args["lambda_l0"] = check_float(args["lambda_l0"], "lambda_l0", min_val=0.0)
+    args["lambda_l2"] = check_float(args["lambda_l2"], "lambda_l2", min_val=0.0)
+    args["lr"] = check_float(args["lr"], "lr", min_val=0.0, include_boundaries="right")
+    args["epochs"] = check_int(args["epochs"], "epochs", min_val=0)
+    args["verbose_freq"] = check_int(args["verbose_freq"], "verbose_freq", min_val=1)
     if opts.num_threads is not None:
-        opts.num_threads = check_positive_int(opts.num_threads, "num_threads")
-    opts.count_lr = check_nonneg_float(opts.count_lr, "count_lr", positive=True)
-    opts.count_warmup = check_nonneg_float(opts.count_warmup, "count_warmup")
+        opts.num_threads = check_int(opts.num_threads, "num_threads", min_val=1)
+    opts.count_lr = check_float(opts.count_lr, "count_lr", min_val=0.0, include_boundaries="right")
+    opts.count_warmup = check_float(opts.count_warmup, "count_warmup", min_val=0.0)
     if opts.count_warmup > 1:
         raise ValueError(
             f"count_warmup is a fraction of epochs in [0, 1], got {opts.count_warmup!r}"
         )
     for name in ("lambda_distance", "lambda_dispersion", "lambda_ratio"):
-        setattr(opts, name, check_nonneg_float(getattr(opts, name), name))
+        setattr(opts, name, check_float(getattr(opts, name), name, min_val=0.0))
     loss_fn = get_loss(args["loss_type"], "loss_type")
     if opts.beta_schedule is not None:
         get_schedule(opts.beta_schedule)  # unknown name -> ValueError listing the registered ones
         if opts.final_beta is None:
             raise ValueError("beta_schedule needs final_beta, the temperature to reach at the end")
-        opts.final_beta = check_nonneg_float(opts.final_beta, "final_beta", positive=True)
+        opts.final_beta = check_float(
+            opts.final_beta, "final_beta", min_val=0.0, include_boundaries="right"
+        )
     if opts.schedule_epochs is not None:
-        opts.schedule_epochs = check_positive_int(opts.schedule_epochs, "schedule_epochs")
+        opts.schedule_epochs = check_int(opts.schedule_epochs, "schedule_epochs", min_val=1)
     red = reducer_of(model)
     target_count = None
     if opts.target_count is not None:
@@ -270,7 +271,7 @@ def validate_fit(
     refit = opts.refit_epochs
     if refit is None:
         refit = DEFAULT_REFIT_EPOCHS if target_count is not None else 0
-    refit = check_positive_int(refit, "refit_epochs", minimum=0)
+    refit = check_int(refit, "refit_epochs", min_val=0)
     if opts.callbacks is not None:
         opts.callbacks = list(opts.callbacks)
         for cb in opts.callbacks:

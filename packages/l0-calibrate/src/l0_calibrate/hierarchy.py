@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from l0_core import SparseOperator, sparse_matvec
 from torch import Tensor
 
 __all__ = [
@@ -277,8 +278,6 @@ def hierarchy_penalty(
     >>> round(hierarchy_penalty(est, h.A, h.parent_index).item(), 6)   # ((9 - 10) / 10)^2
     0.01
     """
-    from l0_core import SparseOperator, sparse_matvec
-
     if not isinstance(estimates, Tensor) or estimates.dim() != 1:
         raise TypeError("estimates must be a 1-D torch.Tensor")
     op = SparseOperator.from_any(A, dtype=estimates.dtype, device=estimates.device, argument="A")

@@ -6,21 +6,18 @@ modified, and every check runs before any work starts.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from l0_core import SparseOperator
-from l0_core.checks import check_dtype, check_int
+from l0_core.checks import check_dtype, check_float
 
 __all__ = [
     "as_matrix",
     "as_vector",
     "check_model_dtype",
-    "check_nonneg_float",
-    "check_positive_int",
     "align_to_labels",
     "check_matrix_shape",
     "group_weights",
@@ -43,17 +40,6 @@ def is_dataframe(obj: Any) -> bool:
 
 def _is_series(obj: Any) -> bool:
     return type(obj).__name__ == "Series" and type(obj).__module__.startswith("pandas")
-
-
-def check_positive_int(value: Any, argument: str, *, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int ``>= minimum``, else raise naming ``argument``.
-
-    Examples
-    --------
-    >>> check_positive_int(5, "epochs")
-    5
-    """
-    return check_int(value, argument, min_val=minimum)
 
 
 def check_model_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
@@ -79,23 +65,6 @@ def check_model_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
             "precision of population totals); pass dtype=torch.float32 or torch.float64"
         )
     return dtype
-
-
-def check_nonneg_float(value: Any, argument: str, *, positive: bool = False) -> float:
-    """Return ``float(value)`` if finite and ``>= 0`` (``> 0`` if ``positive``).
-
-    Examples
-    --------
-    >>> check_nonneg_float(0.5, "lr", positive=True)
-    0.5
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{argument} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        kind = "a positive" if positive else "a non-negative"
-        raise ValueError(f"{argument} must be {kind} finite number, got {value!r}")
-    return value
 
 
 def as_vector(
@@ -340,7 +309,7 @@ def group_weights(
             if not np.any(mask):
                 raise ValueError(f"group_multipliers key {gid!r} not found in target_groups")
             weights = weights.copy()
-            weights[mask] *= check_nonneg_float(mult, f"group_multipliers[{gid!r}]")
+            weights[mask] *= check_float(mult, f"group_multipliers[{gid!r}]", min_val=0.0)
     return np.asarray(weights, dtype=np.float64), labels
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Union
 
 import torch
+from l0_core import available, lookup
 from torch import Tensor
 
 __all__ = [
@@ -118,8 +119,6 @@ def get_loss(loss_type: Union[str, LossFn], argument: str = "loss_type") -> Loss
     """
     if callable(loss_type):
         return loss_type
-    from l0_core import available, lookup
-
     if not isinstance(loss_type, str) or loss_type not in available("losses"):
         raise ValueError(
             f"unknown loss {loss_type!r} for {argument}; available: {available('losses')}. "

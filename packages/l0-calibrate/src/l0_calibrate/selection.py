@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 from l0_core import SparseOperator, TargetSparsityController, prob_active_for_init_mean
-from l0_core.checks import check_probability
+from l0_core.checks import check_float, check_probability
 
 from .diagnostics import weight_diagnostics
 from .hierarchy import Hierarchy, reconcile_targets
@@ -123,14 +123,6 @@ class SelectionResult:
     unmet: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     weights_at_bound: int = 0
     design_weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
 
 
 def _differs(op: SparseOperator, dtype: torch.dtype | None, device: Any) -> bool:
@@ -338,7 +330,7 @@ def select_and_polish(
         ("lr", lr, False),
         ("temperature", temperature, False),
     ):
-        _check_positive(name, value, zero_ok)
+        check_float(value, name, min_val=0.0, include_boundaries="both" if zero_ok else "right")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:

@@ -31,18 +31,20 @@ from l0_core import (
     hard_concrete_prob_active,
     sparse_matvec,
 )
-from l0_core.checks import check_device
+from l0_core.checks import check_device, check_float, check_int
 from torch import Tensor, nn
 
 from .distributed_reducer import LocalReducer, model_reducer
 from .fit_state import FitState, pack_fit_state, unpack_fit_state
-from .inputs import as_matrix, check_model_dtype, check_nonneg_float, check_positive_int
+from .inputs import as_matrix, check_model_dtype
 from .weights_fit import TrainableWeights
 
 __all__ = ["SparseCalibrationWeights", "pack_fit_state", "unpack_fit_state"]
 
 
-def _per_household(value: Any, n: int, argument: str, device: torch.device, dtype: torch.dtype) -> Tensor:
+def _per_household(
+    value: Any, n: int, argument: str, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     """A scalar or an array of length ``n`` as a new tensor (never a view of the caller's data)."""
     if isinstance(value, bool):
         raise TypeError(f"{argument} must be a number or an array, got a bool")
@@ -169,7 +171,7 @@ class SparseCalibrationWeights(TrainableWeights):
         dtype: torch.dtype = torch.float32,
         distributed: bool | None = None,
     ) -> None:
-        n_features = check_positive_int(n_features, "n_features")
+        n_features = check_int(n_features, "n_features", min_val=1)
         reducer = model_reducer(n_features, distributed=distributed, device=device)
         self._setup(
             reducer,
@@ -203,13 +205,15 @@ class SparseCalibrationWeights(TrainableWeights):
     ) -> None:
         """Build the parameters of ``reducer.shard``'s columns (the constructors' common part)."""
         nn.Module.__init__(self)
-        beta = check_nonneg_float(beta, "beta", positive=True)
+        beta = check_float(beta, "beta", min_val=0.0, include_boundaries="right")
         if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma < 0):
             raise ValueError(f"gamma must be a negative number (e.g. -0.1), got {gamma!r}")
         if not (isinstance(zeta, (int, float)) and math.isfinite(zeta) and zeta > 1):
             raise ValueError(f"zeta must be a number > 1 (e.g. 1.1), got {zeta!r}")
-        log_weight_jitter_sd = check_nonneg_float(log_weight_jitter_sd, "log_weight_jitter_sd")
-        log_alpha_jitter_sd = check_nonneg_float(log_alpha_jitter_sd, "log_alpha_jitter_sd")
+        log_weight_jitter_sd = check_float(
+            log_weight_jitter_sd, "log_weight_jitter_sd", min_val=0.0
+        )
+        log_alpha_jitter_sd = check_float(log_alpha_jitter_sd, "log_alpha_jitter_sd", min_val=0.0)
         check_model_dtype(dtype)
         device = torch.device(check_device(device) or "cpu")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
@@ -250,12 +254,16 @@ class SparseCalibrationWeights(TrainableWeights):
         init_keep_prob = reducer.local_part(init_keep_prob, "init_keep_prob")
         keep = _per_household(init_keep_prob, n_local, "init_keep_prob", self.device, dtype)
         if bool(((keep < 0) | (keep > 1)).any()):
-            raise ValueError("init_keep_prob must lie in [0, 1] (a probability), got values outside it")
+            raise ValueError(
+                "init_keep_prob must lie in [0, 1] (a probability), got values outside it"
+            )
         keep = keep.clamp(1e-6, 1 - 1e-6)
         mu = torch.log(keep / (1 - keep))
         if log_alpha_jitter_sd > 0:
             # sharded: this rank's slice of the single-process draw of all columns
-            noise = reducer.normal_noise(n_local, generator=self._generator, device=self.device, dtype=dtype)
+            noise = reducer.normal_noise(
+                n_local, generator=self._generator, device=self.device, dtype=dtype
+            )
             mu = mu + noise * log_alpha_jitter_sd
         self.log_alpha = nn.Parameter(mu)
 
@@ -280,7 +288,12 @@ class SparseCalibrationWeights(TrainableWeights):
 
     # ------------------------------------------------------------ gates
     def _gate_kw(self) -> dict[str, float]:
-        return {"temperature": self.beta, "gamma": self.gamma, "zeta": self.zeta, "bound": self.LOG_ALPHA_BOUND}
+        return {
+            "temperature": self.beta,
+            "gamma": self.gamma,
+            "zeta": self.zeta,
+            "bound": self.LOG_ALPHA_BOUND,
+        }
 
     def _sample_gates(self) -> Tensor:
         """A differentiable Hard Concrete sample of every gate (uses the model's generator).
@@ -289,7 +302,10 @@ class SparseCalibrationWeights(TrainableWeights):
         """
         log_alpha = self.log_alpha.clamp(-self.LOG_ALPHA_BOUND, self.LOG_ALPHA_BOUND)
         u = self._reducer.uniform_noise(
-            self.n_features, generator=self._generator, device=log_alpha.device, dtype=log_alpha.dtype
+            self.n_features,
+            generator=self._generator,
+            device=log_alpha.device,
+            dtype=log_alpha.dtype,
         )
         return hard_concrete_from_uniform(u, log_alpha, self.beta, self.gamma, self.zeta)
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .gate import is_gate
+from .plugins import lookup
 
 __all__ = ["get_gate_class", "make_gate"]
 
@@ -28,8 +29,6 @@ def get_gate_class(gate: str | type) -> type:
     """
     if isinstance(gate, type):
         return gate
-    from .plugins import lookup
-
     return lookup("gates", gate, argument="gate")
 
 

@@ -10,6 +10,7 @@ import torch
 
 from .checks import check_float, check_int
 from .gate import is_gate, set_gate_temperature
+from .plugins import lookup
 
 __all__ = [
     "BUILTIN_SCHEDULES",
@@ -68,8 +69,6 @@ def get_schedule(schedule: str | ScheduleFn) -> ScheduleFn:
     """
     if callable(schedule):
         return schedule
-    from .plugins import lookup
-
     return lookup("schedules", schedule, argument="schedule")
 
 
