@@ -243,9 +243,9 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(change, message):
 def test_bad_scalar_options_are_rejected():
     M, y = make_problem()
     model = SparseCalibrationWeights(60)
-    with pytest.raises(ValueError, match="lr must be a positive"):
+    with pytest.raises(ValueError, match="lr must be > 0"):
         model.fit(M, y, lr=0.0)
-    with pytest.raises(ValueError, match="lambda_l0 must be a non-negative"):
+    with pytest.raises(ValueError, match="lambda_l0 must be >= 0"):
         model.fit(M, y, lambda_l0=-1.0)
     with pytest.raises(ValueError, match="group_multipliers requires target_groups"):
         model.fit(M, y, group_multipliers={0: 2.0})

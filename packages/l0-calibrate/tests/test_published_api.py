@@ -134,14 +134,14 @@ def test_a_published_style_state_dict_without_fit_state_loads():
     "kwargs, error, message",
     [
         ({"n_features": 0}, ValueError, "n_features must be >= 1"),
-        ({"n_features": 3, "beta": 0.0}, ValueError, "beta must be a positive"),
+        ({"n_features": 3, "beta": 0.0}, ValueError, "beta must be > 0"),
         ({"n_features": 3, "gamma": 0.1}, ValueError, "gamma must be a negative"),
         ({"n_features": 3, "zeta": 0.9}, ValueError, "zeta must be a number > 1"),
         ({"n_features": 3, "init_weights": [1.0, -1.0, 2.0]}, ValueError, "init_weights must be non-negative"),
         ({"n_features": 3, "init_weights": [1.0, np.nan, 2.0]}, ValueError, "init_weights contains NaN"),
         ({"n_features": 3, "init_weights": [1.0, 2.0]}, ValueError, r"init_weights array must have shape \(3,\)"),
         ({"n_features": 3, "init_keep_prob": 1.5}, ValueError, "init_keep_prob must lie in"),
-        ({"n_features": 3, "log_alpha_jitter_sd": -1.0}, ValueError, "log_alpha_jitter_sd must be a non-negative"),
+        ({"n_features": 3, "log_alpha_jitter_sd": -1.0}, ValueError, "log_alpha_jitter_sd must be >= 0"),
     ],
 )
 def test_bad_constructor_arguments_raise_errors_naming_them(kwargs, error, message):
