@@ -301,7 +301,7 @@ def compare_trees(args: argparse.Namespace) -> None:
         np.save(os.path.join(data, "y.npy"), y)
         np.save(os.path.join(data, "count.npy"), np.array(count))
         del M
-        for what in ("select", "gates", "engine"):
+        for what in args.compare_runs.split(","):
             pair: dict = {}
             # the engine's epochs are short: alternate the trees three times and keep each one's fastest
             order = (("before", args.before), ("after", None)) * (3 if what == "engine" else 1)
@@ -376,6 +376,8 @@ def main() -> None:
     p.add_argument("--json", help=argparse.SUPPRESS)
     p.add_argument("--before", default="", help="another checkout: compare calibrate() there and here (5k x 300k)")
     p.add_argument("--compare-size", default="5k", help="problem of calibrate_scale.py for --before (tiny, 2k, 5k)")
+    p.add_argument("--compare-runs", default="select,engine",
+                   help="runs for --before: select (the default calibrate), gates, engine (fit epochs)")
     p.add_argument("--calibrate", choices=["select", "gates", "engine"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.calibrate:
