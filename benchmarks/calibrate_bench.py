@@ -35,12 +35,12 @@ Examples::
 
 ``--before SRC`` compares this tree with another checkout of the repository
 (e.g. ``git worktree add ../before <commit>``) in one run, on the 5,000 x
-300,000 problem of ``calibrate_scale.py`` (about 27M non-zeros, 15,000
-kept): each tree's code is imported in its own child processes (``SRC``'s
+300,000 problem of ``calibrate_scale.py`` (21.6M non-zeros, 15,000 kept):
+each tree's code is imported in its own child processes (``SRC``'s
 ``packages/*/src`` and ``src`` first on ``PYTHONPATH``), which run the default
-``calibrate(M, targets, target_count=15000)``, ``calibrate(...,
-method="gates")`` and the engine's epochs (``SparseCalibrationWeights.fit``);
-printed: wall time, peak RSS and seconds per epoch, before, after and their
+``calibrate(M, targets, target_count=15000)`` and the engine's epochs
+(``SparseCalibrationWeights.fit``), and ``calibrate(..., method="gates")``
+with ``--compare-runs select,gates,engine`` (minutes); printed: wall time, peak RSS and seconds per epoch, before, after and their
 ratio.
 """
 
