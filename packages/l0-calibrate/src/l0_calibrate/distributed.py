@@ -45,7 +45,7 @@ from l0_core.checks import check_float, check_int
 from torch import Tensor
 
 from .distributed_group import _dist, group_initialized
-from .distributed_reducer import ColumnShard, ProcessGroupReducer, model_reducer
+from .distributed_reducer import ColumnShard, LocalReducer, ProcessGroupReducer, model_reducer
 from .weights import SparseCalibrationWeights
 
 __all__ = [
@@ -242,18 +242,9 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
         noise: str = "global",
         distributed: bool | None = None,
     ) -> None:
-        n_features = check_int(n_features, "n_features", min_val=1)
-        reducer = model_reducer(
+        self._layout = (shard, group, noise)
+        super().__init__(
             n_features,
-            distributed=distributed,
-            device=device,
-            shard=shard,
-            group=group,
-            noise=noise,
-            always_shard=True,
-        )
-        self._setup(
-            reducer,
             beta,
             gamma,
             zeta,
@@ -264,7 +255,23 @@ class ShardedCalibrationWeights(SparseCalibrationWeights):
             device,
             use_gates,
             seed,
-            dtype,
+            dtype=dtype,
+            distributed=distributed,
+        )
+
+    def _resolve_reducer(
+        self, n_features: int, distributed: bool | None, device: str | torch.device
+    ) -> LocalReducer:
+        """Always a :class:`ProcessGroupReducer`: ``n_features`` is the total, cut by ``shard`` (default: even)."""
+        shard, group, noise = self._layout
+        return model_reducer(
+            n_features,
+            distributed=distributed,
+            device=device,
+            shard=shard,
+            group=group,
+            noise=noise,
+            always_shard=True,
         )
 
     @property

@@ -172,9 +172,8 @@ class SparseCalibrationWeights(TrainableWeights):
         distributed: bool | None = None,
     ) -> None:
         n_features = check_int(n_features, "n_features", min_val=1)
-        reducer = model_reducer(n_features, distributed=distributed, device=device)
         self._setup(
-            reducer,
+            self._resolve_reducer(n_features, distributed, device),
             beta,
             gamma,
             zeta,
@@ -187,6 +186,12 @@ class SparseCalibrationWeights(TrainableWeights):
             seed,
             dtype,
         )
+
+    def _resolve_reducer(
+        self, n_features: int, distributed: bool | None, device: str | torch.device
+    ) -> LocalReducer:
+        """The reducer this model runs over, resolved once in ``__init__`` (subclasses choose another layout)."""
+        return model_reducer(n_features, distributed=distributed, device=device)
 
     def _setup(
         self,
