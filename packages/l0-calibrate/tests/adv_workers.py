@@ -34,7 +34,7 @@ def frozen_rank(rank: str, out_dir: str, timeout_s: str) -> None:
             epochs=10_000,
             lr=0.05,
             loss_type="relative",
-            log_freq=10,
+            verbose_freq=10,
             callbacks=[ckpt, freeze],
         )
     except RankLostError as exc:

@@ -511,7 +511,7 @@ def test_a_checkpoint_of_another_format_is_refused_naming_the_versions(tmp_path)
 def test_resume_continues_from_the_newest_checkpoint_bit_for_bit(tmp_path):
     M = np.abs(np.random.default_rng(0).normal(size=(4, 30)))
     y = M.sum(axis=1) * 2
-    kw = {"lr": 0.05, "loss_type": "relative", "log_freq": 10}
+    kw = {"lr": 0.05, "loss_type": "relative", "verbose_freq": 10}
     whole = SparseCalibrationWeights(30, seed=0)
     whole.fit(M, y, epochs=40, **kw)
     ckpt = Checkpoint(tmp_path / "c-{epoch}.pt", every=20)

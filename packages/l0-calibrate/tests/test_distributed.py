@@ -77,7 +77,7 @@ PENALTIES = dict(
     distance="raking",
 )
 POLISHED = dict(PENALTIES, polish=True, distance="chi2")
-CALIBRATE = dict(target_count=COUNT, epochs=60, seed=1, log_freq=20)
+CALIBRATE = dict(target_count=COUNT, epochs=60, seed=1, verbose_freq=20)
 AUTO_CUTS = {2: [0, 170, N], 3: [0, 100, 220, N]}  # each rank's own columns, uneven
 
 TOL = dict(rtol=1e-9, atol=1e-12)  # float64: only the order of the partial sums differs

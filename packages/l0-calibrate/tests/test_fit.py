@@ -329,3 +329,10 @@ def test_log_freq_is_a_deprecated_spelling_of_verbose_freq():
     new.fit(M, y, epochs=12, verbose_freq=4)
     assert [h["epoch"] for h in old.history_] == [h["epoch"] for h in new.history_] == [4, 8, 12]
     assert torch.equal(old.log_weight, new.log_weight)
+
+
+def test_log_freq_and_verbose_freq_together_are_rejected():
+    M, y = make_problem(seed=5)
+    with pytest.raises(TypeError, match="both log_freq= and verbose_freq="):
+        model = SparseCalibrationWeights(M.shape[1], seed=0)
+        model.fit(M, y, epochs=2, log_freq=1, verbose_freq=1)

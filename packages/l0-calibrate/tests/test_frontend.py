@@ -43,7 +43,7 @@ def test_calibrate_with_a_count_is_exact_on_feasible_targets_by_default():
 def test_history_has_one_row_per_logging_step():
     frame, targets = frame_problem()
     res = calibrate(
-        frame, targets, target_count=30, epochs=200, log_freq=50, polish=False, method="gates"
+        frame, targets, target_count=30, epochs=200, verbose_freq=50, polish=False, method="gates"
     )
     train = res.history[res.history["phase"] == "train"]
     assert train["epoch"].tolist() == [50, 100, 150, 200]
@@ -177,11 +177,27 @@ def test_an_unknown_method_names_every_method_of_the_table():
     assert "'magic'" in str(info.value)
 
 
+def test_log_freq_is_a_deprecated_spelling_of_verbose_freq():
+    frame, targets = frame_problem()
+    with pytest.warns(DeprecationWarning, match="verbose_freq"):
+        res = calibrate(
+            frame, targets, target_count=30, epochs=100, log_freq=50, polish=False, method="gates"
+        )
+    train = res.history[res.history["phase"] == "train"]
+    assert train["epoch"].tolist() == [50, 100]
+
+
+def test_log_freq_and_verbose_freq_together_are_rejected():
+    frame, targets = frame_problem()
+    with pytest.raises(TypeError, match="both log_freq= and verbose_freq="):
+        calibrate(frame, targets, target_count=30, log_freq=50, verbose_freq=50)
+
+
 def test_a_default_left_out_is_the_options_class_default():
     from l0_calibrate.methods import GatesOptions
 
     frame, targets = frame_problem()
-    res = calibrate(frame, targets, target_count=30, method="gates", polish=False, log_freq=500)
+    res = calibrate(frame, targets, target_count=30, method="gates", polish=False, verbose_freq=500)
     assert res.epochs == GatesOptions().epochs == res.model.epochs_trained
     short = calibrate(frame, targets, target_count=30, method="gates", epochs=20, polish=False)
     assert short.epochs == 20

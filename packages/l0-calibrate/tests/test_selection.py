@@ -65,10 +65,39 @@ def test_a_target_count_above_the_households_is_rejected():
         select_and_polish(M, t, 500)
 
 
-def test_a_negative_dispersion_weight_is_rejected():
+def test_a_negative_lambda_dispersion_is_rejected():
     M, t = problem(5, n=100)
-    with pytest.raises(ValueError, match="dispersion_weight must be >= 0"):
-        select_and_polish(M, t, 10, dispersion_weight=-1.0)
+    with pytest.raises(ValueError, match="lambda_dispersion must be >= 0"):
+        select_and_polish(M, t, 10, lambda_dispersion=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "bad", "message"),
+    [
+        ("dispersion_weight", "lambda_dispersion", -1.0, "lambda_dispersion must be >= 0"),
+        ("distance_weight", "lambda_distance", -1.0, "lambda_distance must be >= 0"),
+        ("log_every", "verbose_freq", 0, "verbose_freq must be a positive integer"),
+    ],
+)
+def test_old_select_keywords_warn_and_reach_the_new_ones(old, new, bad, message):
+    M, t = problem(5, n=100)
+    # the bad value, given under the old name, is checked as the new keyword's
+    with pytest.warns(DeprecationWarning, match=new), pytest.raises(ValueError, match=message):
+        select_and_polish(M, t, 10, **{old: bad})
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "value"),
+    [
+        ("dispersion_weight", "lambda_dispersion", 0.1),
+        ("distance_weight", "lambda_distance", 0.0),
+        ("log_every", "verbose_freq", 100),
+    ],
+)
+def test_old_and_new_select_keyword_together_are_rejected(old, new, value):
+    M, t = problem(5, n=100)
+    with pytest.raises(TypeError, match=f"both {old}= and {new}="):
+        select_and_polish(M, t, 10, **{old: value, new: value})
 
 
 def cells_problem(seed=0, n=1500):

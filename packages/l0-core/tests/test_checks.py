@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +19,7 @@ from l0_core.checks import (
     check_probability,
     check_seed,
     check_temperature,
+    renamed_keywords,
 )
 
 
@@ -133,3 +137,39 @@ def test_check_temperature_refuses_zero_negative_and_infinite_temperatures() -> 
     ]:
         with pytest.raises(ValueError, match=rf"^beta must be .*{message}.*; use e.g. 2/3$"):
             check_temperature(bad, "beta", hint="use e.g. 2/3")
+
+
+# ------------------------------------------------------------- renamed keywords
+def _renamed():
+    @renamed_keywords(old_a="new_a")
+    def func(x, *, new_a=1.0, other=0):
+        return x, new_a, other
+
+    return func
+
+
+def test_renamed_keyword_old_spelling_warns_naming_the_new_one_and_is_passed_on():
+    func = _renamed()
+    with pytest.warns(DeprecationWarning, match=r"func\(old_a=\.\.\.\) is deprecated; pass new_a"):
+        assert func(2, old_a=5.0, other=3) == (2, 5.0, 3)
+
+
+def test_renamed_keyword_new_spelling_does_not_warn():
+    func = _renamed()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert func(2, new_a=5.0) == (2, 5.0, 0)
+
+
+def test_renamed_keyword_both_spellings_raise_naming_both():
+    with pytest.raises(TypeError, match="both old_a= and new_a="):
+        _renamed()(2, old_a=1.0, new_a=2.0)
+
+
+def test_renamed_keyword_signature_shows_the_new_names_only():
+    assert list(inspect.signature(_renamed()).parameters) == ["x", "new_a", "other"]
+
+
+def test_renamed_keywords_rejects_a_bad_new_name():
+    with pytest.raises(ValueError, match="needs a new keyword name"):
+        renamed_keywords(old="old")

@@ -40,7 +40,7 @@ def test_an_l0_penalty_over_more_gates_than_float16_can_count_is_finite(dtype):
     for penalty in (gate.l0_penalty(), compute_l0_penalty(gate)):
         assert torch.isfinite(penalty)
         assert penalty.item() == pytest.approx(expected, rel=1e-4)
-    penalty = compute_l0l2_penalty(gate, l0_lambda=1.0, l2_lambda=0.0)
+    penalty = compute_l0l2_penalty(gate, lambda_l0=1.0, lambda_l2=0.0)
     assert penalty.item() == pytest.approx(expected, rel=1e-4)
     penalty.backward()
     assert gate.log_alpha.grad.dtype == dtype and torch.isfinite(gate.log_alpha.grad).all()
@@ -106,7 +106,7 @@ def test_penalties_and_controller_follow_a_float64_or_bfloat16_model(dtype, row_
     acc = torch.float32 if dtype in LOW_PRECISION else dtype
     for penalty in (compute_l0_penalty, compute_l2_penalty):
         assert penalty(model).dtype == acc
-    assert compute_l0l2_penalty(model, l0_lambda=1e-3, l2_lambda=1e-4).dtype == acc
+    assert compute_l0l2_penalty(model, lambda_l0=1e-3, lambda_l2=1e-4).dtype == acc
     ctl = TargetSparsityController(1, 3)
     assert ctl.penalty(compute_l0_penalty(model)).dtype == acc
     assert update_temperatures(model, 0.2) == 1

@@ -82,7 +82,7 @@ def test_l2_penalty_ignores_gate_logits_and_ungated_layers():
 
 def test_l0l2_penalty_is_the_weighted_sum_of_both_parts(model):
     l0, l2 = compute_l0_penalty(model).item(), compute_l2_penalty(model).item()
-    combined = compute_l0l2_penalty(model, l0_lambda=0.3, l2_lambda=0.02).item()
+    combined = compute_l0l2_penalty(model, lambda_l0=0.3, lambda_l2=0.02).item()
     assert combined == pytest.approx(0.3 * l0 + 0.02 * l2, rel=1e-12)
 
 
@@ -92,7 +92,7 @@ def test_l0l2_penalty_default_strengths_are_1e_3_and_1e_4(model):
 
 
 def test_penalties_are_differentiable_in_log_alpha_and_weights(model):
-    compute_l0l2_penalty(model, l0_lambda=1.0, l2_lambda=1.0).backward()
+    compute_l0l2_penalty(model, lambda_l0=1.0, lambda_l2=1.0).backward()
     assert model["first"].gate.log_alpha.grad is not None
     assert model["first"].linear.weight.grad is not None
     assert model["plain"].weight.grad is None
@@ -123,7 +123,7 @@ def test_penalty_functions_reject_a_non_module(penalty):
         penalty([1, 2, 3])
 
 
-@pytest.mark.parametrize("name", ["l0_lambda", "l2_lambda"])
+@pytest.mark.parametrize("name", ["lambda_l0", "lambda_l2"])
 @pytest.mark.parametrize(
     ("value", "error", "problem"),
     [
@@ -135,6 +135,20 @@ def test_penalty_functions_reject_a_non_module(penalty):
 def test_l0l2_penalty_rejects_bad_strengths(model, name, value, error, problem):
     with pytest.raises(error, match=f"{name} {problem}"):
         compute_l0l2_penalty(model, **{name: value})
+
+
+@pytest.mark.parametrize(("old", "new"), [("l0_lambda", "lambda_l0"), ("l2_lambda", "lambda_l2")])
+def test_l0l2_penalty_old_strength_spelling_warns_and_means_the_same(model, old, new):
+    expected = compute_l0l2_penalty(model, **{new: 0.3}).item()
+    with pytest.warns(DeprecationWarning, match=new):
+        got = compute_l0l2_penalty(model, **{old: 0.3}).item()
+    assert got == expected
+
+
+@pytest.mark.parametrize(("old", "new"), [("l0_lambda", "lambda_l0"), ("l2_lambda", "lambda_l2")])
+def test_l0l2_penalty_rejects_both_spellings_of_a_strength(model, old, new):
+    with pytest.raises(TypeError, match=f"both {old}= and {new}="):
+        compute_l0l2_penalty(model, **{old: 0.3, new: 0.3})
 
 
 def test_sparsity_stats_count_gates_active_gates_and_parameters(model):

@@ -66,8 +66,8 @@ def test_l0l2_penalty_with_the_documented_strengths_is_added_to_a_task_loss(dtyp
     )
     penalty = compute_l0l2_penalty(
         model,
-        l0_lambda=1e-3,  # Sparsity strength
-        l2_lambda=1e-4,  # Weight regularization
+        lambda_l0=1e-3,  # Sparsity strength
+        lambda_l2=1e-4,  # Weight regularization
     )
     expected = 1e-3 * compute_l0_penalty(model) + 1e-4 * compute_l2_penalty(model)
     # half precision accumulates in float32 (issue 12)

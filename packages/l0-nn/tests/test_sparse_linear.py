@@ -18,7 +18,7 @@ def _data(n=300, seed=0):
 
 def _fit(X, y, **kw):
     return SparseL0Linear(4, seed=0).fit(
-        X, y, lambda_reg=0.02, lr=0.05, epochs=200, gate_lr=0.1, **kw
+        X, y, lambda_l0=0.02, lr=0.05, epochs=200, gate_lr=0.1, **kw
     )
 
 
@@ -105,8 +105,8 @@ def test_non_finite_targets_are_rejected():
 
 def test_a_negative_lambda_is_rejected():
     X, y = _data(n=5)
-    with pytest.raises(ValueError, match="lambda_reg must be a finite number >= 0"):
-        SparseL0Linear(4).fit(X, y, lambda_reg=-1.0)
+    with pytest.raises(ValueError, match=r"lambda_l0 must be >= 0\.0"):
+        SparseL0Linear(4).fit(X, y, lambda_l0=-1.0)
 
 
 def test_the_l0_penalty_is_the_expected_number_of_kept_features():
@@ -138,3 +138,17 @@ def test_importing_l0_nn_does_not_import_scipy():
     code = "import sys, l0_nn; print('scipy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_lambda_reg_is_a_deprecated_spelling_of_lambda_l0():
+    X, y = _data(n=20)
+    new = SparseL0Linear(4, seed=0).fit(X, y, lambda_l0=0.5, epochs=5).get_coefficients()
+    with pytest.warns(DeprecationWarning, match="lambda_l0"):
+        old = SparseL0Linear(4, seed=0).fit(X, y, lambda_reg=0.5, epochs=5).get_coefficients()
+    assert torch.equal(old, new)
+
+
+def test_lambda_reg_and_lambda_l0_together_are_rejected():
+    X, y = _data(n=5)
+    with pytest.raises(TypeError, match="both lambda_reg= and lambda_l0="):
+        SparseL0Linear(4).fit(X, y, lambda_reg=0.1, lambda_l0=0.1)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from l0_core.checks import check_device, check_float
+from l0_core.checks import check_device, check_float, renamed_keywords
 
 from .build import build_problem, build_result, n_local, together
 from .distributed_io import load_columns, matrix_shape
@@ -60,6 +60,7 @@ __all__ = [
 _ALWAYS = frozenset({"seed", "band"})
 
 
+@renamed_keywords(log_freq="verbose_freq")
 def calibrate(
     estimate_matrix: Any,
     targets: Any,
@@ -90,7 +91,7 @@ def calibrate(
     holdout_totals: Any = None,
     holdout_names: Sequence[str] | None = None,
     callbacks: Sequence[Callable[[dict], Any]] | None = None,
-    log_freq: int | None = None,
+    verbose_freq: int | None = None,
     verbose: bool = False,
     progress: bool | None = None,
     seed: int | None = SEED,
@@ -190,8 +191,9 @@ def calibrate(
     holdout_matrix, holdout_totals, holdout_names : optional
         Variables that were *not* targets (same orientation as
         ``estimate_matrix``) and their true totals: reported in ``holdout``.
-    callbacks, log_freq, verbose, progress
-        Monitoring, as in ``SparseCalibrationWeights.fit``. With
+    callbacks, verbose_freq, verbose, progress
+        Monitoring, as in ``SparseCalibrationWeights.fit`` (``log_freq``,
+        the deprecated spelling of ``verbose_freq``, warns). With
         ``method="select"`` the bar spans the whole pipeline (epochs, then
         one step per stage). Either method logs each stage's start, end and
         time on the ``l0_calibrate`` logger and records the times in

@@ -10,9 +10,9 @@
 
    so the open gates always carry the population total (a ratio estimator)
    whatever the current sparsity. The loss is the weighted mean squared
-   *relative* target error, plus ``dispersion_weight`` times the ``CV^2``
+   *relative* target error, plus ``lambda_dispersion`` times the ``CV^2``
    of the non-zero weights (design effect minus 1), plus
-   ``distance_weight`` times the calibration distance of the kept weights
+   ``lambda_distance`` times the calibration distance of the kept weights
    from ``d * c``. With equal adjustments (the default) the loss is the
    imbalance of the kept set at near-equal weights: the gates look for a
    balanced sample. After every optimiser step all gate logits are shifted
@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 from l0_core import SparseOperator, TargetSparsityController, prob_active_for_init_mean
-from l0_core.checks import check_float, check_probability
+from l0_core.checks import check_float, check_probability, renamed_keywords
 
 from .diagnostics import weight_diagnostics
 from .hierarchy import Hierarchy, reconcile_targets
@@ -135,6 +135,11 @@ def _differs(op: SparseOperator, dtype: torch.dtype | None, device: Any) -> bool
     return want.type != op.device.type or (want.index is not None and want.index != op.device.index)
 
 
+@renamed_keywords(
+    dispersion_weight="lambda_dispersion",
+    distance_weight="lambda_distance",
+    log_every="verbose_freq",
+)
 def select_and_polish(
     M: Any,
     targets: Any = None,
@@ -144,8 +149,8 @@ def select_and_polish(
     target_weights: Any = None,
     distance: str = "raking",
     max_weight_ratio: RatioBound = 10.0,
-    dispersion_weight: float = 0.1,
-    distance_weight: float = 0.0,
+    lambda_dispersion: float = 0.1,
+    lambda_distance: float = 0.0,
     epochs: int = 1000,
     lr: float = 0.2,
     temperature: float = 2.0 / 3.0,
@@ -162,7 +167,7 @@ def select_and_polish(
     band: float | None = 0.05,
     cover: bool | None = None,
     repair_moves: int = 40,
-    log_every: int = 100,
+    verbose_freq: int = 100,
     progress: bool | None = False,
 ) -> SelectionResult:
     """Choose ``target_count`` households by L0 gate training, then polish their weights.
@@ -190,7 +195,7 @@ def select_and_polish(
     target_weights : array-like, optional
         Non-negative importance of each target in the fit (default 1).
     distance : {"raking", "chi2"}, default "raking"
-        Calibration distance used when polishing (and by ``distance_weight``).
+        Calibration distance used when polishing (and by ``lambda_distance``).
     max_weight_ratio : float, (lo, hi) or None, default 10
         Bounds on each kept weight relative to its inflated design weight
         ``q_k = d_k * sum(d) / sum_kept(d)`` (see
@@ -199,9 +204,9 @@ def select_and_polish(
         data, so the bound is relative to the scale of the targets. Targets
         a bound keeps out of reach are listed in ``SelectionResult.unmet``
         (with ``weights_at_bound``) and logged as a warning.
-    dispersion_weight : float, default 0.1
+    lambda_dispersion : float, default 0.1
         Weight of the ``CV^2`` (design effect - 1) of the kept weights.
-    distance_weight : float, default 0
+    lambda_distance : float, default 0
         Weight of the calibration distance of the kept weights from their
         inflated design weights during selection.
     epochs : int, default 1000
@@ -267,8 +272,12 @@ def select_and_polish(
         Most tries of a household exchange after the polish, each aimed at
         the target furthest outside ``band`` and kept only if the polished
         excess beyond the band shrinks (one polish per try). 0 turns it off.
-    log_every : int, default 100
+    verbose_freq : int, default 100
         Epochs between ``logging`` records and history rows.
+    dispersion_weight, distance_weight, log_every
+        Deprecated spellings of ``lambda_dispersion``, ``lambda_distance``
+        and ``verbose_freq`` (a ``DeprecationWarning``; passing both
+        spellings of one raises ``TypeError``).
     progress : bool or None, default False
         One tqdm bar over the whole pipeline (the epochs, then one step per
         later stage); None: only when stderr is a terminal. Every stage
@@ -325,16 +334,16 @@ def select_and_polish(
     if (v_np < 0).any() or v_np.sum() <= 0:
         raise ValueError("target_weights must be non-negative with a positive sum")
     for name, value, zero_ok in (
-        ("dispersion_weight", dispersion_weight, True),
-        ("distance_weight", distance_weight, True),
+        ("lambda_dispersion", lambda_dispersion, True),
+        ("lambda_distance", lambda_distance, True),
         ("lr", lr, False),
         ("temperature", temperature, False),
     ):
         check_float(value, name, min_val=0.0, include_boundaries="both" if zero_ok else "right")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
-        raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
+    if isinstance(verbose_freq, bool) or not isinstance(verbose_freq, int) or verbose_freq < 1:
+        raise ValueError(f"verbose_freq must be a positive integer, got {verbose_freq!r}")
     if balance_metric not in ("auto", "whitened", "relative"):
         raise ValueError(
             f"balance_metric must be 'auto', 'whitened' or 'relative', got {balance_metric!r}"
@@ -390,13 +399,13 @@ def select_and_polish(
         final_temperature=final_temperature,
         init_prob_active=init_prob_active,
         learn_adjustments=learn_adjustments,
-        dispersion_weight=dispersion_weight,
-        distance_weight=distance_weight,
+        lambda_dispersion=lambda_dispersion,
+        lambda_distance=lambda_distance,
         kind=kind,
         generator=generator,
         clock=clock,
         where=where,
-        log_every=log_every,
+        verbose_freq=verbose_freq,
     )
     metric = balance_metric
     if metric == "auto":

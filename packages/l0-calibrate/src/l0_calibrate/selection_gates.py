@@ -102,20 +102,20 @@ def train_gates(
     final_temperature: float | None,
     init_prob_active: float,
     learn_adjustments: bool,
-    dispersion_weight: float,
-    distance_weight: float,
+    lambda_dispersion: float,
+    lambda_distance: float,
     kind: str,
     generator: torch.Generator,
     clock: StageClock,
     where: str,
-    log_every: int,
+    verbose_freq: int,
 ) -> tuple[np.ndarray, torch.Tensor, list[dict[str, float]]]:
     """Train the gates for ``epochs`` steps; return the households ranked by gate logit.
 
     ``t`` are the targets, ``scale`` the row scale of the relative errors,
     ``v`` the normalised target weights and ``d`` the design weights, all on
     ``op``'s device in the compute dtype. ``kind`` is the calibration
-    distance of ``distance_weight``. Returns the order (descending logits,
+    distance of ``lambda_distance``. Returns the order (descending logits,
     stable), the log-adjustments ``theta`` and the history rows.
 
     Examples
@@ -125,9 +125,9 @@ def train_gates(
     >>> order, theta, hist = train_gates(
     ...     M, one, one, one / 3, one, 2, epochs=5, lr=0.1, temperature=2 / 3,
     ...     final_temperature=None, init_prob_active=0.5, learn_adjustments=False,
-    ...     dispersion_weight=0.0, distance_weight=0.0, kind="chi2",
+    ...     lambda_dispersion=0.0, lambda_distance=0.0, kind="chi2",
     ...     generator=torch.Generator().manual_seed(0), clock=StageClock(False), where="on cpu",
-    ...     log_every=5)
+    ...     verbose_freq=5)
     >>> sorted(order.tolist()), len(hist)
     ([0, 1, 2], 1)
     """
@@ -165,18 +165,18 @@ def train_gates(
                 rel = (est - t) / scale
                 fit = (v * rel * rel).sum()
                 loss = fit
-                disp = dispersion_penalty(w) if dispersion_weight > 0 else fit.new_zeros(())
-                if dispersion_weight > 0:
-                    loss = loss + dispersion_weight * disp
-                if distance_weight > 0:
-                    loss = loss + distance_weight * calibration_distance(
+                disp = dispersion_penalty(w) if lambda_dispersion > 0 else fit.new_zeros(())
+                if lambda_dispersion > 0:
+                    loss = loss + lambda_dispersion * disp
+                if lambda_distance > 0:
+                    loss = loss + lambda_distance * calibration_distance(
                         w, d * c, kind, active_only=True
                     )
                 loss.backward()
                 opt.step()
                 _project_count(gate, count)
                 clock.tick()
-                if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
+                if (epoch + 1) % verbose_freq == 0 or epoch + 1 == epochs:
                     row = {
                         "epoch": float(epoch + 1),
                         "fit_loss": float(fit.item()),

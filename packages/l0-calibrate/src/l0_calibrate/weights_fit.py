@@ -10,12 +10,12 @@ gates and the reducer are built by :class:`~l0_calibrate.SparseCalibrationWeight
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
+from l0_core.checks import renamed_keywords
 from torch import Tensor, nn
 
 from .distributed_io import load_columns, matrix_shape
@@ -77,6 +77,7 @@ class TrainableWeights(nn.Module):
         self._fit_state.history = list(value)
 
     # ------------------------------------------------------------- fit
+    @renamed_keywords(log_freq="verbose_freq")
     def fit(
         self,
         M: Any,
@@ -100,7 +101,6 @@ class TrainableWeights(nn.Module):
         final_beta: float | None = None,
         schedule_epochs: int | None = None,
         callbacks: Sequence[Callable[[dict], Any]] | None = None,
-        log_freq: int | None = None,
         progress: bool | None = None,
         target_names: Sequence[str] | None = None,
         design_weights: Any = None,
@@ -188,7 +188,7 @@ class TrainableWeights(nn.Module):
             the same events. See :mod:`l0_calibrate.callbacks`.
         log_freq : int, optional
             Deprecated spelling of ``verbose_freq`` (a ``DeprecationWarning``;
-            when given it replaces ``verbose_freq``).
+            passing both raises ``TypeError``).
         progress : bool, optional
             tqdm progress bar; default: shown when ``verbose`` and stderr is a
             terminal.
@@ -246,14 +246,6 @@ class TrainableWeights(nn.Module):
         >>> model.get_active_weights()["count"]
         2
         """
-        if log_freq is not None:
-            warnings.warn(
-                "fit(log_freq=...) is deprecated; pass verbose_freq=..., the published name of "
-                "the logging step",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            verbose_freq = log_freq
         if isinstance(M, (str, os.PathLike)):
             M = self._read_columns(M)
         if not self._reducer.is_main:  # one rank logs

@@ -22,10 +22,12 @@ ValueError: temperature must be > 0.0, got -1.0; pass e.g. temperature=0.5
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from collections.abc import Iterable
-from typing import Any, Literal
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 
@@ -40,7 +42,10 @@ __all__ = [
     "check_probability",
     "check_seed",
     "check_temperature",
+    "renamed_keywords",
 ]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 Boundaries = Literal["both", "left", "right", "neither"]
 
@@ -364,3 +369,69 @@ def check_finite_tensor(value: torch.Tensor, name: str, *, hint: str = "") -> to
             item = value.reshape(-1)[flat].item()
             raise ValueError(f"{name} must be finite, but entry {where} is {item}{_suffix(hint)}")
     return value
+
+
+def renamed_keywords(**renames: str) -> Callable[[_F], _F]:
+    """Keep old keyword spellings working as deprecated aliases of their new names.
+
+    ``@renamed_keywords(old="new")`` on a function whose signature has
+    ``new``: a call with ``old=value`` runs as ``new=value`` and emits a
+    ``DeprecationWarning`` naming the new keyword; a call that passes both
+    raises ``TypeError`` naming both. The signature (and
+    ``inspect.signature``) shows the new names only.
+
+    Parameters
+    ----------
+    **renames : str
+        ``old_name="new_name"`` pairs.
+
+    Returns
+    -------
+    callable
+        A decorator.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> @renamed_keywords(l0_lambda="lambda_l0")
+    ... def penalty(*, lambda_l0=1e-3):
+    ...     return lambda_l0
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     penalty(l0_lambda=0.5)
+    0.5
+    >>> print(caught[0].message)
+    penalty(l0_lambda=...) is deprecated; pass lambda_l0=... (same meaning)
+    >>> penalty(l0_lambda=0.5, lambda_l0=0.1)
+    Traceback (most recent call last):
+    ...
+    TypeError: penalty() got both l0_lambda= and lambda_l0=; l0_lambda is the deprecated name of lambda_l0, pass only lambda_l0
+    """
+    for old, new in renames.items():
+        if not isinstance(new, str) or not new.isidentifier() or new == old:
+            raise ValueError(f"renamed_keywords({old}=...) needs a new keyword name, got {new!r}")
+
+    def decorate(func: _F) -> _F:
+        name = func.__qualname__
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old not in kwargs:
+                    continue
+                if new in kwargs:
+                    raise TypeError(
+                        f"{name}() got both {old}= and {new}=; {old} is the deprecated name "
+                        f"of {new}, pass only {new}"
+                    )
+                warnings.warn(
+                    f"{name}({old}=...) is deprecated; pass {new}=... (same meaning)",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                kwargs[new] = kwargs.pop(old)
+            return func(*args, **kwargs)
+
+        return cast("_F", wrapper)
+
+    return decorate

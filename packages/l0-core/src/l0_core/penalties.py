@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checks import check_float
+from .checks import check_float, renamed_keywords
 from .gate import deterministic_gates, is_gate, is_gated_layer
 from .precision import accumulation_dtype
 
@@ -119,35 +119,39 @@ def compute_l2_penalty(model: nn.Module) -> Tensor:
     return total
 
 
+@renamed_keywords(l0_lambda="lambda_l0", l2_lambda="lambda_l2")
 def compute_l0l2_penalty(
-    model: nn.Module, l0_lambda: float = 1e-3, l2_lambda: float = 1e-4
+    model: nn.Module, lambda_l0: float = 1e-3, lambda_l2: float = 1e-4
 ) -> Tensor:
-    """``l0_lambda * L0 + l2_lambda * L2``, the combined penalty to add to a loss.
+    """``lambda_l0 * L0 + lambda_l2 * L2``, the combined penalty to add to a loss.
 
     Parameters
     ----------
     model : torch.nn.Module
         A model with gated layers or gates.
-    l0_lambda : float, default 1e-3
+    lambda_l0 : float, default 1e-3
         Weight of the expected L0 norm (sparsity strength), >= 0.
-    l2_lambda : float, default 1e-4
+    lambda_l2 : float, default 1e-4
         Weight of the expected L2 norm of the gated weights, >= 0.
+    l0_lambda, l2_lambda : float, optional
+        Deprecated spellings of ``lambda_l0`` and ``lambda_l2`` (a
+        ``DeprecationWarning``; passing both spellings raises ``TypeError``).
 
     Examples
     --------
     >>> from l0_core import HardConcrete
     >>> g = HardConcrete(10, init_prob_active=0.5, init_std=0.0)
-    >>> round(compute_l0l2_penalty(g, l0_lambda=0.1, l2_lambda=1.0).item(), 4)
+    >>> round(compute_l0l2_penalty(g, lambda_l0=0.1, lambda_l2=1.0).item(), 4)
     0.5
     """
-    l0_lambda = check_float(l0_lambda, "l0_lambda", min_val=0.0, hint="e.g. l0_lambda=1e-3")
-    l2_lambda = check_float(l2_lambda, "l2_lambda", min_val=0.0, hint="e.g. l2_lambda=1e-4")
+    lambda_l0 = check_float(lambda_l0, "lambda_l0", min_val=0.0, hint="e.g. lambda_l0=1e-3")
+    lambda_l2 = check_float(lambda_l2, "lambda_l2", min_val=0.0, hint="e.g. lambda_l2=1e-4")
     _check_model(model)
     total = _zero(model)
-    if l0_lambda:
-        total = total + l0_lambda * compute_l0_penalty(model)
-    if l2_lambda:
-        total = total + l2_lambda * compute_l2_penalty(model)
+    if lambda_l0:
+        total = total + lambda_l0 * compute_l0_penalty(model)
+    if lambda_l2:
+        total = total + lambda_l2 * compute_l2_penalty(model)
     return total
 
 

@@ -221,7 +221,7 @@ def train_gate(
     target: int,
     config: TrainConfig,
     extra_params: Iterable[nn.Parameter] = (),
-    log_every: int | None = None,
+    verbose_freq: int | None = None,
 ) -> list[dict[str, float]]:
     """Train ``gate`` so that ``loss_fn(gate())`` is small with about ``target`` gates active.
 
@@ -239,7 +239,7 @@ def train_gate(
         Optimisation settings.
     extra_params : iterable of Parameter
         Further parameters trained jointly (e.g. a model's weights).
-    log_every : int, optional
+    verbose_freq : int, optional
         Record (and log at DEBUG level) the loss every that many epochs;
         defaults to a tenth of the epochs.
 
@@ -275,7 +275,7 @@ def train_gate(
     base_lrs = [g["lr"] for g in opt.param_groups]
     with torch.no_grad():
         start = float(gate.l0_penalty().item())
-    every = log_every or max(1, config.epochs // 10)
+    every = verbose_freq or max(1, config.epochs // 10)
     ramp = max(1.0, config.schedule_fraction * config.epochs)
     history: list[dict[str, float]] = []
     task_scale: float | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from typing import Any
 
@@ -24,6 +23,7 @@ from l0_core.checks import (
     check_int,
     check_probability,
     check_temperature,
+    renamed_keywords,
 )
 from l0_core.precision import accumulate_sum
 from torch import Tensor, nn
@@ -78,7 +78,7 @@ class SparseL0Linear(nn.Module):
     >>> X = sp.random(200, 4, density=0.5, format="csr", random_state=0)
     >>> y = X @ np.array([1.0, 0.0, -2.0, 0.0])
     >>> model = SparseL0Linear(4, fit_intercept=False, seed=0)
-    >>> model.fit(X, y, lambda_reg=0.01, lr=0.05, epochs=300).predict(X).shape
+    >>> model.fit(X, y, lambda_l0=0.01, lr=0.05, epochs=300).predict(X).shape
     torch.Size([200])
     """
 
@@ -203,11 +203,12 @@ class SparseL0Linear(nn.Module):
         out = sparse_matvec(op, self.weight * z)
         return out + self.bias if self.bias is not None else out
 
+    @renamed_keywords(lambda_reg="lambda_l0")
     def fit(
         self,
         X: Any,
         y: Any,
-        lambda_reg: float = 0.01,
+        lambda_l0: float = 0.01,
         lr: float = 0.01,
         epochs: int = 1000,
         verbose: bool = False,
@@ -215,7 +216,7 @@ class SparseL0Linear(nn.Module):
         *,
         gate_lr: float | None = None,
     ) -> SparseL0Linear:
-        """Fit by full-batch Adam on ``mean((y - X (w * z) - b)^2) + lambda_reg * E[L0]``.
+        """Fit by full-batch Adam on ``mean((y - X (w * z) - b)^2) + lambda_l0 * E[L0]``.
 
         Weights restart from zero, the intercept from ``mean(y)`` and the gates
         from ``init_prob_active`` (re-seeded when ``seed`` was given).
@@ -226,8 +227,9 @@ class SparseL0Linear(nn.Module):
             Shape ``(n_samples, n_features)``; converted once for the fit.
         y : array-like or Tensor
             ``n_samples`` targets.
-        lambda_reg : float, default 0.01
-            Strength of the expected-L0 penalty.
+        lambda_l0 : float, default 0.01
+            Strength of the expected-L0 penalty (``lambda_reg``, its
+            deprecated spelling, warns; passing both raises ``TypeError``).
         lr : float, default 0.01
             Learning rate of the weights and intercept.
         epochs : int, default 1000
@@ -250,10 +252,7 @@ class SparseL0Linear(nn.Module):
         >>> SparseL0Linear(4, seed=0).fit(X, torch.ones(4), epochs=5).n_features
         4
         """
-        if isinstance(lambda_reg, bool) or not isinstance(lambda_reg, (int, float)):
-            raise TypeError(f"lambda_reg must be a number >= 0, got {lambda_reg!r}")
-        if not math.isfinite(lambda_reg) or lambda_reg < 0:
-            raise ValueError(f"lambda_reg must be a finite number >= 0, got {lambda_reg!r}")
+        lambda_l0 = check_float(lambda_l0, "lambda_l0", min_val=0.0, hint="e.g. lambda_l0=0.01")
         lr = check_float(lr, "lr", min_val=0.0, include_boundaries="neither", hint="e.g. lr=0.01")
         gate_lr = (
             lr
@@ -280,7 +279,7 @@ class SparseL0Linear(nn.Module):
             pred = self.forward(op, deterministic=False)
             mse = (target - pred).square().mean()
             l0 = self.gates.l0_penalty()
-            loss = mse + lambda_reg * l0
+            loss = mse + lambda_l0 * l0
             loss.backward()
             optimizer.step()
             if verbose and (epoch + 1) % verbose_freq == 0:

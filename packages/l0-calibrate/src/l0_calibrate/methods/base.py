@@ -47,7 +47,7 @@ class MethodOptions:
         or one common weight derived from the data; None: the method's rule).
     callbacks : sequence of callables, optional
         Called with an event dict at every logging step (methods that have the hook).
-    log_freq : int, default 100
+    verbose_freq : int, default 100
         Epochs between logging steps and history rows.
     verbose : bool, default False
         Log the steps.
@@ -72,7 +72,7 @@ class MethodOptions:
     lambda_distance: float = 0.0
     max_weight_ratio: Any = None
     callbacks: Sequence[Callable[[dict], Any]] | None = None
-    log_freq: int = 100
+    verbose_freq: int = 100
     verbose: bool = False
     progress: bool | None = None
     seed: int | None = SEED

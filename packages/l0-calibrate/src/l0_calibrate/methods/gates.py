@@ -159,7 +159,7 @@ def run(problem: Problem, options: GatesOptions, reducer: LocalReducer) -> Solut
         epochs=options.epochs,
         loss_type=options.loss,
         verbose=options.verbose,
-        verbose_freq=options.log_freq,
+        verbose_freq=options.verbose_freq,
         target_groups=options.target_groups,
         normalize_groups=options.normalize_groups,
         group_multipliers=options.group_multipliers,

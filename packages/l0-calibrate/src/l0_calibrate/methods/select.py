@@ -99,7 +99,7 @@ def run(problem: Problem, options: SelectOptions, reducer: LocalReducer) -> Solu
             stacklevel=4,
         )
     optional = {
-        "dispersion_weight": options.lambda_dispersion,
+        "lambda_dispersion": options.lambda_dispersion,
         "max_weight_ratio": options.max_weight_ratio,
         "init_keep_prob": options.init_keep_prob,
     }
@@ -107,14 +107,14 @@ def run(problem: Problem, options: SelectOptions, reducer: LocalReducer) -> Solu
         problem,  # its targets, loss weights and design weights
         target_count=options.target_count,
         distance=options.distance,
-        distance_weight=options.lambda_distance,
+        lambda_distance=options.lambda_distance,
         epochs=options.epochs,
         lr=options.lr,
         polish=bool(options.polish),
         seed=options.seed,
         dtype=options.dtype,
         device=options.device,
-        log_every=options.log_freq,
+        verbose_freq=options.verbose_freq,
         band=options.band,
         progress=options.progress
         if options.progress is not None
