@@ -393,11 +393,15 @@ def test_a_checkpoint_of_the_wrong_size_is_refused_naming_both_sizes(tmp_path):
 
 
 @pytest.mark.parametrize("value", [float("nan"), -1.0, 0.0])
-def test_a_beta_schedule_returning_nan_or_non_positive_is_refused_naming_the_epoch(value):
+def test_a_temperature_schedule_returning_nan_or_non_positive_is_refused_naming_the_epoch(value):
     M = np.abs(np.random.default_rng(0).normal(size=(3, 20)))
-    with pytest.raises(ValueError, match=rf"beta_schedule returned {value!r} at epoch 1 "):
+    with pytest.raises(ValueError, match=rf"temperature_schedule returned {value!r} at epoch 1 "):
         SparseCalibrationWeights(20, seed=0).fit(
-            M, M.sum(axis=1), epochs=20, beta_schedule=lambda p, a, b: value, final_beta=0.5
+            M,
+            M.sum(axis=1),
+            epochs=20,
+            temperature_schedule=lambda p, a, b: value,
+            final_temperature=0.5,
         )
 
 
@@ -407,9 +411,14 @@ def test_a_temperature_too_hot_for_an_exact_count_is_refused():
         SparseCalibrationWeights(30, seed=0, beta=10).fit(
             M, M.sum(axis=1), epochs=5, target_count=10
         )
-    with pytest.raises(ValueError, match=r"final_beta=20 is too hot"):
+    with pytest.raises(ValueError, match=r"final_temperature=20 is too hot"):
         SparseCalibrationWeights(30, seed=0).fit(
-            M, M.sum(axis=1), epochs=5, target_count=10, beta_schedule="linear", final_beta=20
+            M,
+            M.sum(axis=1),
+            epochs=5,
+            target_count=10,
+            temperature_schedule="linear",
+            final_temperature=20,
         )
 
 

@@ -28,7 +28,13 @@ FIT = dict(lambda_l0=0.001, lr=0.05, loss_type="relative", verbose_freq=20)
 
 def test_resuming_from_a_checkpoint_at_half_time_equals_the_uninterrupted_run_bit_for_bit():
     M, y = make_problem(seed=3)
-    kw = dict(FIT, target_count=20, beta_schedule="cosine", final_beta=0.3, schedule_epochs=80)
+    kw = dict(
+        FIT,
+        target_count=20,
+        temperature_schedule="cosine",
+        final_temperature=0.3,
+        schedule_epochs=80,
+    )
     full = SparseCalibrationWeights(M.shape[1], seed=4, log_weight_jitter_sd=0.1)
     saved = {}
 
@@ -39,7 +45,9 @@ def test_resuming_from_a_checkpoint_at_half_time_equals_the_uninterrupted_run_bi
             saved["ckpt"] = buf.getvalue()
 
     full.fit(M, y, epochs=80, callbacks=[grab], **kw)
-    resumed = SparseCalibrationWeights(M.shape[1], seed=99)  # different seed: state must override it
+    resumed = SparseCalibrationWeights(
+        M.shape[1], seed=99
+    )  # different seed: state must override it
     resumed.load_state_dict(torch.load(io.BytesIO(saved["ckpt"])))
     resumed.fit(M, y, epochs=40, **kw)
     assert torch.equal(full.log_weight, resumed.log_weight)
@@ -101,7 +109,10 @@ def test_target_count_fit_keeps_the_kept_weights_and_the_estimates_consistent():
     assert int((w > 0).sum()) == 20
 
 
-@pytest.mark.parametrize("bad, message", [(0, "between 1 and 60"), (61, "between 1 and 60"), (1.5, r"fraction must lie in \(0, 1\]")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [(0, "between 1 and 60"), (61, "between 1 and 60"), (1.5, r"fraction must lie in \(0, 1\]")],
+)
 def test_target_count_out_of_range_is_rejected_before_any_work(bad, message):
     M, y = make_problem()
     model = SparseCalibrationWeights(M.shape[1], seed=0)
@@ -113,7 +124,9 @@ def test_target_count_out_of_range_is_rejected_before_any_work(bad, message):
 
 def test_unknown_loss_name_is_an_error_not_a_silent_mse():
     M, y = make_problem()
-    with pytest.raises(ValueError, match=r"unknown loss 'relativ' for loss_type; available: .*'relative'"):
+    with pytest.raises(
+        ValueError, match=r"unknown loss 'relativ' for loss_type; available: .*'relative'"
+    ):
         SparseCalibrationWeights(M.shape[1]).fit(M, y, loss_type="relativ")
 
 
@@ -138,17 +151,17 @@ def test_a_loss_registered_by_a_plugin_is_used_by_name():
     assert len(calls) == 3
 
 
-def test_temperature_schedule_by_name_reaches_final_beta_and_unknown_names_fail():
+def test_temperature_schedule_by_name_reaches_final_temperature_and_unknown_names_fail():
     M, y = make_problem()
     model = SparseCalibrationWeights(M.shape[1], seed=0)
-    model.fit(M, y, epochs=30, beta_schedule="linear", final_beta=0.25, **FIT)
+    model.fit(M, y, epochs=30, temperature_schedule="linear", final_temperature=0.25, **FIT)
     assert model.beta == pytest.approx(0.25)
     betas = [h["beta"] for h in model.history_]
     assert betas[0] == pytest.approx(2 / 3 + (0.25 - 2 / 3) * 19 / 29)
     with pytest.raises(ValueError, match="unknown schedule 'zigzag'"):
-        model.fit(M, y, beta_schedule="zigzag", final_beta=0.1)
-    with pytest.raises(ValueError, match="beta_schedule needs final_beta"):
-        model.fit(M, y, beta_schedule="linear")
+        model.fit(M, y, temperature_schedule="zigzag", final_temperature=0.1)
+    with pytest.raises(ValueError, match="temperature_schedule needs final_temperature"):
+        model.fit(M, y, temperature_schedule="linear")
 
 
 def test_callbacks_get_events_at_each_logging_step_and_can_stop_the_fit():
@@ -205,7 +218,9 @@ def test_early_stopping_and_checkpoint_callbacks(tmp_path):
 def test_verbose_logs_progress_through_logging(caplog):
     M, y = make_problem()
     with caplog.at_level("INFO", logger="l0_calibrate"):
-        SparseCalibrationWeights(M.shape[1], seed=0).fit(M, y, epochs=40, verbose=True, verbose_freq=20)
+        SparseCalibrationWeights(M.shape[1], seed=0).fit(
+            M, y, epochs=40, verbose=True, verbose_freq=20
+        )
     lines = [r.getMessage() for r in caplog.records if r.name == "l0_calibrate"]
     assert len(lines) == 2 and "epoch    40" in lines[1] and "mean_rel_error" in lines[1]
 
@@ -228,7 +243,10 @@ def test_a_target_no_household_reaches_is_reported_by_name_and_the_rest_are_cali
     "change, message",
     [
         (lambda M, y: (_with_nan(M.toarray()), y), "M contains 1 NaN"),
-        (lambda M, y: (M, np.where(np.arange(len(y)) == 2, np.inf, y)), "y contains 1 NaN or infinite"),
+        (
+            lambda M, y: (M, np.where(np.arange(len(y)) == 2, np.inf, y)),
+            "y contains 1 NaN or infinite",
+        ),
         (lambda M, y: (M, y[:-1]), "y has length 11 but 12 values are needed"),
         (lambda M, y: (M[:, :-1], y), "M has 59 household columns but the model has n_features=60"),
     ],
@@ -317,7 +335,10 @@ def test_weight_penalties_are_added_to_the_gradient():
     spread = SparseCalibrationWeights(60, seed=0)
     spread.fit(M, y, epochs=10, lambda_dispersion=5.0, **FIT)
     assert not torch.equal(plain.log_weight, spread.log_weight)
-    assert math.isfinite(spread.history_[-1]["penalty_loss"]) and spread.history_[-1]["penalty_loss"] > 0
+    assert (
+        math.isfinite(spread.history_[-1]["penalty_loss"])
+        and spread.history_[-1]["penalty_loss"] > 0
+    )
 
 
 def test_log_freq_is_a_deprecated_spelling_of_verbose_freq():
@@ -336,3 +357,29 @@ def test_log_freq_and_verbose_freq_together_are_rejected():
     with pytest.raises(TypeError, match="both log_freq= and verbose_freq="):
         model = SparseCalibrationWeights(M.shape[1], seed=0)
         model.fit(M, y, epochs=2, log_freq=1, verbose_freq=1)
+
+
+def test_beta_schedule_and_final_beta_are_deprecated_spellings_of_the_temperature_schedule():
+    M, y = make_problem(seed=5)
+    old = SparseCalibrationWeights(M.shape[1], seed=0)
+    with pytest.warns(DeprecationWarning, match="temperature_schedule"):
+        old.fit(M, y, epochs=12, beta_schedule="linear", final_temperature=0.3, **FIT)
+    with pytest.warns(DeprecationWarning, match="final_temperature"):
+        old.fit(M, y, epochs=12, temperature_schedule="linear", final_beta=0.3, **FIT)
+    new = SparseCalibrationWeights(M.shape[1], seed=0)
+    new.fit(M, y, epochs=12, temperature_schedule="linear", final_temperature=0.3, **FIT)
+    new.fit(M, y, epochs=12, temperature_schedule="linear", final_temperature=0.3, **FIT)
+    assert old.beta == new.beta == pytest.approx(0.3)
+    assert torch.equal(old.log_weight, new.log_weight)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "value"),
+    [("beta_schedule", "temperature_schedule", "linear"), ("final_beta", "final_temperature", 0.3)],
+)
+def test_an_old_and_a_new_temperature_keyword_together_are_rejected(old, new, value):
+    M, y = make_problem(seed=5)
+    model = SparseCalibrationWeights(M.shape[1], seed=0)
+    with pytest.raises(TypeError, match=f"both {old}= and {new}="):
+        model.fit(M, y, epochs=2, **{old: value, new: value})
+    assert model.epochs_trained == 0

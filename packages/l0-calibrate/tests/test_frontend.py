@@ -193,6 +193,29 @@ def test_log_freq_and_verbose_freq_together_are_rejected():
         calibrate(frame, targets, target_count=30, log_freq=50, verbose_freq=50)
 
 
+def test_beta_schedule_and_final_beta_are_deprecated_spellings_of_the_temperature_schedule():
+    frame, targets = frame_problem()
+    kw = dict(target_count=30, epochs=40, polish=False, method="gates", verbose_freq=20)
+    with (
+        pytest.warns(DeprecationWarning, match="pass temperature_schedule="),
+        pytest.warns(DeprecationWarning, match="pass final_temperature="),
+    ):
+        old = calibrate(frame, targets, beta_schedule="linear", final_beta=0.3, **kw)
+    new = calibrate(frame, targets, temperature_schedule="linear", final_temperature=0.3, **kw)
+    assert old.model.beta == new.model.beta == pytest.approx(0.3)
+    assert np.array_equal(old.weights, new.weights)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "value"),
+    [("beta_schedule", "temperature_schedule", "linear"), ("final_beta", "final_temperature", 0.3)],
+)
+def test_an_old_and_a_new_temperature_keyword_together_are_rejected(old, new, value):
+    frame, targets = frame_problem()
+    with pytest.raises(TypeError, match=f"both {old}= and {new}="):
+        calibrate(frame, targets, target_count=30, method="gates", **{old: value, new: value})
+
+
 def test_a_default_left_out_is_the_options_class_default():
     from l0_calibrate.methods import GatesOptions
 

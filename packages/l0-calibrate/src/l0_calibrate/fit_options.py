@@ -98,8 +98,8 @@ class FitOptions:
     refit_epochs: int | None = None
     count_lr: float = 0.5
     count_warmup: float = 0.5
-    beta_schedule: str | Callable[[float, float, float], float] | None = None
-    final_beta: float | None = None
+    temperature_schedule: str | Callable[[float, float, float], float] | None = None
+    final_temperature: float | None = None
     schedule_epochs: int | None = None
     callbacks: Sequence[Callback] | None = None
     progress: bool | None = None
@@ -240,12 +240,14 @@ def validate_fit(
     for name in ("lambda_distance", "lambda_dispersion", "lambda_ratio"):
         setattr(opts, name, check_float(getattr(opts, name), name, min_val=0.0))
     loss_fn = get_loss(args["loss_type"], "loss_type")
-    if opts.beta_schedule is not None:
-        get_schedule(opts.beta_schedule)  # unknown name -> ValueError listing the registered ones
-        if opts.final_beta is None:
-            raise ValueError("beta_schedule needs final_beta, the temperature to reach at the end")
-        opts.final_beta = check_float(
-            opts.final_beta, "final_beta", min_val=0.0, include_boundaries="right"
+    if opts.temperature_schedule is not None:
+        get_schedule(opts.temperature_schedule)  # unknown name -> ValueError listing them
+        if opts.final_temperature is None:
+            raise ValueError(
+                "temperature_schedule needs final_temperature, the temperature to reach at the end"
+            )
+        opts.final_temperature = check_float(
+            opts.final_temperature, "final_temperature", min_val=0.0, include_boundaries="right"
         )
     if opts.schedule_epochs is not None:
         opts.schedule_epochs = check_int(opts.schedule_epochs, "schedule_epochs", min_val=1)
@@ -259,7 +261,7 @@ def validate_fit(
             opts.target_count, red.n_total, argument="target_count"
         )
         limit = max_selection_beta(model.gamma, model.zeta, model.LOG_ALPHA_BOUND)
-        for name, value in (("beta", model.beta), ("final_beta", opts.final_beta)):
+        for name, value in (("beta", model.beta), ("final_temperature", opts.final_temperature)):
             if value is not None and value >= limit:
                 raise ValueError(
                     f"{name}={value:g} is too hot for target_count: with gamma={model.gamma:g}, "
@@ -320,8 +322,8 @@ def shared_options(args: dict[str, Any], opts: FitOptions) -> dict[str, str]:
     names = ("lambda_l0", "lambda_l2", "lr", "epochs", "loss_type")
     shared = {name: show(args[name]) for name in names}
     for name in (
-        "target_count", "refit_epochs", "count_lr", "count_warmup", "beta_schedule", "final_beta",
-        "schedule_epochs", "lambda_distance", "distance", "lambda_dispersion", "max_weight_ratio",
+        "target_count", "refit_epochs", "count_lr", "count_warmup", "temperature_schedule",
+        "final_temperature", "schedule_epochs", "lambda_distance", "distance", "lambda_dispersion", "max_weight_ratio",
         "lambda_ratio", "polish",
     ):  # fmt: skip
         shared[name] = show(getattr(opts, name))

@@ -197,8 +197,8 @@ class FitState:
         if fn is None:
             if sched["name"] is None:
                 raise ValueError(
-                    "this model was checkpointed with a beta_schedule given as a function; pass the "
-                    "same function again as beta_schedule= to continue it"
+                    "this model was checkpointed with a temperature_schedule given as a function; "
+                    "pass the same function again as temperature_schedule= to continue it"
                 )
             fn = self.schedule_fn = get_schedule(sched["name"])
         total = sched["total"]
@@ -212,14 +212,14 @@ class FitState:
             out = float(value)
         except (TypeError, ValueError):
             raise TypeError(
-                f"beta_schedule returned {value!r} (a {type(value).__name__}) at epoch {epoch}; it "
-                "must return the temperature as a positive finite number"
+                f"temperature_schedule returned {value!r} (a {type(value).__name__}) at epoch "
+                f"{epoch}; it must return the temperature as a positive finite number"
             ) from None
         if not (math.isfinite(out) and out > 0):
             raise ValueError(
-                f"beta_schedule returned {out!r} at epoch {epoch} (progress {progress:.4g}, from "
-                f"{sched['initial']:g} to {sched['final']:g}); the temperature must be a positive "
-                "finite number: fix the schedule function"
+                f"temperature_schedule returned {out!r} at epoch {epoch} (progress {progress:.4g}, "
+                f"from {sched['initial']:g} to {sched['final']:g}); the temperature must be a "
+                "positive finite number: fix the schedule function"
             )
         return out
 

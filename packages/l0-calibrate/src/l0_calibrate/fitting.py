@@ -129,27 +129,27 @@ class _Fit:
 
     def _prepare_schedule(self) -> None:
         m, st, opts = self.model, self.state, self.opts
-        if opts.beta_schedule is None:
+        if opts.temperature_schedule is None:
             return  # keep (and continue) any schedule of an earlier call
-        name = opts.beta_schedule if isinstance(opts.beta_schedule, str) else None
+        name = opts.temperature_schedule if isinstance(opts.temperature_schedule, str) else None
         total = opts.schedule_epochs or self.args["epochs"]
         sched = st.schedule
         same = (
             sched is not None
             and sched["name"] == name
-            and sched["final"] == opts.final_beta
+            and sched["final"] == opts.final_temperature
             and (opts.schedule_epochs is None or sched["total"] == opts.schedule_epochs)
-            and (name is not None or st.schedule_fn is opts.beta_schedule)
+            and (name is not None or st.schedule_fn is opts.temperature_schedule)
         )
         if not same:
             st.schedule = {
                 "name": name,
                 "initial": m.beta,
-                "final": opts.final_beta,
+                "final": opts.final_temperature,
                 "total": total,
                 "start": st.epoch,
             }
-        st.schedule_fn = get_schedule(opts.beta_schedule)
+        st.schedule_fn = get_schedule(opts.temperature_schedule)
 
     def _prepare_controller(self) -> None:
         m, st = self.model, self.state

@@ -60,7 +60,9 @@ __all__ = [
 _ALWAYS = frozenset({"seed", "band"})
 
 
-@renamed_keywords(log_freq="verbose_freq")
+@renamed_keywords(
+    log_freq="verbose_freq", beta_schedule="temperature_schedule", final_beta="final_temperature"
+)
 def calibrate(
     estimate_matrix: Any,
     targets: Any,
@@ -85,8 +87,8 @@ def calibrate(
     max_weight_ratio: Any = None,
     band: float | None = BAND,
     method: str | None = None,
-    beta_schedule: str | Callable | None = None,
-    final_beta: float | None = None,
+    temperature_schedule: str | Callable | None = None,
+    final_temperature: float | None = None,
     holdout_matrix: Any = None,
     holdout_totals: Any = None,
     holdout_names: Sequence[str] | None = None,
@@ -186,8 +188,10 @@ def calibrate(
         low-design-effect pipeline. ``"gates"``: the fast, resumable
         :class:`SparseCalibrationWeights` engine (callbacks, progress bar,
         ``model`` in the result), then polishing.
-    beta_schedule, final_beta : optional
-        Temperature schedule.
+    temperature_schedule, final_temperature : optional
+        Temperature schedule of the gates (``method="gates"``), as in
+        ``SparseCalibrationWeights.fit``; ``beta_schedule`` and ``final_beta``,
+        their deprecated spellings, warn.
     holdout_matrix, holdout_totals, holdout_names : optional
         Variables that were *not* targets (same orientation as
         ``estimate_matrix``) and their true totals: reported in ``holdout``.

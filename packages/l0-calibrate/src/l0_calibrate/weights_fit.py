@@ -77,7 +77,11 @@ class TrainableWeights(nn.Module):
         self._fit_state.history = list(value)
 
     # ------------------------------------------------------------- fit
-    @renamed_keywords(log_freq="verbose_freq")
+    @renamed_keywords(
+        log_freq="verbose_freq",
+        beta_schedule="temperature_schedule",
+        final_beta="final_temperature",
+    )
     def fit(
         self,
         M: Any,
@@ -97,8 +101,8 @@ class TrainableWeights(nn.Module):
         refit_epochs: int | None = None,
         count_lr: float = 0.5,
         count_warmup: float = 0.5,
-        beta_schedule: str | Callable[[float, float, float], float] | None = None,
-        final_beta: float | None = None,
+        temperature_schedule: str | Callable[[float, float, float], float] | None = None,
+        final_temperature: float | None = None,
         schedule_epochs: int | None = None,
         callbacks: Sequence[Callable[[dict], Any]] | None = None,
         progress: bool | None = None,
@@ -172,13 +176,15 @@ class TrainableWeights(nn.Module):
             Fraction of ``epochs`` over which the controller's target moves
             geometrically from the current expected count down to
             ``target_count`` (then stays there).
-        beta_schedule : str or callable, optional
+        temperature_schedule : str or callable, optional
             Temperature schedule by registered name (``"linear"``,
             ``"exponential"``, ``"cosine"``, ``"constant"``, plugins) or a
             function ``(progress, initial, final) -> beta``; runs from the
-            current ``beta`` to ``final_beta`` over ``schedule_epochs``
+            current ``beta`` to ``final_temperature`` over ``schedule_epochs``
             (default: this call's ``epochs``), continued by later calls.
-        final_beta : float, optional
+            Named as l0-core names the same ideas (``TemperatureScheduler``,
+            ``select_and_polish(final_temperature=)``).
+        final_temperature : float, optional
             Temperature at the end of the schedule (required with a schedule).
         schedule_epochs : int, optional
             Length of the schedule in epochs, across calls.
@@ -189,6 +195,10 @@ class TrainableWeights(nn.Module):
         log_freq : int, optional
             Deprecated spelling of ``verbose_freq`` (a ``DeprecationWarning``;
             passing both raises ``TypeError``).
+        beta_schedule, final_beta : optional
+            Deprecated spellings of ``temperature_schedule`` and
+            ``final_temperature`` (a ``DeprecationWarning``; passing both
+            spellings of one raises ``TypeError``).
         progress : bool, optional
             tqdm progress bar; default: shown when ``verbose`` and stderr is a
             terminal.
@@ -268,8 +278,8 @@ class TrainableWeights(nn.Module):
             refit_epochs=refit_epochs,
             count_lr=count_lr,
             count_warmup=count_warmup,
-            beta_schedule=beta_schedule,
-            final_beta=final_beta,
+            temperature_schedule=temperature_schedule,
+            final_temperature=final_temperature,
             schedule_epochs=schedule_epochs,
             callbacks=callbacks,
             progress=progress,

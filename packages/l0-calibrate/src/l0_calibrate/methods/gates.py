@@ -40,7 +40,7 @@ class GatesOptions(MethodOptions):
         Initial probability that a gate is open.
     lambda_dispersion : float, default 0
         Weight of the weights' CV^2.
-    beta_schedule, final_beta : optional
+    temperature_schedule, final_temperature : optional
         Temperature schedule of the gates.
     target_groups, normalize_groups, group_multipliers
         The target grouping of the loss (as given to ``calibrate``).
@@ -59,8 +59,8 @@ class GatesOptions(MethodOptions):
     lambda_l2: float = 0.0
     init_keep_prob: float = 0.5
     lambda_dispersion: float = 0.0
-    beta_schedule: str | Callable[..., float] | None = None
-    final_beta: float | None = None
+    temperature_schedule: str | Callable[..., float] | None = None
+    final_temperature: float | None = None
     target_groups: Sequence[Hashable] | None = None
     normalize_groups: bool = True
     group_multipliers: Mapping[Hashable, float] | None = None
@@ -164,8 +164,8 @@ def run(problem: Problem, options: GatesOptions, reducer: LocalReducer) -> Solut
         normalize_groups=options.normalize_groups,
         group_multipliers=options.group_multipliers,
         target_count=options.target_count,
-        beta_schedule=options.beta_schedule,
-        final_beta=options.final_beta,
+        temperature_schedule=options.temperature_schedule,
+        final_temperature=options.final_temperature,
         callbacks=options.callbacks,
         progress=options.progress,
         target_names=problem.names,
