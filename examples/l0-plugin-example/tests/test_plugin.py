@@ -70,7 +70,7 @@ def test_make_gate_builds_it_with_the_l0_constructor_convention():
 
 def test_temperature_scheduler_uses_the_plugin_schedule_by_name():
     s = TemperatureScheduler(
-        initial_temp=1.0, final_temp=0.1, total_epochs=11, schedule="plateau_cosine"
+        initial_temperature=1.0, final_temperature=0.1, total_epochs=11, schedule="plateau_cosine"
     )
     temps = [s.get_temperature(e) for e in range(11)]
     assert temps[:3] == [1.0, 1.0, 1.0]  # progress 0, 0.1, 0.2: the plateau

@@ -10,8 +10,9 @@ from l0_core import HardConcrete, TemperatureScheduler, update_temperatures
 
 
 def test_anneal_epochs_is_translated_to_total_epochs_plus_one():
-    with pytest.warns(DeprecationWarning, match=r"anneal_epochs=10.*total_epochs=11"):
+    with pytest.warns(DeprecationWarning, match=r"anneal_epochs=10.*total_epochs=11") as caught:
         old = TemperatureScheduler(2.0, 0.1, anneal_epochs=10)
+    assert [w.filename for w in caught] == [__file__]  # the caller's line, not the wrapper's
     assert old.total_epochs == 11
     for epoch in range(13):  # 0.6: final temperature from epoch anneal_epochs on
         want = 0.1 if epoch >= 10 else 2.0 * (0.1 / 2.0) ** (epoch / 10)

@@ -46,8 +46,8 @@ def test_gates_by_keyword_produce_probabilities_that_mask_the_weights(dtype):
 def test_temperature_scheduler_with_update_temperatures_loop(dtype):
     model = nn.Sequential(nn.Linear(4, 4, dtype=dtype), HardConcrete(4, dtype=dtype))
     scheduler = TemperatureScheduler(
-        initial_temp=1.0,  # Start relaxed
-        final_temp=0.1,  # End sparse
+        initial_temperature=1.0,  # Start relaxed
+        final_temperature=0.1,  # End sparse
         total_epochs=100,
     )
     temps = []

@@ -25,39 +25,51 @@ ANNEALING = ["linear", "exponential", "cosine"]
 
 @pytest.mark.parametrize("schedule", BUILTINS)
 def test_schedule_starts_exactly_at_initial_temperature(schedule):
-    s = TemperatureScheduler(initial_temp=1.0, final_temp=0.1, total_epochs=50, schedule=schedule)
+    s = TemperatureScheduler(
+        initial_temperature=1.0, final_temperature=0.1, total_epochs=50, schedule=schedule
+    )
     assert s.get_temperature(0) == 1.0
 
 
 @pytest.mark.parametrize("schedule", ANNEALING)
 def test_schedule_ends_exactly_at_final_temperature_on_the_last_epoch(schedule):
-    s = TemperatureScheduler(initial_temp=1.0, final_temp=0.1, total_epochs=50, schedule=schedule)
+    s = TemperatureScheduler(
+        initial_temperature=1.0, final_temperature=0.1, total_epochs=50, schedule=schedule
+    )
     assert s.get_temperature(49) == 0.1
 
 
 @pytest.mark.parametrize("schedule", ANNEALING)
 def test_schedule_is_constant_after_total_epochs(schedule):
-    s = TemperatureScheduler(initial_temp=2.0, final_temp=0.3, total_epochs=10, schedule=schedule)
+    s = TemperatureScheduler(
+        initial_temperature=2.0, final_temperature=0.3, total_epochs=10, schedule=schedule
+    )
     assert [s.get_temperature(e) for e in (9, 10, 11, 1000)] == [0.3] * 4
 
 
 @pytest.mark.parametrize("schedule", ANNEALING)
 def test_cooling_schedule_decreases_strictly(schedule):
-    s = TemperatureScheduler(initial_temp=1.0, final_temp=0.1, total_epochs=100, schedule=schedule)
+    s = TemperatureScheduler(
+        initial_temperature=1.0, final_temperature=0.1, total_epochs=100, schedule=schedule
+    )
     temps = [s.get_temperature(e) for e in range(100)]
     assert all(a > b for a, b in zip(temps, temps[1:], strict=False))
 
 
 @pytest.mark.parametrize("schedule", ANNEALING)
 def test_warming_schedule_increases_strictly(schedule):
-    s = TemperatureScheduler(initial_temp=0.1, final_temp=1.0, total_epochs=30, schedule=schedule)
+    s = TemperatureScheduler(
+        initial_temperature=0.1, final_temperature=1.0, total_epochs=30, schedule=schedule
+    )
     temps = [s.get_temperature(e) for e in range(30)]
     assert all(a < b for a, b in zip(temps, temps[1:], strict=False))
     assert temps[0] == 0.1 and temps[-1] == 1.0
 
 
 def test_constant_schedule_keeps_the_initial_temperature_until_the_end():
-    s = TemperatureScheduler(initial_temp=0.5, final_temp=0.1, total_epochs=5, schedule="constant")
+    s = TemperatureScheduler(
+        initial_temperature=0.5, final_temperature=0.1, total_epochs=5, schedule="constant"
+    )
     assert [s.get_temperature(e) for e in range(4)] == [0.5] * 4
 
 
@@ -74,7 +86,7 @@ def test_middle_values_match_the_closed_forms():
 
 def test_default_schedule_is_exponential_from_one_to_a_tenth_over_a_hundred_epochs():
     s = TemperatureScheduler()
-    assert (s.initial_temp, s.final_temp, s.total_epochs, s.schedule) == (
+    assert (s.initial_temperature, s.final_temperature, s.total_epochs, s.schedule) == (
         1.0,
         0.1,
         100,
@@ -120,9 +132,13 @@ def test_an_unknown_schedule_name_lists_the_available_ones():
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"initial_temp": 0.0}, ValueError, r"initial_temp must be > 0\.0, got 0\.0"),
-        ({"final_temp": -1.0}, ValueError, r"final_temp must be > 0\.0, got -1\.0"),
-        ({"final_temp": float("inf")}, ValueError, "final_temp must be a finite number, got inf"),
+        ({"initial_temperature": 0.0}, ValueError, r"initial_temperature must be > 0\.0, got 0\.0"),
+        ({"final_temperature": -1.0}, ValueError, r"final_temperature must be > 0\.0, got -1\.0"),
+        (
+            {"final_temperature": float("inf")},
+            ValueError,
+            "final_temperature must be a finite number, got inf",
+        ),
         ({"total_epochs": 0}, ValueError, "total_epochs must be >= 1, got 0"),
         ({"total_epochs": 10.0}, TypeError, r"total_epochs must be an int, got float \(10\.0\)"),
         ({"schedule": 3}, TypeError, "schedule must be a registered schedule name or a function"),
@@ -133,6 +149,27 @@ def test_scheduler_rejects_bad_arguments(kwargs, error, message):
         TemperatureScheduler(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "value"),
+    [("initial_temp", "initial_temperature", 2.0), ("final_temp", "final_temperature", 0.2)],
+)
+def test_initial_temp_and_final_temp_are_deprecated_spellings(old, new, value):
+    with pytest.warns(DeprecationWarning, match=f"pass {new}="):
+        s = TemperatureScheduler(**{old: value}, total_epochs=10, schedule="linear")
+    assert getattr(s, new) == value
+    assert getattr(s, old) == value  # the l0 facade's 0.6.2 attribute name stays readable
+    same = TemperatureScheduler(**{new: value}, total_epochs=10, schedule="linear")
+    assert [s.get_temperature(e) for e in range(10)] == [same.get_temperature(e) for e in range(10)]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("initial_temp", "initial_temperature"), ("final_temp", "final_temperature")]
+)
+def test_an_old_and_a_new_temperature_keyword_together_are_rejected(old, new):
+    with pytest.raises(TypeError, match=f"both {old}= and {new}="):
+        TemperatureScheduler(**{old: 0.5, new: 0.5})
+
+
 def test_negative_epoch_is_rejected():
     with pytest.raises(ValueError, match="epoch must be >= 0"):
         TemperatureScheduler().get_temperature(-1)
@@ -140,7 +177,7 @@ def test_negative_epoch_is_rejected():
 
 def test_repr_shows_the_settings():
     assert repr(TemperatureScheduler(schedule="linear")) == (
-        "TemperatureScheduler(initial_temp=1.0, final_temp=0.1, total_epochs=100, schedule='linear')"
+        "TemperatureScheduler(initial_temperature=1.0, final_temperature=0.1, total_epochs=100, schedule='linear')"
     )
 
 
@@ -205,7 +242,9 @@ def test_set_gate_temperature_rejects_non_positive_values(temp, problem):
 
 def test_scheduler_with_update_temperatures_anneals_the_model_as_in_a_training_loop():
     model = nn.ModuleList([HardConcrete(4), HardConcrete(2)])
-    scheduler = TemperatureScheduler(initial_temp=1.0, final_temp=0.1, total_epochs=10)
+    scheduler = TemperatureScheduler(
+        initial_temperature=1.0, final_temperature=0.1, total_epochs=10
+    )
     seen = []
     for epoch in range(10):
         update_temperatures(model, scheduler.get_temperature(epoch))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from .checks import check_float, check_int
+from .checks import check_float, check_int, renamed_keywords
 from .gate import is_gate, set_gate_temperature
 from .plugins import lookup
 
@@ -73,16 +73,16 @@ def get_schedule(schedule: str | ScheduleFn) -> ScheduleFn:
 
 
 class TemperatureScheduler:
-    """Anneal the gate temperature from ``initial_temp`` to ``final_temp``.
+    """Anneal the gate temperature from ``initial_temperature`` to ``final_temperature``.
 
     Parameters
     ----------
-    initial_temp : float, default 1.0
+    initial_temperature : float, default 1.0
         Temperature at epoch 0.
-    final_temp : float, default 0.1
+    final_temperature : float, default 0.1
         Temperature from epoch ``total_epochs - 1`` on (so a loop over
-        ``range(total_epochs)`` ends exactly at ``final_temp``), and constant
-        after.
+        ``range(total_epochs)`` ends exactly at ``final_temperature``), and
+        constant after.
     total_epochs : int, default 100
         Length of the schedule.
     schedule : str or callable, default "exponential"
@@ -92,18 +92,25 @@ class TemperatureScheduler:
         Deprecated, l0-python 0.6's length: the final temperature is reached
         at epoch ``anneal_epochs``, i.e. ``total_epochs = anneal_epochs + 1``
         (translated, with a ``DeprecationWarning``).
+    initial_temp, final_temp : float, optional
+        Deprecated spellings of ``initial_temperature`` and
+        ``final_temperature`` (a ``DeprecationWarning``; passing both
+        spellings of one raises ``TypeError``). The attributes
+        ``initial_temp`` and ``final_temp`` stay readable (the ``l0``
+        facade's l0-python 0.6.2 scheduler uses them).
 
     Examples
     --------
-    >>> s = TemperatureScheduler(initial_temp=1.0, final_temp=0.1, total_epochs=100)
+    >>> s = TemperatureScheduler(initial_temperature=1.0, final_temperature=0.1, total_epochs=100)
     >>> s.get_temperature(0), round(s.get_temperature(99), 10), s.get_temperature(500)
     (1.0, 0.1, 0.1)
     """
 
+    @renamed_keywords(initial_temp="initial_temperature", final_temp="final_temperature")
     def __init__(
         self,
-        initial_temp: float = 1.0,
-        final_temp: float = 0.1,
+        initial_temperature: float = 1.0,
+        final_temperature: float = 0.1,
         total_epochs: int = 100,
         schedule: str | ScheduleFn = "exponential",
         *,
@@ -121,13 +128,21 @@ class TemperatureScheduler:
                 f"TemperatureScheduler(anneal_epochs={anneal_epochs}) is deprecated; use "
                 f"total_epochs={total_epochs} (the final temperature at epoch total_epochs - 1)",
                 DeprecationWarning,
-                stacklevel=2,
+                stacklevel=3,  # __init__ <- its renamed_keywords wrapper <- the caller
             )
-        self.initial_temp = check_float(
-            initial_temp, "initial_temp", min_val=0.0, include_boundaries="neither", hint="e.g. 1.0"
+        self.initial_temperature = check_float(
+            initial_temperature,
+            "initial_temperature",
+            min_val=0.0,
+            include_boundaries="neither",
+            hint="e.g. 1.0",
         )
-        self.final_temp = check_float(
-            final_temp, "final_temp", min_val=0.0, include_boundaries="neither", hint="e.g. 0.1"
+        self.final_temperature = check_float(
+            final_temperature,
+            "final_temperature",
+            min_val=0.0,
+            include_boundaries="neither",
+            hint="e.g. 0.1",
         )
         self.total_epochs = check_int(total_epochs, "total_epochs", min_val=1, hint="e.g. 100")
         if not isinstance(schedule, str) and not callable(schedule):
@@ -137,6 +152,36 @@ class TemperatureScheduler:
             )
         self.schedule = schedule
         self._fn = get_schedule(schedule)
+
+    @property
+    def initial_temp(self) -> float:
+        """``initial_temperature`` under its l0-python 0.6.2 name.
+
+        Examples
+        --------
+        >>> TemperatureScheduler(initial_temperature=2.0).initial_temp
+        2.0
+        """
+        return self.initial_temperature
+
+    @initial_temp.setter
+    def initial_temp(self, value: float) -> None:
+        self.initial_temperature = value
+
+    @property
+    def final_temp(self) -> float:
+        """``final_temperature`` under its l0-python 0.6.2 name.
+
+        Examples
+        --------
+        >>> TemperatureScheduler(final_temperature=0.2).final_temp
+        0.2
+        """
+        return self.final_temperature
+
+    @final_temp.setter
+    def final_temp(self, value: float) -> None:
+        self.final_temperature = value
 
     def progress(self, epoch: int) -> float:
         """Fraction of the schedule done at ``epoch``, in ``[0, 1]``.
@@ -161,10 +206,10 @@ class TemperatureScheduler:
         """
         p = self.progress(epoch)
         if p <= 0.0:
-            return self.initial_temp
+            return self.initial_temperature
         if p >= 1.0:
-            return self.final_temp
-        value = self._fn(p, self.initial_temp, self.final_temp)
+            return self.final_temperature
+        value = self._fn(p, self.initial_temperature, self.final_temperature)
         try:
             temp = float(value)
         except (TypeError, ValueError):
@@ -178,8 +223,9 @@ class TemperatureScheduler:
 
     def __repr__(self) -> str:
         return (
-            f"TemperatureScheduler(initial_temp={self.initial_temp}, final_temp={self.final_temp}, "
-            f"total_epochs={self.total_epochs}, schedule={self.schedule!r})"
+            f"TemperatureScheduler(initial_temperature={self.initial_temperature}, "
+            f"final_temperature={self.final_temperature}, total_epochs={self.total_epochs}, "
+            f"schedule={self.schedule!r})"
         )
 
 
