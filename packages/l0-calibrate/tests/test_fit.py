@@ -383,3 +383,11 @@ def test_an_old_and_a_new_temperature_keyword_together_are_rejected(old, new, va
     with pytest.raises(TypeError, match=f"both {old}= and {new}="):
         model.fit(M, y, epochs=2, **{old: value, new: value})
     assert model.epochs_trained == 0
+
+
+def test_fit_warns_at_the_callers_line_through_its_keyword_wrapper():
+    M = np.abs(np.random.default_rng(0).normal(size=(3, 40)))
+    M[2] = 0.0  # no household reaches the last target
+    with pytest.warns(InfeasibleTargetWarning) as caught:
+        SparseCalibrationWeights(40, seed=0).fit(M, np.array([10.0, 10.0, 5.0]), epochs=2)
+    assert [w.filename for w in caught] == [__file__]

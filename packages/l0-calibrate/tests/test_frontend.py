@@ -1,5 +1,7 @@
 """calibrate() and CalibrationResult."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -283,3 +285,18 @@ def test_select_and_polish_documents_the_defaults_of_its_signature():
         )
         checked.append(name)
     assert {"epochs", "lr", "temperature", "band"} <= set(checked)
+
+
+def test_calibrate_warns_at_the_callers_line_through_its_keyword_wrapper():
+    from l0_calibrate import TargetMissWarning, UnmetTargetWarning
+
+    M = np.abs(np.random.default_rng(0).normal(size=(4, 80)))
+    targets = M.sum(axis=1) * 2.0
+    targets[-1] *= 40.0  # out of reach of a 2x weight bound: missed, and unmet after polishing
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calibrate(M, targets, target_count=20, epochs=50, max_weight_ratio=2.0)
+        calibrate(M, targets, target_count=20, epochs=5, method="gates", polish=False)
+    misses = [w for w in caught if issubclass(w.category, TargetMissWarning)]
+    assert {w.category for w in misses} == {UnmetTargetWarning, TargetMissWarning}
+    assert {w.filename for w in misses} == {__file__}

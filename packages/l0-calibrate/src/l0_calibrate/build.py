@@ -136,7 +136,9 @@ def _weight_diagnostics(
     return out
 
 
-def _mark_unmet(report: Any, solution: Solution, diagnostics: dict[str, Any], warn: bool) -> bool:
+def _mark_unmet(
+    report: Any, solution: Solution, diagnostics: dict[str, Any], warn: bool, stacklevel: int
+) -> bool:
     """``report["met"]`` and ``diagnostics["unmet_targets"]``; warn naming the unmet targets.
 
     Returns whether an :class:`UnmetTargetWarning` was issued.
@@ -158,7 +160,7 @@ def _mark_unmet(report: Any, solution: Solution, diagnostics: dict[str, Any], wa
         + (" ..." if len(unmet) > 10 else "") + solution.unmet_cause + ". See report['met']"
         + (f"; {n_bad} target(s) are infeasible (report['infeasible'])." if n_bad else "."),
         UnmetTargetWarning,
-        stacklevel=4,
+        stacklevel=stacklevel,
     )  # fmt: skip
     return True
 
@@ -199,7 +201,7 @@ def build_result(
     diagnostics["stage_times"] = dict(solution.stage_times)
     diagnostics.update(solution.diagnostics)
     warned = solution.unmet is not None and _mark_unmet(
-        report, solution, diagnostics, reducer.is_main
+        report, solution, diagnostics, reducer.is_main, stacklevel
     )
     if reducer.is_main and not warned:
         mark_misses(report, tolerance, stacklevel=stacklevel)

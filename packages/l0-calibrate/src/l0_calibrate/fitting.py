@@ -414,7 +414,7 @@ def run_fit(
             + (f" and {more} more" if more > 0 else "")
             + ". They are left out of the loss and reported as infeasible; the rest are calibrated.",
             InfeasibleTargetWarning,
-            stacklevel=3,
+            stacklevel=4,  # run_fit <- fit <- its renamed_keywords wrapper <- the caller
         )
     fit = _Fit(model, problem, loss_fn, args, opts, target_count)
     threads_before = torch.get_num_threads()

@@ -268,7 +268,7 @@ def calibrate(
     solution = entry.run(problem, options, reducer)
     return build_result(
         problem, solution, reducer, labels=labels,
-        holdout=(holdout_matrix, holdout_totals, holdout_names), tolerance=tolerance, stacklevel=4,
+        holdout=(holdout_matrix, holdout_totals, holdout_names), tolerance=tolerance, stacklevel=5,
     )  # fmt: skip
 
 
