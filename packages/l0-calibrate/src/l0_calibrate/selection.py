@@ -367,8 +367,8 @@ def select_and_polish(
     if hierarchy is not None:
         t_np = reconcile_targets(t_np, hierarchy)
 
-    clock = StageClock(progress, total=epochs + 4, desc="select")
     dev = op.device
+    clock = StageClock(progress, total=epochs + 4, desc="select", device=dev)
     where = f"on {dev}" if dev.type != "cpu" else "on cpu"
     generator = torch.Generator(device=dev)
     if seed is not None:
@@ -448,6 +448,7 @@ def select_and_polish(
     clock.close()
     diagnostics: dict[str, Any] = dict(weight_diagnostics(weights, d_np))
     diagnostics["stage_times"] = dict(clock.times)
+    diagnostics["stage_devices"] = dict(clock.devices)
     diagnostics["start_weight"] = float(d_np.mean()) if design_weights is None else float("nan")
     return SelectionResult(
         weights=weights,
