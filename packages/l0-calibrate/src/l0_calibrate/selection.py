@@ -99,7 +99,10 @@ class SelectionResult:
     diagnostics : dict
         :func:`l0_calibrate.diagnostics.weight_diagnostics` of ``weights``,
         plus ``stage_times`` (seconds per stage: ``gates``, ``refine``,
-        ``polish``, and ``cover``/``repair`` when they ran) and
+        ``polish``, and ``cover``/``repair`` when they ran),
+        ``stage_devices`` (where each stage ran: the operator's device,
+        ``"cpu"``, or ``"cuda:0+cpu"`` for the refinement's products on the
+        device and its exchanges on the CPU) and
         ``start_weight`` (the common starting weight derived from the data
         when no design weights were given, else NaN).
     unmet : numpy.ndarray
