@@ -24,7 +24,8 @@ Sizes: ``2k`` (2,000 x 100,000, 5,000 kept), ``5k`` (5,000 x 300,000,
 15,000 kept) and, with ``--large``, ``15k`` (15,000 x 1,000,000, 50,000
 kept). Printed per run: wall time of ``calibrate``, peak RSS, per-stage
 times (``result.diagnostics["stage_times"]``), mean and max relative error,
-kept count, design effect; per size the ratios default / gates; and the
+kept count, design effect (with ``--device cuda``: where each select stage
+ran, ``diagnostics["stage_devices"]``); per size the ratios default / gates; and the
 growth exponent of each method's time in nnz (least squares on log-log over
 the sizes run).
 
@@ -130,6 +131,7 @@ def _child(args: argparse.Namespace) -> None:
         "kept": res.n_active,
         "design_effect": float(res.diagnostics.get("design_effect", float("nan"))),
         "stages": {k: float(v) for k, v in res.diagnostics.get("stage_times", {}).items()},
+        "devices": dict(res.diagnostics.get("stage_devices", {})),
     }
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -198,7 +200,11 @@ def main() -> None:
             for method in methods:
                 r = _run_child(method, mpath, tpath, count, args)
                 res[method] = r
-                stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items())
+                dev = r.get("devices", {})
+                stages = ", ".join(
+                    f"{k} {v:.1f}" + (f" [{dev[k]}]" if args.device != "cpu" and k in dev else "")
+                    for k, v in r["stages"].items()
+                )
                 print(
                     f"{name} {shape[0]:,} x {shape[1]:,} nnz {nnz / 1e6:.1f}M keep {count:,} "
                     f"{method}: {r['wall_s']:.1f} s, peak {r['peak_rss_gib']:.2f} GiB, "

@@ -202,7 +202,9 @@ def calibrate(
         one step per stage). Either method logs each stage's start, end and
         time on the ``l0_calibrate`` logger and records the times in
         ``diagnostics["stage_times"]`` (the select stages also as ``phase``
-        rows of ``history``).
+        rows of ``history``); ``diagnostics["stage_devices"]`` says where
+        each select stage ran (a stage on the CPU during a GPU run is also
+        logged once, with its reason).
     seed : int or None, default 0
         Seed of the gates' noise (None: from torch's global generator).
     device, dtype

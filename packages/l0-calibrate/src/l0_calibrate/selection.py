@@ -99,7 +99,10 @@ class SelectionResult:
     diagnostics : dict
         :func:`l0_calibrate.diagnostics.weight_diagnostics` of ``weights``,
         plus ``stage_times`` (seconds per stage: ``gates``, ``refine``,
-        ``polish``, and ``cover``/``repair`` when they ran) and
+        ``polish``, and ``cover``/``repair`` when they ran),
+        ``stage_devices`` (where each stage ran: the operator's device,
+        ``"cpu"``, or ``"cuda:0+cpu"`` for the refinement's products on the
+        device and its exchanges on the CPU) and
         ``start_weight`` (the common starting weight derived from the data
         when no design weights were given, else NaN).
     unmet : numpy.ndarray
@@ -367,8 +370,8 @@ def select_and_polish(
     if hierarchy is not None:
         t_np = reconcile_targets(t_np, hierarchy)
 
-    clock = StageClock(progress, total=epochs + 4, desc="select")
     dev = op.device
+    clock = StageClock(progress, total=epochs + 4, desc="select", device=dev)
     where = f"on {dev}" if dev.type != "cpu" else "on cpu"
     generator = torch.Generator(device=dev)
     if seed is not None:
@@ -448,6 +451,7 @@ def select_and_polish(
     clock.close()
     diagnostics: dict[str, Any] = dict(weight_diagnostics(weights, d_np))
     diagnostics["stage_times"] = dict(clock.times)
+    diagnostics["stage_devices"] = dict(clock.devices)
     diagnostics["start_weight"] = float(d_np.mean()) if design_weights is None else float("nan")
     return SelectionResult(
         weights=weights,

@@ -32,21 +32,31 @@ _SMALL_NNZ = 1 << 20
 
 
 @torch.no_grad()
-def _project_count(gate: HardConcrete, count: int) -> None:
+def _project_count(gate: HardConcrete, count: int, buf: torch.Tensor | None = None) -> int:
     """Shift all gate logits by one constant so the expected number of open gates is ``count``.
 
     Solves ``sum_k P(z_k != 0 | log_alpha_k + delta) = count`` for
     ``delta`` by safeguarded Newton steps (the sum is increasing in
     ``delta``); the relative order of the gates, which is what the fit
-    learns, is unchanged.
+    learns, is unchanged. Each step is one pass over the gates (the shifted
+    logits into ``buf``, their probabilities ``p``, the sum of ``p`` and its
+    dot product with itself: the slope is ``sum p - sum p^2``) and one
+    synchronisation; after an optimiser step
+    one or two steps suffice. ``buf`` (a scratch tensor like ``log_alpha``)
+    avoids an allocation per call. Returns the number of passes.
     """
     la = gate.log_alpha
+    if buf is None or buf.shape != la.shape or buf.dtype != la.dtype or buf.device != la.device:
+        buf = torch.empty_like(la)
     lo, hi = -60.0, 60.0
     delta = 0.0
     beta = float(gate.temperature.item())
+    passes = 0
     for _ in range(60):
-        p = hard_concrete_prob_active(la + delta, beta, gate.gamma, gate.zeta)
-        total, slope = torch.stack([p.sum(), (p * (1 - p)).sum()]).tolist()
+        passes += 1
+        p = hard_concrete_prob_active(torch.add(la, delta, out=buf), beta, gate.gamma, gate.zeta)
+        total, sumsq = torch.stack([p.sum(), torch.dot(p, p)]).tolist()
+        slope = total - sumsq  # d/d(delta) sum p = sum p (1 - p)
         gap = total - count
         if abs(gap) < 1e-3 * max(count, 1):
             break
@@ -56,7 +66,9 @@ def _project_count(gate: HardConcrete, count: int) -> None:
             lo = delta
         step = delta - gap / slope if slope > 0 else (lo + hi) / 2
         delta = step if lo < step < hi else (lo + hi) / 2
-    la.add_(delta)
+    if delta != 0.0:
+        la.add_(delta)
+    return passes
 
 
 class _Adam:
@@ -143,14 +155,15 @@ def train_gates(
         generator=generator,
     )
     theta = torch.nn.Parameter(torch.zeros(n_cols, device=dev, dtype=dtype))
-    _project_count(gate, count)
+    scratch = torch.empty_like(gate.log_alpha.detach())
+    _project_count(gate, count, scratch)
     opt = _Adam([gate.log_alpha, theta] if learn_adjustments else [gate.log_alpha], lr=lr)
     history: list[dict[str, float]] = []
     gate.train()
     threads = torch.get_num_threads()
     if dev.type == "cpu" and op.nnz < _SMALL_NNZ:
         torch.set_num_threads(1)  # small products: threads only add synchronisation
-    with clock.stage("gates", where):
+    with clock.stage("gates", where, device=str(dev)):
         try:
             for epoch in range(epochs):
                 if final_temperature is not None and epochs > 1:
@@ -160,7 +173,9 @@ def train_gates(
                 z = gate()
                 base = d * z
                 c = (total_d / base.sum().clamp_min(torch.finfo(dtype).tiny)).detach()
-                w = base * torch.exp(theta) * c
+                # Without learned adjustments exp(theta) is 1: two passes and their
+                # backward saved per epoch.
+                w = base * torch.exp(theta) * c if learn_adjustments else base * c
                 est = sparse_matvec(op, w)
                 rel = (est - t) / scale
                 fit = (v * rel * rel).sum()
@@ -174,7 +189,7 @@ def train_gates(
                     )
                 loss.backward()
                 opt.step()
-                _project_count(gate, count)
+                _project_count(gate, count, scratch)
                 clock.tick()
                 if (epoch + 1) % verbose_freq == 0 or epoch + 1 == epochs:
                     row = {

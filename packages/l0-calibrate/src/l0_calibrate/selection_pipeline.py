@@ -145,8 +145,17 @@ class SupportSearch:
             sup = np.sort(order[:count])
         cols = self.refine_cols
         if cols is not None:
-            note = f"{self.metric} metric, products {self.where}"
-            with self.clock.stage("refine", note):
+            dev = str(self.problem.op.device)
+            if isinstance(cols, OperatorColumns):
+                note = (
+                    f"{self.metric} metric: the products with the whole matrix on {dev}, the "
+                    "exchanges inside a gathered candidate pool in scipy on the CPU"
+                )
+                where = dev if dev == "cpu" else f"{dev}+cpu"
+            else:
+                note = f"{self.metric} metric: the dense rotated rows in scipy on the CPU"
+                where = "cpu"
+            with self.clock.stage("refine", note, device=where):
                 sup, n_swaps, n_passes = _swap_refine(
                     cols,
                     self.refine_t,
@@ -170,7 +179,9 @@ class SupportSearch:
         """An exact basic solution if it fits in ``count`` households, else a band-feasible one."""
         assert self.band is not None
         d, sc = self.d, self.sc
-        with self.clock.stage("cover", "on cpu: scipy HiGHS linear programme on a candidate pool"):
+        with self.clock.stage(
+            "cover", "scipy's HiGHS linear programme on a candidate pool (CPU only)", device="cpu"
+        ):
             cand = self.pool(sup)
             X_rel = (self.problem.columns(cand).T.multiply(1.0 / sc)).T.tocsr()
             q_c = d[cand] * d.sum() / (self.count * d.mean())
@@ -185,7 +196,9 @@ class SupportSearch:
 
     def polish_on(self, sup: np.ndarray, X: Any = None) -> PolishResult:
         """Polish the support ``sup`` (its columns ``X`` when already gathered)."""
-        with self.clock.stage("polish", "on cpu: dual Newton on the kept columns"):
+        with self.clock.stage(
+            "polish", "dual Newton in scipy float64 on the kept columns", device="cpu"
+        ):
             return polish_columns(
                 self.problem.columns(sup) if X is None else X,
                 self.t,
@@ -274,7 +287,9 @@ class SupportSearch:
             and not result.converged
             and self.outside(result) > 0
         ):
-            with clock.stage("repair", "on cpu: exchanges, one polish each"):
+            with clock.stage(
+                "repair", "exchanges on a candidate pool, one scipy polish each", device="cpu"
+            ):
                 support, result, n_moves = self.repair(support, result)
             logger.info("select: %d exchanges brought targets into the band", n_moves)
         return support, result

@@ -141,6 +141,7 @@ def run(problem: Problem, options: SelectOptions, reducer: LocalReducer) -> Solu
         diagnostics={
             "start_weight": res.diagnostics.get("start_weight", float("nan")),
             "weights_at_bound": int(res.weights_at_bound),
+            "stage_devices": dict(res.diagnostics.get("stage_devices", {})),
         },
         stage_times=stages,
         epochs=options.epochs,
