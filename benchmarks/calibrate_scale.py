@@ -46,13 +46,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+from calibrate_bench import peak_rss_gib  # this process's own VmHWM (same folder)
 
 SIZES = {
     "tiny": (300, 400, 3),
@@ -111,18 +111,6 @@ def make_problem(n_targets: int, n_households: int, seed: int = 0) -> tuple:
     return M, M @ w_true, w_true
 
 
-def _peak_rss_gib() -> float:
-    """This process's own peak RSS (VmHWM): ``ru_maxrss`` keeps the parent's peak across exec."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20  # KiB -> GiB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def _child(args: argparse.Namespace) -> None:
     import logging
 
@@ -145,7 +133,7 @@ def _child(args: argparse.Namespace) -> None:
     err = res.report["abs_rel_error"].to_numpy()
     out = {
         "wall_s": wall,
-        "peak_rss_gib": _peak_rss_gib(),
+        "peak_rss_gib": peak_rss_gib(),
         "mean_rel_error": float(np.mean(err)),
         "max_rel_error": float(np.max(err)),
         "kept": res.n_active,
