@@ -39,9 +39,8 @@ def _project_count(gate: HardConcrete, count: int, buf: torch.Tensor | None = No
     ``delta`` by safeguarded Newton steps (the sum is increasing in
     ``delta``); the relative order of the gates, which is what the fit
     learns, is unchanged. Each step is one pass over the gates (the shifted
-    logits into ``buf``, their probabilities ``p``, the sum of ``p`` and its
-    dot product with itself: the slope is ``sum p - sum p^2``) and one
-    synchronisation; after an optimiser step
+    logits into ``buf``, their probabilities ``p``, the sum of ``p`` and the
+    slope ``sum p (1 - p)``) and one synchronisation; after an optimiser step
     one or two steps suffice. ``buf`` (a scratch tensor like ``log_alpha``)
     avoids an allocation per call. Returns the number of passes.
     """
@@ -55,8 +54,9 @@ def _project_count(gate: HardConcrete, count: int, buf: torch.Tensor | None = No
     for _ in range(60):
         passes += 1
         p = hard_concrete_prob_active(torch.add(la, delta, out=buf), beta, gate.gamma, gate.zeta)
-        total, sumsq = torch.stack([p.sum(), torch.dot(p, p)]).tolist()
-        slope = total - sumsq  # d/d(delta) sum p = sum p (1 - p)
+        # d/d(delta) sum p = sum p (1 - p), summed as such: "sum p - sum p^2" cancels
+        # in float32 when most p are near 1 and moves the projection (and the selection).
+        total, slope = torch.stack([p.sum(), (p * (1 - p)).sum()]).tolist()
         gap = total - count
         if abs(gap) < 1e-3 * max(count, 1):
             break
