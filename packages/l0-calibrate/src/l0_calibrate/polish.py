@@ -320,7 +320,12 @@ def polish_columns(
     ts = t[active] / scale[active]
 
     rows = _independent_rows(Xs, q)
-    lam_rows, r, n_iter, ok = _newton(Xs[rows], ts[rows], q, kind, lo, hi, max_iter, tol)
+    # Round-off floor: at tens of thousands of rows the gradient can stall a
+    # little above ``tol``; a stall within ``min(infeasible_tol, 100 tol)`` counts.
+    lam_rows, r, n_iter, ok = _newton(
+        Xs[rows], ts[rows], q, kind, lo, hi, max_iter, tol,
+        stall_tol=min(infeasible_tol, 100.0 * tol),
+    )
     lam = np.zeros(ts.size)
     lam[rows] = lam_rows
     if ok:  # the dropped (dependent) rows hold too only if they were consistent

@@ -7,8 +7,10 @@ multipliers ``lam``: the weights are ``w_k = q_k F(x_k' lam)`` with
 ``F = clip(1 + u)`` (chi2) or ``clip(exp(u))`` (raking).
 
 * :func:`_newton` -- the damped Newton iteration (dense Cholesky up to
-  ``_DENSE_HESSIAN_MAX`` rows, preconditioned CG above), exact or with a
-  quadratic (optionally band-shaped) penalty on the errors;
+  ``_DENSE_HESSIAN_MAX`` rows, preconditioned CG above: by the block Schur
+  factorisation of :mod:`l0_calibrate.polish_blocks` where the targets
+  split into wide rows and small independent groups, else by Jacobi),
+  exact or with a quadratic (optionally band-shaped) penalty on the errors;
 * :func:`_band_penalty` -- the conjugate of the band penalty;
 * :func:`_penalised` -- the least-squares fallback by continuation on the ridge,
   then the band steepened step by step;
@@ -21,6 +23,8 @@ import math
 from typing import Any
 
 import numpy as np
+
+from .polish_blocks import BlockSchur, row_blocks
 
 __all__: list[str] = []
 
@@ -35,7 +39,16 @@ _CG_FORCING_MAX = 0.1
 _CG_RTOL_MIN = 1e-10
 #: Most CG iterations per Newton step.
 _CG_MAXITER = 500
+#: CG iterations allowed with the previous step's block factorisation before
+#: it is recomputed (a factorisation costs about as much as 100 iterations).
+_CG_REUSE_ITERS = 25
+#: Most CG iterations with a fresh block factorisation (it is exact: more
+#: means the system is inconsistent, i.e. the constraints cannot hold).
+_CG_BLOCK_MAXITER = 50
+#: Newton steps without halving the gradient after which exact calibration is
+#: declared infeasible (Jacobi CG: inexact steps; exact factorisations: fewer).
 _STALL_ITERS = 30
+_STALL_ITERS_EXACT = 10
 _BAND_OUTER = 1e-6
 
 
@@ -76,6 +89,7 @@ def _newton(
     lam0: np.ndarray | None = None,
     band: np.ndarray | None = None,
     outer: float = 1e-6,
+    stall_tol: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int, bool]:
     """Damped Newton on the dual ``phi(lam) = sum q G*(Xs' lam) - lam' ts + sum H(lam_i)``.
 
@@ -86,6 +100,9 @@ def _newton(
     a ``band`` ``h_i(e) = e^2 / (2 rho_i) + (|e| - band_i)_+^2 / (2 outer rho_i)``,
     a steep extra penalty on the part of an error beyond the band (``H`` is
     then a piecewise quadratic, C1, see :func:`_band_penalty`).
+
+    ``stall_tol``: when the iteration stops making progress (round-off) with
+    the largest gradient entry at most this, the solve counts as converged.
     """
     m = Xs.shape[0]
     lam = np.zeros(m) if lam0 is None else lam0.copy()
@@ -107,6 +124,11 @@ def _newton(
     phi, r, dr = evaluate(lam)
     mu = 1e-10
     best, best_it = math.inf, 0
+    blocks = row_blocks(Xs) if m > _DENSE_HESSIAN_MAX else None
+    schur = None if blocks is None else BlockSchur(Xs, blocks)
+    pre: list[BlockSchur | None] = [None]
+    stall = _STALL_ITERS if schur is None else _STALL_ITERS_EXACT
+    near = stall_tol if stall_tol is not None else -1.0
     for it in range(max_iter + 1):
         _, pen_grad, pen_hess = penalty(lam)
         g = Xs @ (q * r) - ts + pen_grad
@@ -119,7 +141,9 @@ def _newton(
             break
         if gmax < 0.5 * best:
             best, best_it = gmax, it
-        elif rho is None and it - best_it >= _STALL_ITERS:  # no progress: likely infeasible
+        elif gmax <= near and it - best_it >= 2:  # at the round-off floor
+            return lam, r, it, True
+        elif rho is None and it - best_it >= stall:  # no progress: likely infeasible
             return lam, r, it, False
         D = q * dr
         if m <= _DENSE_HESSIAN_MAX:
@@ -133,7 +157,7 @@ def _newton(
             # the solution, tighter as the gradient shrinks (superlinear
             # convergence at a fraction of the CG iterations of a full solve).
             eta = min(_CG_FORCING_MAX, max(_CG_RTOL_MIN, _CG_FORCING * gmax))
-            step = _cg_step(Xs, XsT, D, pen_hess, g, mu, rtol=eta)
+            step = _cg_step(Xs, XsT, D, pen_hess, g, mu, rtol=eta, schur=schur, pre=pre)
         slope = float(np.dot(g, step))
         if not np.isfinite(slope) or slope >= 0:  # not a descent direction: use the gradient
             step, slope = -g, -float(np.dot(g, g))
@@ -154,6 +178,8 @@ def _newton(
                 break
             alpha *= 0.5
         if not improved:
+            if gmax <= near:  # no descent left at the round-off floor
+                return lam, r, it + 1, True
             if mu >= 1e2:
                 return lam, r, it + 1, False
             mu *= 100.0
@@ -228,11 +254,16 @@ def _cg_step(
     g: np.ndarray,
     mu: float,
     rtol: float = _CG_RTOL_MIN,
+    schur: BlockSchur | None = None,
+    pre: list[BlockSchur | None] | None = None,
 ) -> np.ndarray:
-    """A Newton step ``(Xs D Xs' + pen + shift) step = -g`` by Jacobi-preconditioned CG to ``rtol``.
+    """A Newton step ``(Xs D Xs' + pen + shift) step = -g`` by preconditioned CG to ``rtol``.
 
     Each CG iteration is two sparse products with the kept columns (linear
-    in their non-zeros); at most ``_CG_MAXITER`` iterations.
+    in their non-zeros). The preconditioner is the block factorisation
+    ``schur`` when given (``pre[0]`` holds the last one: it is reused while
+    CG converges within ``_CG_REUSE_ITERS`` iterations, else refactorised),
+    else the diagonal (Jacobi); at most ``_CG_MAXITER`` iterations.
     """
     from scipy.sparse.linalg import LinearOperator, cg
 
@@ -244,6 +275,22 @@ def _cg_step(
         return Xs @ (D * (XsT @ x)) + (pen + shift) * x
 
     A = LinearOperator((m, m), matvec=hv, dtype=np.float64)
+    if schur is not None:
+        held: list[BlockSchur | None] = pre if pre is not None else [None]
+        last = held[0]
+        if last is not None:
+            reuse = LinearOperator((m, m), matvec=last.solve, dtype=np.float64)
+            sol, info = cg(A, -g, M=reuse, rtol=rtol, maxiter=_CG_REUSE_ITERS)
+            if info == 0:
+                return sol
+        try:
+            fresh = schur.factor(D, pen + shift + np.zeros(m))
+        except np.linalg.LinAlgError:
+            held[0] = None
+        else:
+            held[0] = fresh
+            precond = LinearOperator((m, m), matvec=fresh.solve, dtype=np.float64)
+            return cg(A, -g, M=precond, rtol=rtol, maxiter=_CG_BLOCK_MAXITER)[0]
     precond = LinearOperator((m, m), matvec=lambda x: x / (diag + shift), dtype=np.float64)
     sol, _ = cg(A, -g, M=precond, rtol=rtol, maxiter=_CG_MAXITER)
     return sol

@@ -6,11 +6,14 @@ in the order of :func:`l0_calibrate.selection.select_and_polish`:
 
 1. the ``count`` best-ranked households, refined by exchanges
    (:func:`~l0_calibrate.selection_refine._swap_refine`);
-2. their polish (:func:`~l0_calibrate.polish.polish_columns` on the kept
+2. a balance across independent groups of targets
+   (:func:`~l0_calibrate.selection_balance.balance_support`: households
+   moved into any district whose own targets cannot be met);
+3. their polish (:func:`~l0_calibrate.polish.polish_columns` on the kept
    columns, :meth:`Problem.columns <l0_calibrate.problem.Problem.columns>`);
-3. when that is not exact, a cover seed
+4. when that is not exact, a cover seed
    (:func:`~l0_calibrate.selection_repair._cover_seed`) and a second support;
-4. repair exchanges (:func:`~l0_calibrate.selection_repair._repair`) on a
+5. repair exchanges (:func:`~l0_calibrate.selection_repair._repair`) on a
    candidate pool, whose polishes slice the pool's gathered columns.
 
 Every stage reads columns of the :class:`~l0_calibrate.problem.Problem`
@@ -29,11 +32,20 @@ from .columns import OperatorColumns, ScipyColumns
 from .polish import PolishResult, polish_columns
 from .problem import Problem
 from .regularizers import inflate_design_weights
+from .selection_balance import balance_support
 from .selection_refine import _FULL_POOL_WORK, _REFINE_POOL, _swap_refine, _whiten
 from .selection_repair import _POOL_FACTOR, _POOL_MIN, _cover_seed, _repair
 from .stages import StageClock
 
 __all__ = ["SupportSearch"]
+
+#: The cover seed's linear programme is skipped above this many non-zeros.
+_COVER_MAX_NNZ = 10_000_000
+#: Repair tries: at most ``_REPAIR_WORK`` / (the support's non-zeros), at least
+#: ``_REPAIR_MIN_TRIES`` (each try polishes the whole support again): all 40 up to
+#: about 500,000 non-zeros, 5 at 15,000 x 1,000,000 keeping 50,000.
+_REPAIR_WORK = 20_000_000
+_REPAIR_MIN_TRIES = 4
 
 logger = logging.getLogger("l0_calibrate.selection")
 
@@ -103,6 +115,7 @@ class SupportSearch:
         dev = problem.op.device
         self.where = f"on {dev}" if dev.type != "cpu" else "on cpu"
         self.refine_cols: Any = None
+        self.balance_stats: dict[str, int] = {}
         row_w = np.sqrt(v / v.sum()) / scale
         self.refine_t = row_w * t
         if refine_swaps > 0:
@@ -179,10 +192,19 @@ class SupportSearch:
         """An exact basic solution if it fits in ``count`` households, else a band-feasible one."""
         assert self.band is not None
         d, sc = self.d, self.sc
+        cand = self.pool(sup)
+        per_household = self.problem.op.nnz / max(self.n_cols, 1)
+        if cand.size * per_household > _COVER_MAX_NNZ:
+            # HiGHS's simplex on tens of millions of non-zeros takes hours; at this
+            # size the balance stage and the band-penalised polish are the fallback.
+            logger.info(
+                "select: cover seed skipped: its linear programme would hold about %.0fM "
+                "non-zeros (more than %.0fM)", cand.size * per_household / 1e6, _COVER_MAX_NNZ / 1e6,
+            )  # fmt: skip
+            return np.zeros(0, dtype=np.int64)
         with self.clock.stage(
             "cover", "scipy's HiGHS linear programme on a candidate pool (CPU only)", device="cpu"
         ):
-            cand = self.pool(sup)
             X_rel = (self.problem.columns(cand).T.multiply(1.0 / sc)).T.tocsr()
             q_c = d[cand] * d.sum() / (self.count * d.mean())
             for b in (0.0, float(self.band)):
@@ -193,6 +215,19 @@ class SupportSearch:
                     )
                     return cand[found]
         return cand[found]
+
+    def balance(self, sup: np.ndarray) -> np.ndarray:
+        """:func:`~l0_calibrate.selection_balance.balance_support` on ``sup`` (a stage)."""
+        with self.clock.stage(
+            "balance", "a small dense calibration per group of targets in scipy", device="cpu"
+        ):
+            new, stats = balance_support(
+                self.problem, sup, self.order, self.t, self.sc, self.d,
+                kind=self.kind, lo=self.lo, hi=self.hi, tol=self.polish_tol,
+                pool=min(self.n_cols, max(_POOL_FACTOR * self.count, self.count + _POOL_MIN)),
+            )  # fmt: skip
+        self.balance_stats = stats
+        return new
 
     def polish_on(self, sup: np.ndarray, X: Any = None) -> PolishResult:
         """Polish the support ``sup`` (its columns ``X`` when already gathered)."""
@@ -231,6 +266,9 @@ class SupportSearch:
         X_csc = self.problem.columns(cand).tocsc()  # one gather; each try slices it
         d = self.d
         d_loc = d[cand] * (d.sum() / d[cand].sum())
+        # Each try is a polish of the whole support: bound the tries by its size.
+        sup_nnz = self.problem.op.nnz / max(self.n_cols, 1) * sup.size
+        tries = int(min(self.repair_moves, max(_REPAIR_MIN_TRIES, _REPAIR_WORK // max(sup_nnz, 1.0))))
         sup_loc, res_loc, moves = _repair(
             X_csc,
             self.t,
@@ -239,7 +277,7 @@ class SupportSearch:
             local(res),
             float(self.band),
             d_loc,
-            self.repair_moves,
+            tries,
         )
         return cand[sup_loc], full[id(res_loc)], moves
 
@@ -264,6 +302,7 @@ class SupportSearch:
         result: PolishResult | None = None
         if not polish:
             return support, result
+        support = self.balance(support)
         result = self.polish_on(support)
         clock.tick()
         if cover is None and band is not None and not result.converged:
