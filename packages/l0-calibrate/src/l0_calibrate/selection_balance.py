@@ -198,8 +198,8 @@ def balance_support(
         # Rows of the failing groups only: keep the part of the candidates' columns on group b.
         cols_b = cols[at[b]]
         step = max(int(kept[b]), int(blocks.sizes[b]))
-        for r in range(1, _ADD_ROUNDS + 1):
-            n = min(cand.size, r * step)
+        for batch in range(1, _ADD_ROUNDS + 1):
+            n = min(cand.size, batch * step)
             if groups.feasible(b, cols_b[:, :n], d[cand[:n]] * factor):
                 stats["fixed"] += 1
                 added.append(cand[:n])
