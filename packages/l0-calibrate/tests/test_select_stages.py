@@ -9,13 +9,14 @@ import scipy.sparse as sp
 import torch
 from l0_calibrate import calibrate
 from l0_calibrate import polish_dual
-from l0_calibrate.inputs import _narrowed_scipy, as_matrix
+from l0_calibrate.inputs import as_matrix
 from l0_calibrate.polish import polish_weights
 from l0_calibrate.problem import build_problem
 from l0_calibrate.selection import _project_count, select_and_polish
 from l0_calibrate.selection_pipeline import SupportSearch
 from l0_calibrate.stages import StageClock
 from l0_core import HardConcrete, SparseOperator
+from l0_core._sparse_build import narrowed_csr
 
 
 def nested_problem(seed=0, n=3000, n_states=4, n_districts=24, n_vars=6):
@@ -35,10 +36,16 @@ def nested_problem(seed=0, n=3000, n_states=4, n_districts=24, n_vars=6):
     return X, X @ w_true
 
 
-@pytest.fixture
-def cg_only(monkeypatch):
-    """Every polish takes the inexact-Newton CG path (as above ``_DENSE_HESSIAN_MAX`` rows)."""
+@pytest.fixture(params=["block Schur", "Jacobi"])
+def cg_only(monkeypatch, request):
+    """Every polish takes the inexact-Newton CG path (as above ``_DENSE_HESSIAN_MAX`` rows).
+
+    Preconditioned by the block factorisation of the nested rows, or (as for
+    a matrix without that structure) by the diagonal.
+    """
     monkeypatch.setattr(polish_dual, "_DENSE_HESSIAN_MAX", 0)
+    if request.param == "Jacobi":
+        monkeypatch.setattr(polish_dual, "row_blocks", lambda *args, **kwargs: None)
 
 
 def test_the_cg_polish_equals_the_closed_form_greg_weights_with_dependent_rows(cg_only):
@@ -155,9 +162,9 @@ def test_a_float64_csr_input_is_narrowed_without_copying_its_indices_or_changing
     X, _ = nested_problem(n=500, n_districts=8)
     M = sp.csr_matrix(X)
     before = (M.data.copy(), M.indices.copy(), M.indptr.copy())
-    N = _narrowed_scipy(M, torch.float32)
+    N = narrowed_csr(M, torch.float32)  # what l0-core does to a float64 CSR input first
     assert N.dtype == np.float32 and np.shares_memory(N.indices, M.indices)
-    assert _narrowed_scipy(M, torch.float64) is M and _narrowed_scipy(M.tocsc(), torch.float32).format == "csc"
+    assert narrowed_csr(M, torch.float64) is M and narrowed_csr(M.tocsc(), torch.float32).format == "csc"
     op, _, _ = as_matrix(M, dtype=torch.float32, device=None)
     ref = SparseOperator.from_any(M, dtype=torch.float32)
     w = torch.rand(500, generator=torch.Generator().manual_seed(0))

@@ -322,3 +322,31 @@ def test_a_list_of_lists_is_a_type_error_that_says_how_to_convert_it():
 def test_an_unusable_device_is_refused_by_name():
     with pytest.raises(ValueError, match="device must name a torch device"):
         as_sparse_operator(np.eye(2), device="gpu0")
+
+
+def test_a_float64_csr_input_is_narrowed_before_its_transposition_without_touching_the_caller(monkeypatch):
+    import scipy.sparse as sp
+    from l0_core import _sparse_build
+
+    rng = np.random.default_rng(0)
+    M = sp.random(30, 50, density=0.2, random_state=1, format="csr")
+    M.data[:] = rng.lognormal(0.0, 2.0, M.nnz)  # values that round differently in float32
+    before = (M.data.copy(), M.indices.copy(), M.indptr.copy())
+    seen = []
+    real = _sparse_build.narrowed_csr
+
+    def spy(matrix, dtype):
+        out = real(matrix, dtype)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(_sparse_build, "narrowed_csr", spy)
+    op = SparseOperator.from_any(M, dtype=torch.float32)
+    assert seen == [np.float32]  # the transposition ran on float32 values
+    np.testing.assert_array_equal(op.to_dense().numpy(), M.toarray().astype(np.float32))
+    for a, b in zip(before, (M.data, M.indices, M.indptr)):
+        np.testing.assert_array_equal(a, b)
+    assert M.dtype == np.float64
+    op64 = SparseOperator.from_any(M, dtype=torch.float64)
+    assert seen[-1] == np.float64
+    np.testing.assert_array_equal(op64.to_dense().numpy(), M.toarray())

@@ -168,37 +168,8 @@ def as_matrix(
         )
     if isinstance(M, SparseOperator):
         return SparseOperator.from_any(M, dtype=dtype, device=device, argument=argument), None, None
-    src = _narrowed_scipy(M, dtype)
-    return SparseOperator.from_any(src, dtype=dtype, device=device, argument=argument), None, None
-
-
-def _narrowed_scipy(M: Any, dtype: torch.dtype) -> Any:
-    """A float64 scipy CSR matrix with its values cast to a float32 ``dtype``, sharing its index arrays.
-
-    The operator's conversion then transposes float32 values: no whole
-    float64 intermediate (the CSC copy of the CSR input, and its column
-    blocks) is made. The caller's matrix is not modified; anything else
-    (a CSC input is already the operator's layout) is returned as is.
-
-    Examples
-    --------
-    >>> import scipy.sparse as sp
-    >>> M = sp.csr_matrix(np.array([[1.0, 0.0], [0.5, 2.0]]))
-    >>> N = _narrowed_scipy(M, torch.float32)
-    >>> N.dtype, bool(np.shares_memory(N.indices, M.indices)), N.toarray().tolist()
-    (dtype('float32'), True, [[1.0, 0.0], [0.5, 2.0]])
-    """
-    if dtype != torch.float32 or not _is_scipy_matrix(M):
-        return M
-    if getattr(M, "format", None) != "csr" or M.dtype != np.float64 or M.ndim != 2:
-        return M
-    with np.errstate(over="ignore"):  # an overflow becomes inf and is reported by the conversion
-        data = M.data.astype(np.float32)
-    return type(M)((data, M.indices, M.indptr), shape=M.shape, copy=False)
-
-
-def _is_scipy_matrix(M: Any) -> bool:
-    return type(M).__module__.startswith("scipy.sparse") and hasattr(M, "tocsc")
+    # l0-core narrows a float64 CSR input to float32 values before transposing it.
+    return SparseOperator.from_any(M, dtype=dtype, device=device, argument=argument), None, None
 
 
 def _check_frame(M: Any, argument: str) -> None:

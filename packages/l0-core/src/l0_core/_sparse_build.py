@@ -24,6 +24,7 @@ __all__ = [
     "check_finite",
     "csr_from_matrix",
     "csr_from_scipy",
+    "narrowed_csr",
     "csr_from_torch",
     "csr_tensor",
     "index_dtype",
@@ -102,6 +103,35 @@ def check_finite(values: Tensor, argument: str) -> None:
         )
 
 
+def narrowed_csr(matrix: Any, dtype: torch.dtype) -> Any:
+    """A float64 scipy CSR ``matrix`` with its values cast to float32, sharing its index arrays.
+
+    For a float32 operator the conversion then transposes float32 values: no
+    whole float64 intermediate (the CSC copy of a CSR input and its column
+    blocks, 12 bytes per non-zero each) is made. The caller's matrix is not
+    modified; any other input (another dtype or format; a CSC matrix is
+    already the operator's layout) is returned as is. A value beyond float32's
+    range becomes inf and is reported by the finiteness check.
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> M = sp.csr_matrix(np.array([[1.0, 0.0], [0.5, 2.0]]))
+    >>> N = narrowed_csr(M, torch.float32)
+    >>> N.dtype, bool(np.shares_memory(N.indices, M.indices)), N.toarray().tolist()
+    (dtype('float32'), True, [[1.0, 0.0], [0.5, 2.0]])
+    >>> narrowed_csr(M, torch.float64) is M
+    True
+    """
+    if dtype != torch.float32 or getattr(matrix, "format", None) != "csr":
+        return matrix
+    if matrix.dtype != np.float64 or matrix.ndim != 2:
+        return matrix
+    with np.errstate(over="ignore"):
+        data = matrix.data.astype(np.float32)
+    return type(matrix)((data, matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
+
+
 def csr_from_scipy(
     matrix: Any, dtype: torch.dtype, argument: str, transpose_copy: bool, block_cols: int
 ) -> tuple[Tensor, list[tuple[int, Tensor]] | None]:
@@ -119,6 +149,7 @@ def csr_from_scipy(
     if np.issubdtype(data_dtype, np.complexfloating):
         raise TypeError(f"{argument} must be real, got dtype {data_dtype}")
     check_scipy_indices(matrix, argument)
+    matrix = narrowed_csr(matrix, dtype)
 
     def callers(arr: np.ndarray) -> bool:
         return any(
