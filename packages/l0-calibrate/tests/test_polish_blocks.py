@@ -123,7 +123,7 @@ def test_balance_moves_households_into_a_district_that_cannot_meet_its_targets()
     order = np.arange(M.shape[1])  # rank: index order
     new, stats = balance_support(
         p, sup, order, t, np.abs(t), np.ones(M.shape[1]),
-        kind="raking", lo=0.1, hi=10.0, tol=1e-9, pool=M.shape[1],
+        kind="raking", lo=0.1, hi=10.0, tol=1e-9,
     )  # fmt: skip
     assert new.size == sup.size and np.unique(new).size == new.size
     assert stats["failing"] == 1 and stats["fixed"] == 1 and stats["moved"] > 0
@@ -144,7 +144,7 @@ def test_balance_leaves_a_support_whose_groups_all_pass_unchanged():
     p = build_problem(M, t, dtype=torch.float64)
     new, stats = balance_support(
         p, sup, np.arange(M.shape[1]), t, np.abs(t), np.ones(M.shape[1]),
-        kind="chi2", lo=0.0, hi=np.inf, tol=1e-9, pool=M.shape[1],
+        kind="chi2", lo=0.0, hi=np.inf, tol=1e-9,
     )  # fmt: skip
     assert new is sup and stats == {"groups": 12, "failing": 0, "fixed": 0, "moved": 0}
 

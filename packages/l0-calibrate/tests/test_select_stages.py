@@ -7,8 +7,7 @@ import pytest
 import scipy.linalg as sla
 import scipy.sparse as sp
 import torch
-from l0_calibrate import calibrate
-from l0_calibrate import polish_dual
+from l0_calibrate import calibrate, polish_dual
 from l0_calibrate.inputs import as_matrix
 from l0_calibrate.polish import polish_weights
 from l0_calibrate.problem import build_problem

@@ -344,7 +344,7 @@ def test_a_float64_csr_input_is_narrowed_before_its_transposition_without_touchi
     op = SparseOperator.from_any(M, dtype=torch.float32)
     assert seen == [np.float32]  # the transposition ran on float32 values
     np.testing.assert_array_equal(op.to_dense().numpy(), M.toarray().astype(np.float32))
-    for a, b in zip(before, (M.data, M.indices, M.indptr)):
+    for a, b in zip(before, (M.data, M.indices, M.indptr), strict=True):
         np.testing.assert_array_equal(a, b)
     assert M.dtype == np.float64
     op64 = SparseOperator.from_any(M, dtype=torch.float64)

@@ -219,11 +219,12 @@ class BlockSchur:
             dg = np.diag(S) + diag_add[b.wide]
             S[np.diag_indices_from(S)] = dg
             shift = _regularised(np.abs(dg))
+            diag = np.diag_indices_from(S)
             for _ in range(6):
+                shifted = S.copy()
+                shifted[diag] += shift
                 try:
-                    self.chol = sla.cho_factor(
-                        S + np.diag(shift), lower=True, check_finite=False
-                    )
+                    self.chol = sla.cho_factor(shifted, lower=True, check_finite=False)
                     break
                 except np.linalg.LinAlgError:
                     shift = shift * 100.0

@@ -95,7 +95,6 @@ def balance_support(
     lo: float,
     hi: float,
     tol: float,
-    pool: int | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Move kept households into groups of targets that cannot be met, keeping the count.
 
@@ -111,9 +110,6 @@ def balance_support(
         Targets, their row scale and the design weights.
     kind, lo, hi, tol :
         Calibration distance, weight-ratio bounds and tolerance of the polish.
-    pool : int, optional
-        Unused (candidates are taken down the whole ranking, in chunks,
-        until every failing group has enough); kept for call compatibility.
 
     Returns
     -------
@@ -131,10 +127,12 @@ def balance_support(
     >>> p = build_problem(M, M @ np.ones(400), dtype=torch.float64)
     >>> sup = np.arange(100)
     >>> new, stats = balance_support(p, sup, np.arange(400), p.targets, np.abs(p.targets) + 1.0,
-    ...                              np.ones(400), kind="chi2", lo=0.0, hi=np.inf, tol=1e-9, pool=400)
+    ...                              np.ones(400), kind="chi2", lo=0.0, hi=np.inf, tol=1e-9)
     >>> new.size == sup.size, stats["failing"] >= stats["fixed"]
     (True, True)
     """
+    import scipy.sparse as sp
+
     stats = {"groups": 0, "failing": 0, "fixed": 0, "moved": 0}
     X = problem.columns(sup)
     inv_scale = 1.0 / scale
@@ -166,10 +164,8 @@ def balance_support(
     outside = order[touch[order] & ~in_sup[order]]
     starts = np.concatenate([[0], np.cumsum([blocks.sizes[b] for b in failing])])
     at = {b: np.arange(starts[i], starts[i + 1]) for i, b in enumerate(failing)}
-    want = {b: 0 for b in failing}
     kept = np.bincount(groups.household_group[groups.household_group >= 0], minlength=blocks.n_groups)
-    for b in failing:
-        want[b] = _ADD_ROUNDS * max(int(kept[b]), int(blocks.sizes[b]))
+    want = {b: _ADD_ROUNDS * max(int(kept[b]), int(blocks.sizes[b])) for b in failing}
     found: dict[int, list[tuple[np.ndarray, Any]]] = {b: [] for b in failing}
     have = dict.fromkeys(failing, 0)
     row_group = groups.row_group
@@ -188,8 +184,6 @@ def balance_support(
                 have[b] += take.size
 
     added: list[np.ndarray] = []
-    import scipy.sparse as sp
-
     for b in failing:
         if not found[b]:
             continue

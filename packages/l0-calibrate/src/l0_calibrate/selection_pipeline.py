@@ -115,7 +115,6 @@ class SupportSearch:
         dev = problem.op.device
         self.where = f"on {dev}" if dev.type != "cpu" else "on cpu"
         self.refine_cols: Any = None
-        self.balance_stats: dict[str, int] = {}
         row_w = np.sqrt(v / v.sum()) / scale
         self.refine_t = row_w * t
         if refine_swaps > 0:
@@ -128,6 +127,10 @@ class SupportSearch:
         # targets (and dependent rows such as a total beside its parts) are then
         # consistent to about 1e-7 only, so "exact" is judged at that precision.
         self.polish_tol = 1e-9 if problem.columns_dtype == torch.float64 else 2e-7
+
+    def _nnz_per_household(self) -> float:
+        """Mean non-zeros of a household's column: the size of a block of gathered columns."""
+        return self.problem.op.nnz / max(self.n_cols, 1)
 
     # ----------------------------------------------------------- stages
     def pool(self, sup: np.ndarray) -> np.ndarray:
@@ -193,7 +196,7 @@ class SupportSearch:
         assert self.band is not None
         d, sc = self.d, self.sc
         cand = self.pool(sup)
-        per_household = self.problem.op.nnz / max(self.n_cols, 1)
+        per_household = self._nnz_per_household()
         if cand.size * per_household > _COVER_MAX_NNZ:
             # HiGHS's simplex on tens of millions of non-zeros takes hours; at this
             # size the balance stage and the band-penalised polish are the fallback.
@@ -221,13 +224,10 @@ class SupportSearch:
         with self.clock.stage(
             "balance", "a small dense calibration per group of targets in scipy", device="cpu"
         ):
-            new, stats = balance_support(
+            return balance_support(
                 self.problem, sup, self.order, self.t, self.sc, self.d,
                 kind=self.kind, lo=self.lo, hi=self.hi, tol=self.polish_tol,
-                pool=min(self.n_cols, max(_POOL_FACTOR * self.count, self.count + _POOL_MIN)),
-            )  # fmt: skip
-        self.balance_stats = stats
-        return new
+            )[0]  # fmt: skip
 
     def polish_on(self, sup: np.ndarray, X: Any = None) -> PolishResult:
         """Polish the support ``sup`` (its columns ``X`` when already gathered)."""
@@ -267,7 +267,7 @@ class SupportSearch:
         d = self.d
         d_loc = d[cand] * (d.sum() / d[cand].sum())
         # Each try is a polish of the whole support: bound the tries by its size.
-        sup_nnz = self.problem.op.nnz / max(self.n_cols, 1) * sup.size
+        sup_nnz = self._nnz_per_household() * sup.size
         tries = int(min(self.repair_moves, max(_REPAIR_MIN_TRIES, _REPAIR_WORK // max(sup_nnz, 1.0))))
         sup_loc, res_loc, moves = _repair(
             X_csc,
